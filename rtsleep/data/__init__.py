@@ -1,0 +1,1 @@
+"""PSG data layer: readers -> preprocessing -> store."""
