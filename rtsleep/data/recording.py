@@ -17,7 +17,7 @@ EPOCH_S = 30.0
 """Length of one scoring epoch in seconds."""
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     """What a channel measures. ExG modalities are stored in µV."""
 
     EEG = "EEG"
@@ -48,7 +48,7 @@ STAGE_NAMES: tuple[str, ...] = ("W", "N1", "N2", "N3", "R")
 """Class names in logit order (index = ``Stage`` value)."""
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     """Scored events: respiratory events and arousals."""
 
     APNEA_OBSTRUCTIVE = "apnea_obstructive"
@@ -75,7 +75,7 @@ class EventType(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Event:
-    """One scored event. ``onset_s`` is from the recording start; ``label`` keeps the source code."""
+    """One scored event; ``onset_s`` from the recording start, ``label`` the source's code."""
 
     onset_s: float
     duration_s: float
@@ -169,7 +169,8 @@ class Recording:
         for c in self.channels:
             if c.label == label:
                 return c
-        raise KeyError(f"{self.source}: no channel {label!r} (have {[c.label for c in self.channels]})")
+        have = [c.label for c in self.channels]
+        raise KeyError(f"{self.source}: no channel {label!r} (have {have})")
 
     def by_modality(self, modality: Modality) -> list[Channel]:
         """Channels of one modality, in file order."""
