@@ -18,10 +18,10 @@ IPv6 = disable
 ResolveScope = machine
 [lab]
 KnownPeers = {127.0.0.1}
-SessionID = rtsleep-test-{pid}
+SessionID = rtsleep-test-PID
 [log]
 level = -2
-""".format(pid=os.getpid())
+""".replace("PID", str(os.getpid()))
 
 _cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rtsleep-lsl-{os.getpid()}.cfg"
 _cfg_path.write_text(LSL_TEST_CONFIG)
