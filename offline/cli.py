@@ -19,7 +19,9 @@ app = typer.Typer(
 )
 
 #: Modules that define commands, each with ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "offline.fetch",
+)
 
 
 def _register_all() -> None:
