@@ -1,0 +1,368 @@
+"""Daemon configuration: TOML file -> validated dataclasses, with environment overrides.
+
+Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtsleep.example.toml``)::
+
+    [daemon]
+    state_dir = "/var/lib/rtsleep"     # per-bed state files (StateDirectory= under systemd)
+    state_max_age_s = 3600.0           # a saved state older than this is not restored
+    heartbeat_s = 5.0                  # status/ heartbeat period
+    epoch_timeout_s = 10.0             # a stream this late past an epoch end is flagged missing
+    poll_s = 0.02                      # main-loop idle sleep
+    log_format = "text"                # "text" or "journal" (no timestamps: journald adds them)
+
+    [model]
+    path = ""                          # empty: the bundled rtsleep/assets/default.safetensors
+    device = "auto"                    # auto | cpu | cuda
+    max_batch = 256                    # beds scored in one forward step
+
+    [zmq]
+    endpoints = ["tcp://127.0.0.1:5556"]
+    sndhwm = 1000                      # per subscriber; a slow one drops messages, never blocks
+    curve_secret_key = ""              # server secret certificate file; "" = no CURVE
+    curve_allow_dir = ""               # directory of authorised client public key files
+
+    [alerts]
+    apnea_prob = 0.5                   # per-epoch model probability that raises an alert
+    hypopnea_prob = 0.5
+    gate_wake = true                   # no alerts during epochs scored as wake
+
+    [[beds]]
+    id = "bed1"                        # [A-Za-z0-9_.-]+ (used in topics and file names)
+    streams = [{ type = "EEG", source_id = "amp1-eeg" }, { name = "amp1-ecg" }]
+    channels = { "C3-A2" = "EEG" }     # label -> modality overrides of the alias table
+
+Environment overrides: ``RTSLEEP_<SECTION>_<KEY>`` (``RTSLEEP_MODEL_DEVICE=cpu``,
+``RTSLEEP_DAEMON_STATE_DIR=/tmp/s``); lists are comma-separated (``RTSLEEP_ZMQ_ENDPOINTS``).
+Beds are not overridable from the environment.
+
+Every problem raises :class:`ConfigError` with the one-line message ``"<file>: <key>: <problem>"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtsleep.data.recording import Modality
+
+ENV_PREFIX = "RTSLEEP_"
+BED_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TCP_RE = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
+_IPC_RE = re.compile(r"^ipc://.+$")
+_INPROC_RE = re.compile(r"^inproc://[A-Za-z0-9_.\-]+$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: ``"<file>: <key>: <problem>"``."""
+
+    def __init__(self, source: str | Path, key: str, problem: str) -> None:
+        self.source = str(source)
+        self.key = key
+        self.problem = problem
+        where = f"{self.source}: {key}: " if key else f"{self.source}: "
+        super().__init__(where + problem)
+
+
+@dataclass
+class DaemonSection:
+    """Process-level settings; durations in seconds."""
+
+    state_dir: Path = Path("/var/lib/rtsleep")
+    state_max_age_s: float = 3600.0
+    heartbeat_s: float = 5.0
+    epoch_timeout_s: float = 10.0
+    poll_s: float = 0.02
+    log_format: str = "text"
+
+
+@dataclass
+class ModelSection:
+    """Which model to load and where to run it."""
+
+    path: str = ""
+    device: str = "auto"
+    max_batch: int = 256
+
+
+@dataclass
+class ZmqSection:
+    """Publishing endpoints and optional CURVE authentication."""
+
+    endpoints: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:5556"])
+    sndhwm: int = 1000
+    curve_secret_key: str = ""
+    curve_allow_dir: str = ""
+
+    @property
+    def curve_enabled(self) -> bool:
+        return bool(self.curve_secret_key)
+
+
+@dataclass
+class AlertsSection:
+    """Thresholds for per-epoch respiratory alerts from the model probabilities."""
+
+    apnea_prob: float = 0.5
+    hypopnea_prob: float = 0.5
+    gate_wake: bool = True
+
+
+@dataclass
+class StreamSpec:
+    """LSL stream selector; every given field must match, at least one is required."""
+
+    name: str = ""
+    type: str = ""
+    source_id: str = ""
+
+
+@dataclass
+class BedConfig:
+    """One bed: the streams that feed it and channel-label -> modality overrides."""
+
+    id: str
+    streams: list[StreamSpec]
+    channels: dict[str, Modality] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """The whole daemon configuration."""
+
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    zmq: ZmqSection = field(default_factory=ZmqSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
+    beds: list[BedConfig] = field(default_factory=list)
+    #: The file this was loaded from (for messages).
+    source: str = "<config>"
+
+
+_SECTIONS: dict[str, type] = {
+    "daemon": DaemonSection,
+    "model": ModelSection,
+    "zmq": ZmqSection,
+    "alerts": AlertsSection,
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, src: str, key: str) -> Any:
+    """Check ``value`` against the annotated field type ``tp`` (TOML values, no guessing)."""
+    origin = typing.get_origin(tp)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(src, key, f"expected a non-empty path string, got {value!r}")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(src, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(src, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(src, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(src, key, f"expected a string, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(src, key, f"expected a list, got {value!r}")
+        return [_coerce(v, item_tp, src, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"union config fields are not supported ({key})")
+    raise TypeError(f"unsupported config field type {_type_name(tp)} ({key})")
+
+
+def _build_section(cls: type, table: Any, src: str, prefix: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(src, prefix, f"expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(src, f"{prefix}.{key}", f"unknown key (known: {sorted(names)})")
+        kwargs[key] = _coerce(value, hints[key], src, f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+def _parse_env(raw: str, tp: Any, src: str, key: str) -> Any:
+    """Convert an environment string to the field type, then validate like TOML input."""
+    value: Any
+    if tp is bool:
+        low = raw.strip().lower()
+        if low not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(src, key, f"expected a boolean, got {raw!r}")
+        value = low in ("1", "true", "yes")
+    elif tp is int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(src, key, f"expected an integer, got {raw!r}") from None
+    elif tp is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(src, key, f"expected a number, got {raw!r}") from None
+    elif typing.get_origin(tp) is list:
+        value = [s.strip() for s in raw.split(",") if s.strip()]
+    else:
+        value = raw
+    return _coerce(value, tp, src, key)
+
+
+def _apply_env(cfg: Config, env: Mapping[str, str]) -> None:
+    for section, cls in _SECTIONS.items():
+        obj = getattr(cfg, section)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            var = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+            if var in env:
+                value = _parse_env(env[var], hints[f.name], var, f"{section}.{f.name}")
+                setattr(obj, f.name, value)
+
+
+def _build_beds(value: Any, src: str) -> list[BedConfig]:
+    if not isinstance(value, list):
+        raise ConfigError(src, "beds", "expected an array of tables ([[beds]])")
+    beds: list[BedConfig] = []
+    seen: set[str] = set()
+    for i, table in enumerate(value):
+        key = f"beds[{i}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(src, key, "expected a table")
+        unknown = set(table) - {"id", "streams", "channels"}
+        if unknown:
+            raise ConfigError(src, f"{key}.{sorted(unknown)[0]}", "unknown key (known: "
+                              "['channels', 'id', 'streams'])")
+        bed_id = table.get("id")
+        if not isinstance(bed_id, str) or not BED_ID_RE.match(bed_id):
+            raise ConfigError(src, f"{key}.id", f"expected 1-64 of [A-Za-z0-9_.-], got {bed_id!r}")
+        if bed_id in seen:
+            raise ConfigError(src, f"{key}.id", f"duplicate bed id {bed_id!r}")
+        seen.add(bed_id)
+        streams_raw = table.get("streams")
+        if not isinstance(streams_raw, list) or not streams_raw:
+            raise ConfigError(src, f"{key}.streams", "expected a non-empty array of selectors")
+        streams = [
+            _build_section(StreamSpec, s, src, f"{key}.streams[{j}]")
+            for j, s in enumerate(streams_raw)
+        ]
+        for j, s in enumerate(streams):
+            if not (s.name or s.type or s.source_id):
+                raise ConfigError(src, f"{key}.streams[{j}]",
+                                  "a selector needs at least one of name, type, source_id")
+        channels_raw = table.get("channels", {})
+        if not isinstance(channels_raw, Mapping):
+            raise ConfigError(src, f"{key}.channels", "expected a table label = modality")
+        channels: dict[str, Modality] = {}
+        for label, mod in channels_raw.items():
+            try:
+                channels[str(label)] = Modality(str(mod).upper())
+            except ValueError:
+                raise ConfigError(src, f"{key}.channels.{label}",
+                                  f"unknown modality {mod!r} (known: "
+                                  f"{[m.value for m in Modality]})") from None
+        beds.append(BedConfig(id=bed_id, streams=streams, channels=channels))
+    return beds
+
+
+def check_endpoint(endpoint: str) -> str | None:
+    """The problem with a ZeroMQ bind endpoint, or ``None`` when it is valid."""
+    m = _TCP_RE.match(endpoint)
+    if m:
+        port = int(m.group(2))
+        return None if 1 <= port <= 65535 else f"port {port} outside 1-65535"
+    if _IPC_RE.match(endpoint) or _INPROC_RE.match(endpoint):
+        return None
+    return f"expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {endpoint!r}"
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; raises :class:`ConfigError`."""
+    src = cfg.source
+    d, m, z, a = cfg.daemon, cfg.model, cfg.zmq, cfg.alerts
+    for key, v in (("daemon.heartbeat_s", d.heartbeat_s), ("daemon.epoch_timeout_s",
+                   d.epoch_timeout_s), ("daemon.poll_s", d.poll_s),
+                   ("daemon.state_max_age_s", d.state_max_age_s)):
+        if not v > 0:
+            raise ConfigError(src, key, f"must be > 0, got {v}")
+    if d.log_format not in ("text", "journal"):
+        raise ConfigError(src, "daemon.log_format", f"expected 'text' or 'journal', got "
+                          f"{d.log_format!r}")
+    if m.device not in ("auto", "cpu", "cuda") and not re.match(r"^cuda:\d+$", m.device):
+        raise ConfigError(src, "model.device", f"expected auto, cpu, cuda or cuda:N, got "
+                          f"{m.device!r}")
+    if m.max_batch < 1:
+        raise ConfigError(src, "model.max_batch", f"must be >= 1, got {m.max_batch}")
+    if not z.endpoints:
+        raise ConfigError(src, "zmq.endpoints", "at least one endpoint is needed")
+    for i, ep in enumerate(z.endpoints):
+        problem = check_endpoint(ep)
+        if problem:
+            raise ConfigError(src, f"zmq.endpoints[{i}]", problem)
+    if z.sndhwm < 1:
+        raise ConfigError(src, "zmq.sndhwm", f"must be >= 1, got {z.sndhwm}")
+    if bool(z.curve_secret_key) != bool(z.curve_allow_dir):
+        raise ConfigError(src, "zmq.curve_allow_dir" if z.curve_secret_key else
+                          "zmq.curve_secret_key",
+                          "CURVE needs both curve_secret_key and curve_allow_dir")
+    for key, p in (("alerts.apnea_prob", a.apnea_prob), ("alerts.hypopnea_prob",
+                   a.hypopnea_prob)):
+        if not 0.0 < p <= 1.0:
+            raise ConfigError(src, key, f"must be in (0, 1], got {p}")
+    if not cfg.beds:
+        raise ConfigError(src, "beds", "at least one [[beds]] entry is needed")
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<config>",
+                     env: Mapping[str, str] | None = None) -> Config:
+    """Build and validate a :class:`Config` from parsed TOML; ``env`` overrides (default none)."""
+    cfg = Config(source=source)
+    for key, value in data.items():
+        if key in _SECTIONS:
+            setattr(cfg, key, _build_section(_SECTIONS[key], value, source, key))
+        elif key == "beds":
+            cfg.beds = _build_beds(value, source)
+        else:
+            raise ConfigError(source, key, f"unknown section (known: "
+                              f"{sorted([*_SECTIONS, 'beds'])})")
+    if env is not None:
+        _apply_env(cfg, env)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a TOML config; ``env`` defaults to ``os.environ``.
+
+    Raises :class:`ConfigError` (a ``ValueError``) naming the file and key on any problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(path, "", f"cannot read: {err.strerror or err}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, "", f"malformed TOML: {err}") from None
+    return config_from_dict(data, source=str(path), env=os.environ if env is None else env)

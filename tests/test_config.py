@@ -1,0 +1,129 @@
+"""Daemon config: TOML -> dataclasses, validation errors name file and key, env overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtsleep.daemon.config import ConfigError, check_endpoint, load_config
+from rtsleep.data.recording import Modality
+
+GOOD = """
+[daemon]
+state_dir = "/tmp/rtsleep-state"
+heartbeat_s = 2
+
+[model]
+device = "cpu"
+
+[zmq]
+endpoints = ["tcp://127.0.0.1:5599", "ipc:///tmp/rtsleep.sock"]
+
+[[beds]]
+id = "bed1"
+streams = [{ type = "EEG", source_id = "amp1" }, { name = "amp1-ecg" }]
+channels = { "C3-A2" = "eeg", "X1" = "EMG" }
+
+[[beds]]
+id = "bed-2"
+streams = [{ name = "b2" }]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rtsleep.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD), env={})
+    assert cfg.daemon.state_dir == Path("/tmp/rtsleep-state")
+    assert cfg.daemon.heartbeat_s == 2.0 and isinstance(cfg.daemon.heartbeat_s, float)
+    assert cfg.model.device == "cpu"
+    assert cfg.model.path == ""
+    assert cfg.zmq.endpoints == ["tcp://127.0.0.1:5599", "ipc:///tmp/rtsleep.sock"]
+    assert [b.id for b in cfg.beds] == ["bed1", "bed-2"]
+    assert cfg.beds[0].streams[0].type == "EEG" and cfg.beds[0].streams[0].source_id == "amp1"
+    assert cfg.beds[0].streams[1].name == "amp1-ecg"
+    assert cfg.beds[0].channels == {"C3-A2": Modality.EEG, "X1": Modality.EMG}
+    assert not cfg.zmq.curve_enabled
+
+
+@pytest.mark.parametrize(
+    ("patch", "key", "words"),
+    [
+        (("[model]\ndevice = \"cpu\"", "[model]\ndevice = \"cpu\"\ncolour = 1"), "model.colour",
+         "unknown key"),
+        (("heartbeat_s = 2", "heartbeat_s = \"2\""), "daemon.heartbeat_s", "expected a number"),
+        (("device = \"cpu\"", "device = \"tpu\""), "model.device", "expected auto"),
+        (("tcp://127.0.0.1:5599", "tcp://127.0.0.1:99999"), "zmq.endpoints[0]", "port"),
+        (("tcp://127.0.0.1:5599", "http://x:80"), "zmq.endpoints[0]", "expected tcp://"),
+        (("id = \"bed-2\"", "id = \"bed/2\""), "beds[1].id", "expected 1-64"),
+        (("id = \"bed-2\"", "id = \"bed1\""), "beds[1].id", "duplicate"),
+        (("\"X1\" = \"EMG\"", "\"X1\" = \"EMGX\""), "beds[0].channels.X1", "unknown modality"),
+        (("{ name = \"b2\" }", "{ nme = \"b2\" }"), "beds[1].streams[0].nme", "unknown key"),
+        (("[daemon]", "[demon]"), "demon", "unknown section"),
+    ],
+)
+def test_bad_values_raise_one_line_error_naming_file_and_key(
+    tmp_path: Path, patch: tuple[str, str], key: str, words: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(*patch, 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {key}: "), msg
+    assert words in msg
+    assert "\n" not in msg
+
+
+def test_malformed_toml_is_reported_with_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[daemon\nstate_dir = 1")
+    with pytest.raises(ConfigError, match="malformed TOML"):
+        load_config(path, env={})
+
+
+def test_missing_file_and_missing_beds_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="beds: at least one"):
+        load_config(write(tmp_path, "[model]\ndevice = \"cpu\"\n"), env={})
+
+
+def test_curve_needs_both_key_and_allow_dir(tmp_path: Path) -> None:
+    text = GOOD.replace("[zmq]", "[zmq]\ncurve_secret_key = \"/etc/k\"")
+    with pytest.raises(ConfigError, match="zmq.curve_allow_dir"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_environment_overrides_section_keys(tmp_path: Path) -> None:
+    env = {
+        "RTSLEEP_MODEL_DEVICE": "auto",
+        "RTSLEEP_DAEMON_STATE_DIR": "/tmp/other",
+        "RTSLEEP_DAEMON_HEARTBEAT_S": "0.5",
+        "RTSLEEP_ZMQ_ENDPOINTS": "tcp://127.0.0.1:7000, ipc:///tmp/x",
+        "RTSLEEP_ALERTS_GATE_WAKE": "false",
+        "UNRELATED": "1",
+    }
+    cfg = load_config(write(tmp_path, GOOD), env=env)
+    assert cfg.model.device == "auto"
+    assert cfg.daemon.state_dir == Path("/tmp/other")
+    assert cfg.daemon.heartbeat_s == 0.5
+    assert cfg.zmq.endpoints == ["tcp://127.0.0.1:7000", "ipc:///tmp/x"]
+    assert cfg.alerts.gate_wake is False
+
+
+def test_environment_override_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RTSLEEP_DAEMON_HEARTBEAT_S: daemon.heartbeat_s"):
+        load_config(write(tmp_path, GOOD), env={"RTSLEEP_DAEMON_HEARTBEAT_S": "soon"})
+    with pytest.raises(ConfigError, match="model.device"):
+        load_config(write(tmp_path, GOOD), env={"RTSLEEP_MODEL_DEVICE": "gpu"})
+
+
+def test_check_endpoint_accepts_wildcard_and_rejects_garbage() -> None:
+    assert check_endpoint("tcp://*:5556") is None
+    assert check_endpoint("inproc://rtsleep") is None
+    assert check_endpoint("tcp://127.0.0.1") is not None
+    assert check_endpoint("tcp://127.0.0.1:0") is not None
