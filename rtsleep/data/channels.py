@@ -52,8 +52,8 @@ _ALIASES_BY_MODALITY: dict[Modality, tuple[str, ...]] = {
     Modality.RESP: (
         "NAF1", "NAF2", "AIRFLOW", "AIR FLOW", "NEW AIR", "NEWAIR", "FLOW", "NASAL",
         "NASAL PRESSURE", "NASALPRESSURE", "PTAF", "CFLOW", "CANNULA", "THERM", "THERMISTOR",
-        "ORONASAL",        "Resp oro-nasal", "VAB", "VTH", "THOR RES", "ABDO RES", "THORAX", "ABDOMEN", "THOR", "ABDO",
-        "CHEST", "ABD", "EFFORT THO", "EFFORT ABD", "SUM", "RIP SUM",
+        "ORONASAL", "Resp oro-nasal", "VAB", "VTH", "THOR RES", "ABDO RES", "THORAX", "ABDOMEN",
+        "THOR", "ABDO",        "CHEST", "ABD", "EFFORT THO", "EFFORT ABD", "SUM", "RIP SUM",
     ),
     Modality.SPO2: ("SAO2", "SPO2", "SO2", "SA02", "SP02", "OSAT", "SAT", "OXSAT", "SAO2 OSAT"),
     Modality.OTHER: (
