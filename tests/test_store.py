@@ -43,13 +43,14 @@ def _channel(label: str, modality: Modality, sfreq: float, n_epochs: int, seed: 
 
 
 def _psg(n_epochs: int = 12, extra_seconds: float = 0.0) -> Recording:
-    """EEG x2 (200 Hz), EOG (100 Hz), airflow (25 Hz), body position (1 Hz, OTHER)."""
+    """EEG x2 (200 Hz), EOG (100 Hz), airflow + thorax belt (25 Hz), position (1 Hz, OTHER)."""
     chans = [
         _channel("C3-A1", Modality.EEG, 200.0, n_epochs, 1),
         _channel("C4-A1", Modality.EEG, 200.0, n_epochs, 2),
         _channel("EOG(L)", Modality.EOG, 100.0, n_epochs, 3, amp=60.0),
         _channel("NAF1", Modality.RESP, 25.0, n_epochs, 4, amp=1.0, unit="a.u."),
         _channel("POS", Modality.OTHER, 1.0, n_epochs, 5, amp=1.0, unit=""),
+        _channel("VTH", Modality.RESP, 25.0, n_epochs, 6, amp=2.0, unit="a.u."),
     ]
     if extra_seconds:
         for c in chans:
@@ -79,21 +80,21 @@ def test_store_round_trip_keeps_metadata_labels_and_preprocessed_signals(tmp_pat
     assert meta.source_sha256 == "ab" * 32 and meta.format_version == STORE_FORMAT_VERSION
     assert meta.start_time == "2020-01-02T22:30:00"
     assert meta.channel_map == {"C3-A1": "EEG", "C4-A1": "EEG", "EOG(L)": "EOG",
-                                "NAF1": "RESP", "POS": "OTHER"}
+                                "NAF1": "RESP", "POS": "OTHER", "VTH": "RESP"}
     assert PreprocessSpec.from_json(json.dumps(meta.preprocess)) == PreprocessSpec.default()
-    # C4-A1 is the preferred EEG derivation; OTHER channels are not stored.
+    # The model's inputs: C4-A1 is the preferred EEG derivation; OTHER channels are not stored.
     assert [(c.label, c.role, c.sfreq, c.n_times) for c in meta.channels] == [
-        ("C4-A1", "primary", 100.0, 3000), ("C3-A1", "extra", 100.0, 3000),
-        ("EOG(L)", "primary", 100.0, 3000), ("NAF1", "primary", 10.0, 300),
+        ("C4-A1", "primary", 100.0, 3000), ("EOG(L)", "primary", 100.0, 3000),
+        ("NAF1", "primary", 10.0, 300), ("VTH", "extra", 10.0, 300),
     ]
-    assert meta.channels[0].source_sfreq == 200.0 and meta.channels[3].source_unit == "a.u."
+    assert meta.channels[0].source_sfreq == 200.0 and meta.channels[2].source_unit == "a.u."
     batch = stored.read()
     np.testing.assert_array_equal(batch.epoch, np.arange(12))
     np.testing.assert_array_equal(batch.labels["stage"], rec.stages)
     np.testing.assert_array_equal(batch.labels["start_s"], np.arange(12) * 30.0)
     # Stored signal == the channel run through the shared pipeline (chunk-exact), epoch-major.
     spec = PreprocessSpec.default()
-    for c in rec.channels[:4]:
+    for c in [*rec.channels[1:4], rec.channels[5]]:
         want = ChannelPipeline(spec.for_modality(c.modality), c.sfreq).process(c.data)
         got = batch.signals[c.label]
         assert got.dtype == np.float32
@@ -118,7 +119,7 @@ def test_store_selects_channels_by_modality_or_label(tmp_path: Path) -> None:
     write_recording(_psg(), tmp_path)
     stored = open_store(tmp_path).get("night1")
     assert list(stored.read(channels=["EEG"]).signals) == ["C4-A1"]
-    assert list(stored.read(channels=["C3-A1", "RESP"]).signals) == ["C3-A1", "NAF1"]
+    assert list(stored.read(channels=["EOG(L)", "RESP"]).signals) == ["EOG(L)", "NAF1"]
     assert stored.read(channels=[]).signals == {}
     with pytest.raises(DataError, match="no stored channel 'EMG'"):
         stored.read(channels=["EMG"])

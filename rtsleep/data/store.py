@@ -16,7 +16,9 @@ Columns (one row per epoch ``k``, covering ``[30 k, 30 k + 30)`` s from the reco
   and ``beat_hr`` list<float32> (instantaneous heart rate of those beats, beats/s).
 - Signals: one ``fixed_size_list<float32, n_times>`` column per stored channel, named
   ``"x:" + label``, holding the preprocessed signal at the modality's model rate
-  (``n_times = 30 * sfreq``). Label-only recordings have no signal columns.
+  (``n_times = 30 * sfreq``) exactly as the model reads it: the epoch assembler's output
+  (:mod:`rtsleep.data.epochs`), i.e. the primary channel of each ExG modality and every RESP and
+  SPO2 channel. Label-only recordings have no signal columns.
 
 Schema metadata key ``rtsleep`` holds :class:`StoreMeta` as JSON: subject, dataset, recording id,
 channel map, rates, units, preprocess spec, sha256 of the source file(s), format version.
@@ -39,21 +41,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rtsleep.data.channels import rank_channels, require_modalities
+from rtsleep.data.channels import is_flat, require_modalities
+from rtsleep.data.epochs import EpochArrays, epochs_from_recording
 from rtsleep.data.errors import DataError
 from rtsleep.data.labels import DEFAULT_MIN_OVERLAP_S, event_counts, event_epoch_flags
-from rtsleep.data.preprocessing import (
-    NORM_FIXED,
-    ChannelPipeline,
-    ModalitySpec,
-    PreprocessSpec,
-    check_amplitude,
-)
+from rtsleep.data.preprocessing import NORM_FIXED, ModalitySpec, PreprocessSpec
 from rtsleep.data.recording import (
     EPOCH_S,
     EXG_MODALITIES,
     BeatSeries,
-    Channel,
     EventType,
     Modality,
     Recording,
@@ -311,40 +307,38 @@ def store_path(root: Path, dataset: str, recording_id: str) -> Path:
 
 
 def _stored_channels(
-    rec: Recording, spec: PreprocessSpec
-) -> list[tuple[Channel, StoredChannel]]:
-    """Channels to store, in spec modality order: the primary of each modality, then the others.
+    rec: Recording, spec: PreprocessSpec, arrays: EpochArrays
+) -> list[tuple[StoredChannel, np.ndarray]]:
+    """Signal columns from the epoch assembler's output: ``(channel, float32 (n, n_times))``.
 
-    Only modalities of ``spec`` are stored; flat or non-finite channels, and ExG slower than
-    ``MIN_EXG_SFREQ``, are left out (logged). The amplitude / unit check of the preprocessing
-    module runs on every stored channel: its warnings are logged, its errors raised.
+    One column per ExG modality present (its primary channel, ``role="primary"``), then every
+    auxiliary (RESP, SPO2) channel, preferred first (``"primary"``, then ``"extra"``).
     """
-    out: list[tuple[Channel, StoredChannel]] = []
+    by_label = {c.label: c for c in rec.channels}
+    out: list[tuple[StoredChannel, np.ndarray]] = []
     for mspec in spec.modalities:
-        of_modality = rec.by_modality(mspec.modality)
-        ranked = rank_channels(rec.channels, mspec.modality)
-        for c in of_modality:
-            if c not in ranked:
-                log.warning("%s: channel %r (%s) is flat, non-finite or too slow; not stored",
-                            rec.source, c.label, c.modality)
-        for i, c in enumerate(ranked):
-            for warning in check_amplitude(c, rec.source):
-                log.warning("%s: %s", rec.source, warning)
-            out.append((c, StoredChannel(
-                label=c.label,
-                modality=mspec.modality.value,
-                role="primary" if i == 0 else "extra",
+        mod = mspec.modality
+        for row, label in enumerate(arrays.channels.get(mod, [])):
+            if mod in EXG_MODALITIES:
+                x = arrays.x[:, EXG_MODALITIES.index(mod), :]  # (n, M, S) -> (n, S)
+            else:
+                x = arrays.aux[mod][:, row, :]  # (n, k, S_aux) -> (n, S_aux)
+            src = by_label[label]
+            out.append((StoredChannel(
+                label=label,
+                modality=mod.value,
+                role="primary" if row == 0 else "extra",
                 sfreq=float(mspec.sfreq),
-                n_times=spec.n_times(mspec.modality),
+                n_times=spec.n_times(mod),
                 unit=_stored_unit(mspec),
-                source_sfreq=float(c.sfreq),
-                source_unit=c.unit,
-            )))
+                source_sfreq=float(src.sfreq),
+                source_unit=src.unit,
+            ), x))
     return out
 
 
 def _stored_unit(mspec: ModalitySpec) -> str:
-    """Unit of the normalised values, e.g. ``"(x - 0) / 20 uV"`` or ``"running-RMS units"``."""
+    """Unit of the normalised values, e.g. ``"(x - 0) / 20 uV"`` or ``"x / running RMS ..."``."""
     if mspec.norm == NORM_FIXED:
         unit = "%" if mspec.modality == Modality.SPO2 else (
             "uV" if mspec.modality in EXG_MODALITIES else "source unit"
@@ -353,32 +347,11 @@ def _stored_unit(mspec: ModalitySpec) -> str:
     return f"x / running RMS over {mspec.tau_s:g} s"
 
 
-def _raw_per_epoch(c: Channel, source: Path | str) -> int:
-    n = c.sfreq * EPOCH_S
-    if abs(n - round(n)) > 1e-6 * n:
-        raise DataError(
-            source, f"channel {c.label!r} at {c.sfreq:g} Hz has no whole number of samples per "
-            "30-s epoch"
-        )
-    return int(round(n))
-
-
-def _processed_epochs(
-    c: Channel, mspec: ModalitySpec, n_epochs: int, source: Path | str
-) -> np.ndarray:
-    """One channel through a fresh ``ChannelPipeline``, fed one 30-s epoch of raw samples at a
-    time (the daemon's processing unit); float32 ``(n_epochs, n_times)``."""
-    raw = _raw_per_epoch(c, source)
-    n_times = mspec.n_times()
-    pipe = ChannelPipeline(mspec, c.sfreq)
-    out = np.empty((n_epochs, n_times), dtype=np.float32)
-    for k in range(n_epochs):
-        y = pipe.process(c.data[k * raw:(k + 1) * raw])
-        if y.shape[0] != n_times:
-            raise ValueError(f"{source}: channel {c.label!r} epoch {k} gave {y.shape[0]} samples,"
-                             f" not {n_times}")
-        out[k] = y
-    return out
+def _warn_unusable(rec: Recording, spec: PreprocessSpec) -> None:
+    for c in rec.channels:
+        if c.modality in spec and (is_flat(c) or not np.isfinite(c.data).all()):
+            log.warning("%s: channel %r (%s) is flat or non-finite; not used",
+                        rec.source, c.label, c.modality)
 
 
 def _align_stages(rec: Recording, n_epochs: int) -> np.ndarray:
@@ -428,29 +401,27 @@ def recording_to_store(
 ) -> tuple[StoreMeta, EpochData]:
     """Preprocess and label one recording into store rows.
 
-    Signals: every usable channel of each ``spec`` modality, preprocessed epoch by epoch; the
-    recording then has as many epochs as its shortest stored channel has complete 30-s epochs.
+    Signals come from the shared epoch assembler (:func:`rtsleep.data.epochs.epochs_from_recording`,
+    one 30-s epoch of raw samples at a time, as in the daemon): the primary channel of each ExG
+    modality and every RESP / SPO2 channel; the recording has as many epochs as its shortest
+    stored channel has complete 30-s epochs.
     Label-only recordings keep ``rec.n_epochs``. ``require``: modalities a recording with channels
     must have (``DataError`` naming the file otherwise).
     """
     spec = spec if spec is not None else PreprocessSpec.default()
     if rec.channels and require:
         require_modalities(rec, require, rec.source)
-    chans = _stored_channels(rec, spec)
-    if chans:
-        n = min(c.n_samples // _raw_per_epoch(c, rec.source) for c, _ in chans)
-        for c, _ in chans:
-            if c.start_s != 0.0:
-                raise DataError(rec.source, f"channel {c.label!r} starts {c.start_s:g} s after "
-                                "the recording start; the store needs aligned channels")
+    chans: list[tuple[StoredChannel, np.ndarray]] = []
+    if rec.channels:
+        _warn_unusable(rec, spec)
+        arrays = epochs_from_recording(rec, spec)
+        chans = _stored_channels(rec, spec, arrays)
+        n = arrays.n_epochs
     else:
         n = rec.n_epochs
     if n <= 0:
         raise DataError(rec.source, f"no complete 30-s epoch (recording is {rec.duration_s:g} s)")
-    signals = {
-        s.label: _processed_epochs(c, spec.for_modality(Modality(s.modality)), n, rec.source)
-        for c, s in chans
-    }
+    signals = {s.label: x for s, x in chans}
     data = EpochData(
         stage=_align_stages(rec, n),
         flags={
@@ -475,7 +446,7 @@ def recording_to_store(
         source_sha256=rec.source_sha256,
         n_epochs=n,
         start_time=rec.start_time.isoformat() if rec.start_time is not None else None,
-        channels=[s for _, s in chans],
+        channels=[s for s, _ in chans],
         channel_map={c.label: c.modality.value for c in rec.channels},
         preprocess=json.loads(spec.to_json()) if chans else None,
         has_stages=rec.stages is not None,
