@@ -38,6 +38,22 @@ def _registry(dataset: str) -> tuple[_Lister, _Reader]:
         from rtsleep.data.readers import dreams
 
         return dreams.list_dreams_sources, dreams.read_dreams
+    if dataset == "shhs":
+        from rtsleep.data.readers import nsrr
+
+        return nsrr.list_nsrr_sources, nsrr.read_nsrr
+    if dataset == "ucddb":
+        from rtsleep.data.readers import ucddb
+
+        return ucddb.list_ucddb_sources, ucddb.read_ucddb
+    if dataset == "slpdb":
+        from rtsleep.data.readers import slpdb
+
+        return slpdb.list_slpdb_sources, slpdb.read_slpdb
+    if dataset == "apnea-ecg":
+        from rtsleep.data.readers import apnea_ecg
+
+        return apnea_ecg.list_apnea_ecg_sources, apnea_ecg.read_apnea_ecg
     if dataset == "edf":
         from rtsleep.data.readers import edf
 
