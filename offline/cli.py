@@ -21,6 +21,8 @@ app = typer.Typer(
 #: Modules that define commands, each with ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
     "offline.fetch",
+    "offline.ingest",
+    "offline.inspect",
 )
 
 

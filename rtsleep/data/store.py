@@ -415,6 +415,13 @@ def recording_to_store(
     if rec.channels:
         _warn_unusable(rec, spec)
         arrays = epochs_from_recording(rec, spec)
+        unusable = [m for m in require if m not in arrays.channels]
+        if unusable:
+            have = ", ".join(f"{c.label} ({c.modality.value}, {c.sfreq:g} Hz)"
+                             for c in rec.channels)
+            raise DataError(rec.source, "missing required modality "
+                            f"{', '.join(m.value for m in unusable)}: no channel usable as model "
+                            f"input (has: {have})")
         chans = _stored_channels(rec, spec, arrays)
         n = arrays.n_epochs
     else:
