@@ -2,9 +2,10 @@
 
 **Pairing.** A PSG pairs with the hypnogram whose name shares its first 7 characters
 (``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``), searched in the PSG's folder, then under
-its parent folder. A PSG with another name (``short_psg.edf``, the first 300 s of
-``SC4001E0-PSG.edf``) pairs with a hypnogram only by header: the same patient field and the same
-start date and time to the second, and exactly one such hypnogram. An explicit ``hypnogram=``
+its parent folder (the match must be unique at the level where it is found). A PSG with another
+name (``short_psg.edf``, the first 300 s of ``SC4001E0-PSG.edf``) pairs with a hypnogram only by
+header: the same patient field and the same start date and time to the second, and exactly one
+such hypnogram. An explicit ``hypnogram=``
 argument overrides both.
 
 **Overrun rule.** A hypnogram must fit its PSG. Unscored annotations (``Sleep stage ?``,
@@ -64,11 +65,13 @@ def _is_hypnogram(path: Path) -> bool:
     return path.name.lower().endswith("-hypnogram.edf")
 
 
-def _candidate_hypnograms(psg: Path) -> list[Path]:
-    found = set(psg.parent.glob(HYPNOGRAM_GLOB))
+def _candidate_hypnograms(psg: Path) -> list[list[Path]]:
+    """Hypnograms beside the PSG, then (excluding those) under its parent folder."""
+    near = sorted(psg.parent.glob(HYPNOGRAM_GLOB))
+    far: list[Path] = []
     if psg.parent.parent != psg.parent:
-        found |= set(psg.parent.parent.rglob(HYPNOGRAM_GLOB))
-    return sorted(found)
+        far = sorted(set(psg.parent.parent.rglob(HYPNOGRAM_GLOB)) - set(near))
+    return [near, far]
 
 
 def _header_identity(path: Path) -> tuple[bytes, bytes]:
@@ -78,20 +81,28 @@ def _header_identity(path: Path) -> tuple[bytes, bytes]:
 
 
 def find_hypnogram(psg: Path) -> tuple[Path | None, str]:
-    """The hypnogram of ``psg`` and how it was found: ``"name"``, ``"header"`` or ``"none"``."""
-    candidates = _candidate_hypnograms(psg)
+    """The hypnogram of ``psg`` and how it was found: ``"name"``, ``"header"`` or ``"none"``.
+
+    The PSG's own folder is searched first, then its parent folder tree; at each level the
+    match must be unique.
+    """
+    levels = _candidate_hypnograms(psg)
     key = _night_key(psg)
     if key is not None:
-        by_name = [h for h in candidates if _night_key(h) == key]
-        if len(by_name) == 1:
-            return by_name[0], "name"
-        if len(by_name) > 1:
-            raise DataError(psg, f"several hypnograms match: {[h.name for h in by_name]}")
+        for candidates in levels:
+            by_name = [h for h in candidates if _night_key(h) == key]
+            if len(by_name) == 1:
+                return by_name[0], "name"
+            if len(by_name) > 1:
+                raise DataError(psg, f"several hypnograms match: {[str(h) for h in by_name]}")
     identity = _header_identity(psg)
     if identity[0]:
-        by_header = [h for h in candidates if _header_identity(h) == identity]
-        if len(by_header) == 1:
-            return by_header[0], "header"
+        for candidates in levels:
+            by_header = [h for h in candidates if _header_identity(h) == identity]
+            if len(by_header) == 1:
+                return by_header[0], "header"
+            if len(by_header) > 1:
+                break
     return None, "none"
 
 
