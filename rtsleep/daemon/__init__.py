@@ -1,0 +1,1 @@
+"""The real-time daemon: LSL ingest, epoching, signal quality, scoring, publishing, lifecycle."""

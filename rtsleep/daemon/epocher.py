@@ -1,0 +1,344 @@
+"""Cut a bed's streams into 30-s epochs on LSL timestamps and sample indices, never the wall clock.
+
+Public API (stable):
+
+- ``BedEpocher(bed, stream_keys, *, anchor=None, next_index=0, timeout_s=5.0, ...)``: one bed,
+  fed by one or several streams (one per modality in a replay).
+  - ``attach(key, layout)`` once a stream's channel layout is known (``inlet.StreamLayout``).
+  - ``push(key, samples (n, n_chans), timestamps (n,))``: samples in arrival order, timestamps
+    on the stream's grid (``inlet.Dejitter`` output, LSL seconds).
+  - ``pop_ready(now=None) -> list[EpochBlock]``: the epochs that are complete, in index order.
+  - ``anchor`` (LSL time of sample 0 of epoch 0; the bed's first sample timestamp unless given, to
+    restore after a restart) and ``next_index`` (the next epoch to emit) are what to persist.
+- ``EpochBlock``: bed, index, ``start_lsl``/``end_lsl`` (anchor + 30 k, + 30), ``channels``
+  (``EpochChannel``: label, modality, sfreq, unit, stream key, ``data`` float64 ``(30 fs,)`` at the
+  source rate -- µV for ExG --, ``received`` bool ``(30 fs,)``), and ``quality`` (``EpochQuality``).
+
+Rules:
+
+- Sample index of a sample with grid time ``t``: ``i = round((t - anchor) * fs)`` (a constant
+  sub-sample phase of a stream that starts off the anchor's grid is removed first, so rounding is
+  never ambiguous); it belongs to epoch ``k = i // (30 fs)`` (``30 fs`` must be an integer).
+- An epoch is emitted when every attached stream has delivered a sample at or past its end, or
+  ``timeout_s`` (monotonic seconds, ``now``) after the first stream did so: a vanished or late
+  stream then has its channels marked missing and the epoch goes out anyway. Samples arriving
+  for an epoch already emitted are dropped (counted in ``n_late``).
+- Missing and non-finite samples are filled deterministically by holding the channel's last good
+  value (0.0 before any) and are False in ``received``; quality counts them before filling.
+- Indices never repeat or skip: an epoch with no data at all (a gap over a whole epoch, downtime
+  before a restart) is emitted with every channel missing, hence ``unscorable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtsleep.daemon.inlet import ChannelSpec, StreamLayout
+from rtsleep.daemon.quality import (
+    ChannelQuality,
+    EpochQuality,
+    QualityConfig,
+    channel_quality,
+    epoch_quality,
+)
+from rtsleep.data.channels import DEFAULT_CHANNEL_MAP, unit_scale_to_uv
+from rtsleep.data.errors import DataError
+from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
+
+log = logging.getLogger(__name__)
+
+
+ModalityResolver = Callable[[ChannelSpec, StreamLayout], Modality]
+
+
+def _as_modality(text: str) -> Modality | None:
+    value = text.strip().upper()
+    return Modality(value) if value in Modality.__members__ else None
+
+
+def default_modality(spec: ChannelSpec, layout: StreamLayout) -> Modality:
+    """Modality of a channel: its declared type, else the alias table, else the stream type."""
+    declared = _as_modality(spec.type)
+    if declared is not None:
+        return declared
+    by_label = DEFAULT_CHANNEL_MAP.resolve(spec.label)
+    if by_label != Modality.OTHER:
+        return by_label
+    return _as_modality(layout.type) or Modality.OTHER
+
+
+def to_uv_factor(unit: str, modality: Modality, source: str) -> float:
+    """Factor that converts an ExG channel's ``unit`` to µV (1.0 for non-ExG channels)."""
+    if modality not in EXG_MODALITIES:
+        return 1.0
+    factor = unit_scale_to_uv(unit)
+    if factor is None:
+        log.warning("%s: unknown unit %r for an %s channel; assuming µV", source, unit, modality)
+        return 1.0
+    return factor
+
+
+@dataclass
+class EpochChannel:
+    """One channel over one epoch, at the source rate."""
+
+    label: str
+    modality: Modality
+    sfreq: float
+    #: Unit of ``data``: "uV" for ExG channels, the stream's unit otherwise.
+    unit: str
+    stream: str
+    #: ``(n_times,)`` float64, finite; missing samples hold the last good value.
+    data: np.ndarray
+    #: ``(n_times,)`` bool, False where the sample was missing or not finite.
+    received: np.ndarray
+
+    @property
+    def n_times(self) -> int:
+        return int(self.data.shape[0])
+
+
+@dataclass
+class EpochBlock:
+    """One 30-s epoch of one bed: raw samples per channel and their quality."""
+
+    bed: str
+    index: int
+    #: LSL time of the epoch's first sample and of its end (start + 30 s).
+    start_lsl: float
+    end_lsl: float
+    channels: tuple[EpochChannel, ...]
+    quality: EpochQuality
+
+    @property
+    def unscorable(self) -> bool:
+        return self.quality.unscorable
+
+    def by_modality(self, modality: Modality) -> list[EpochChannel]:
+        """Channels of one modality, in stream then channel order."""
+        return [c for c in self.channels if c.modality == modality]
+
+    def channel(self, label: str) -> EpochChannel:
+        """The channel called ``label``."""
+        for c in self.channels:
+            if c.label == label:
+                return c
+        raise KeyError(f"bed {self.bed}: no channel {label!r} in epoch {self.index}")
+
+
+@dataclass
+class _Track:
+    """Per-stream state of a bed."""
+
+    key: str
+    layout: StreamLayout | None = None
+    per_epoch: int = 0
+    modalities: tuple[Modality, ...] = ()
+    factors: np.ndarray = field(default_factory=lambda: np.ones(0))
+    phase: float | None = None
+    #: One past the highest sample index received.
+    frontier: int = 0
+    #: epoch index -> (data (per_epoch, n_chans) NaN where missing, received (per_epoch, n_chans))
+    pending: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    hold: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class BedEpocher:
+    """Epochs of one bed from one or several streams (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        bed: str,
+        stream_keys: Sequence[str],
+        *,
+        anchor: float | None = None,
+        next_index: int = 0,
+        timeout_s: float = 5.0,
+        quality: QualityConfig | None = None,
+        modality_of: ModalityResolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not stream_keys:
+            raise ValueError(f"bed {bed}: needs at least one stream")
+        if len(set(stream_keys)) != len(stream_keys):
+            raise ValueError(f"bed {bed}: duplicate stream keys {list(stream_keys)}")
+        if next_index < 0:
+            raise ValueError(f"bed {bed}: next_index must be >= 0, got {next_index}")
+        self.bed = bed
+        self.anchor = anchor
+        self.next_index = int(next_index)
+        self.timeout_s = timeout_s
+        self.quality = quality or QualityConfig()
+        self._modality_of = modality_of or default_modality
+        self._clock = clock
+        self._tracks = {k: _Track(k) for k in stream_keys}
+        self._wait_since: float | None = None
+        self._lagging: set[str] = set()
+        #: Samples dropped because their epoch was already emitted or they repeat an index.
+        self.n_late = 0
+
+    @property
+    def stream_keys(self) -> tuple[str, ...]:
+        return tuple(self._tracks)
+
+    def attach(self, key: str, layout: StreamLayout) -> None:
+        """Declare the channels of stream ``key`` (call once its inlet is open)."""
+        track = self._track(key)
+        if track.layout is not None:
+            if track.layout.channels != layout.channels or track.layout.sfreq != layout.sfreq:
+                raise DataError(key, "stream layout changed while the bed was running")
+            return
+        per_epoch = EPOCH_S * layout.sfreq
+        if abs(per_epoch - round(per_epoch)) > 1e-9:
+            raise DataError(key, f"{layout.sfreq} Hz gives a non-integer samples per 30-s epoch")
+        track.layout = layout
+        track.per_epoch = int(round(per_epoch))
+        track.modalities = tuple(self._modality_of(c, layout) for c in layout.channels)
+        pairs = zip(layout.channels, track.modalities, strict=True)
+        track.factors = np.array([to_uv_factor(c.unit, m, key) for c, m in pairs])
+        track.hold = np.zeros(layout.n_chans)
+        if self.anchor is not None:
+            # after a restart the stream resumes at the next epoch, not at sample 0
+            track.frontier = self.next_index * track.per_epoch
+
+    def _track(self, key: str) -> _Track:
+        try:
+            return self._tracks[key]
+        except KeyError:
+            raise KeyError(f"bed {self.bed}: unknown stream {key!r}") from None
+
+    def push(self, key: str, samples: np.ndarray, timestamps: np.ndarray) -> None:
+        """Add samples ``(n, n_chans)`` of stream ``key`` with grid timestamps ``(n,)`` (s)."""
+        track = self._track(key)
+        layout = track.layout
+        if layout is None:
+            raise ValueError(f"bed {self.bed}: stream {key!r} pushed before attach()")
+        samples = np.asarray(samples)
+        ts = np.asarray(timestamps, dtype=np.float64)
+        if samples.ndim != 2 or samples.shape[1] != layout.n_chans or ts.shape != samples.shape[:1]:
+            raise ValueError(
+                f"bed {self.bed}: stream {key!r} expects (n, {layout.n_chans}) samples and (n,) "
+                f"timestamps, got {samples.shape} and {ts.shape}"
+            )
+        if ts.shape[0] == 0:
+            return
+        if self.anchor is None:
+            self.anchor = float(ts[0])
+            log.info("bed %s: anchored at LSL time %.6f (stream %s)", self.bed, self.anchor, key)
+        pos = (ts - self.anchor) * layout.sfreq  # (n,) fractional sample positions
+        if track.phase is None:
+            track.phase = float(pos[0] - np.round(pos[0]))
+        idx = np.rint(pos - track.phase).astype(np.int64)  # (n,) sample indices
+        floor = max(track.frontier, self.next_index * track.per_epoch)
+        keep = idx >= floor
+        if not keep.all():
+            # only strictly increasing indices past what was received and emitted are kept
+            self.n_late += int((~keep).sum())
+            idx, samples = idx[keep], samples[keep]
+        if idx.shape[0] > 1 and np.any(np.diff(idx) <= 0):
+            order_ok = np.concatenate(([True], np.diff(idx) > 0))
+            order_ok &= idx >= np.maximum.accumulate(idx)
+            self.n_late += int((~order_ok).sum())
+            idx, samples = idx[order_ok], samples[order_ok]
+        if idx.shape[0] == 0:
+            return
+        epochs = idx // track.per_epoch  # (n,)
+        bounds = np.flatnonzero(np.diff(epochs)) + 1
+        for part_idx, part_x in zip(np.split(idx, bounds), np.split(samples, bounds), strict=True):
+            k = int(part_idx[0] // track.per_epoch)
+            buf = track.pending.get(k)
+            if buf is None:
+                data = np.full((track.per_epoch, layout.n_chans), np.nan)
+                received = np.zeros((track.per_epoch, layout.n_chans), dtype=bool)
+                buf = track.pending[k] = (data, received)
+            offs = part_idx - k * track.per_epoch  # (m,) positions in the epoch
+            buf[0][offs] = part_x
+            buf[1][offs] = True
+        track.frontier = int(idx[-1]) + 1
+
+    def _passed(self, track: _Track, k: int) -> bool:
+        return track.layout is not None and track.frontier >= (k + 1) * track.per_epoch
+
+    def pop_ready(self, now: float | None = None) -> list[EpochBlock]:
+        """Emit every epoch that is complete (or timed out), in index order."""
+        now = self._clock() if now is None else now
+        out: list[EpochBlock] = []
+        while self.anchor is not None:
+            k = self.next_index
+            passed = [self._passed(t, k) for t in self._tracks.values()]
+            if not any(passed):
+                self._wait_since = None
+                break
+            if not all(passed):
+                if self._wait_since is None:
+                    self._wait_since = now
+                if now - self._wait_since < self.timeout_s:
+                    break
+                late = {t.key for t, p in zip(self._tracks.values(), passed, strict=True) if not p}
+                if late != self._lagging:
+                    log.warning(
+                        "bed %s: epoch %d emitted without waiting for %s", self.bed, k, sorted(late)
+                    )
+                self._lagging = late
+            elif self._lagging:
+                log.info("bed %s: every stream delivering again at epoch %d", self.bed, k)
+                self._lagging = set()
+            out.append(self._emit(k, self.anchor))
+            self.next_index = k + 1
+        return out
+
+    def _emit(self, k: int, anchor: float) -> EpochBlock:
+        channels: list[EpochChannel] = []
+        qualities: list[ChannelQuality] = []
+        missing_streams: list[str] = []
+        for track in self._tracks.values():
+            layout = track.layout
+            if layout is None:
+                missing_streams.append(track.key)
+                continue
+            for old in [j for j in track.pending if j < k]:
+                del track.pending[old]  # stale (cannot happen with in-order pushes)
+            buf = track.pending.pop(k, None)
+            if buf is None:
+                data = np.full((track.per_epoch, layout.n_chans), np.nan)
+                received = np.zeros((track.per_epoch, layout.n_chans), dtype=bool)
+                missing_streams.append(track.key)
+            else:
+                data, received = buf
+            data = data * track.factors  # (per_epoch, n_chans) in µV for ExG
+            pairs = zip(layout.channels, track.modalities, strict=True)
+            for c, (spec, modality) in enumerate(pairs):
+                x = data[:, c]
+                prange = spec.physical_range
+                if prange is not None:
+                    prange = (prange[0] * track.factors[c], prange[1] * track.factors[c])
+                qualities.append(
+                    channel_quality(
+                        spec.label, modality, layout.sfreq, x, received[:, c],
+                        physical_range=prange, config=self.quality,
+                    )
+                )
+                good = received[:, c] & np.isfinite(x)
+                filled, track.hold[c] = _hold_fill(x, good, float(track.hold[c]))
+                unit = "uV" if modality in EXG_MODALITIES else spec.unit
+                channels.append(
+                    EpochChannel(spec.label, modality, layout.sfreq, unit, track.key, filled, good)
+                )
+        quality = epoch_quality(qualities, missing_streams=missing_streams, config=self.quality)
+        start = anchor + k * EPOCH_S
+        return EpochBlock(self.bed, k, start, start + EPOCH_S, tuple(channels), quality)
+
+
+def _hold_fill(x: np.ndarray, good: np.ndarray, carry: float) -> tuple[np.ndarray, float]:
+    """``x`` with every not-``good`` sample replaced by the last good one (``carry`` before any)."""
+    n = x.shape[0]
+    pos = np.where(good, np.arange(n), -1)  # (n,)
+    last = np.maximum.accumulate(pos)  # (n,) index of the last good sample so far, -1 if none
+    out = np.where(last >= 0, x[np.maximum(last, 0)], carry)
+    new_carry = float(out[-1]) if n else carry
+    return out.astype(np.float64), new_carry

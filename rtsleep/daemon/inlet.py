@@ -1,0 +1,430 @@
+"""LSL inlets: stream selection, resolution, chunked pulls, clock correction, dejitter.
+
+Public API (stable):
+
+- ``StreamSelector(name=None, type=None, source_id=None)``: which stream a bed reads.
+  ``predicate()`` builds the XPath predicate for ``pylsl.resolve_bypred`` with every value
+  quoted safely (quotes inside values are handled with ``concat()``); ``key`` names the stream in
+  logs and epoch blocks.
+- ``resolve(selector, timeout_s=1.0) -> list[pylsl.StreamInfo]``: a bounded resolution.
+- ``ChannelSpec`` / ``StreamLayout``: channel metadata read from ``desc/channels/channel/{label,
+  unit, type}`` (LSL/XDF conventions) plus the nominal rate; what the epocher needs.
+- ``Dejitter(sfreq)``: maps noisy timestamps to an exact grid ``a + i / fs`` per continuous
+  segment (linear fit against the nominal rate), detects gaps (Δt > 1.5 / fs) and keeps the grid
+  across them, so a gap of ``m`` samples shows up as a step of ``(m + 1) / fs`` and uneven chunk
+  timestamps still cut sample-exact epochs. Slow clock drift becomes an occasional one-sample
+  slip (logged), never a false gap.
+- ``Inlet(info, ...)``: one opened ``pylsl.StreamInlet(recover=True)``; ``pull()`` drains what
+  is available (non-blocking) in chunks into a preallocated ``RingBuffer`` of samples and
+  dejittered, clock-corrected timestamps; ``buffer.pop()`` hands them to the epocher. A stream
+  that vanishes simply stops delivering; when its outlet comes back with the same
+  ``source_id`` liblsl reconnects and the outage shows up as a timestamp gap.
+- ``StreamHandle(selector, ...)``: resolves and opens in a background thread (the first
+  ``time_correction()`` blocks ~0.64 s), so the scoring loop never waits on the network;
+  ``pull()`` is a no-op until the inlet is open.
+
+Timestamps are LSL clock seconds of the local machine: ``t_local = t_source +
+time_correction()``; the correction is taken once at open (blocking, off the hot path when opened
+by a ``StreamHandle``) and refreshed from liblsl's cached estimate every ``clock_refresh_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+
+from rtsleep.daemon.ringbuffer import RingBuffer
+from rtsleep.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _xpath_literal(value: str) -> str:
+    """``value`` as an XPath 1.0 string literal (no escaping exists in XPath 1.0)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    parts = value.split("'")
+    pieces = ", \"'\", ".join(f"'{p}'" for p in parts)
+    return f"concat({pieces})"
+
+
+@dataclass(frozen=True)
+class StreamSelector:
+    """Which LSL stream to read: every given field must match exactly."""
+
+    name: str | None = None
+    type: str | None = None
+    source_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not any((self.name, self.type, self.source_id)):
+            raise ValueError("a stream selector needs at least one of name, type, source_id")
+        for field_name in ("name", "type", "source_id"):
+            value = getattr(self, field_name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"stream selector {field_name} must be a string, got {value!r}")
+            if value is not None and any(ord(c) < 32 for c in value):
+                raise ValueError(f"stream selector {field_name} has control characters: {value!r}")
+
+    def predicate(self) -> str:
+        """XPath predicate for ``pylsl.resolve_bypred``, e.g. ``name='EEG' and type='EEG'``."""
+        terms = [
+            f"{key}={_xpath_literal(value)}"
+            for key, value in (
+                ("name", self.name), ("type", self.type), ("source_id", self.source_id)
+            )
+            if value is not None
+        ]
+        return " and ".join(terms)
+
+    @property
+    def key(self) -> str:
+        """Stable short name of the stream (source_id, else name, else type)."""
+        return self.source_id or self.name or self.type or ""
+
+    def matches(self, info: pylsl.StreamInfo) -> bool:
+        """Whether a resolved stream satisfies this selector."""
+        return (
+            (self.name is None or info.name() == self.name)
+            and (self.type is None or info.type() == self.type)
+            and (self.source_id is None or info.source_id() == self.source_id)
+        )
+
+
+def resolve(selector: StreamSelector, timeout_s: float = 1.0) -> list[pylsl.StreamInfo]:
+    """Streams matching ``selector``, waiting at most ``timeout_s`` s (returns at the first hit).
+
+    With the loopback config liblsl typically answers after ~0.5 s (its query waves), so a
+    timeout much below that misses streams that exist.
+    """
+    found = pylsl.resolve_bypred(selector.predicate(), 1, timeout_s)
+    return [info for info in found if selector.matches(info)]
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Metadata of one channel of a stream (``unit`` and ``type`` as the stream declares them)."""
+
+    label: str
+    unit: str = ""
+    type: str = ""
+    #: (min, max) of the amplifier's physical range in ``unit``, when the stream declares it.
+    physical_range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """What one stream carries: nominal rate (Hz) and channels in sample order."""
+
+    key: str
+    name: str
+    type: str
+    source_id: str
+    sfreq: float
+    channels: tuple[ChannelSpec, ...]
+
+    @property
+    def n_chans(self) -> int:
+        return len(self.channels)
+
+    @classmethod
+    def from_info(cls, info: pylsl.StreamInfo, key: str | None = None) -> StreamLayout:
+        """Read the layout from a full stream info (one with ``desc``, e.g. ``inlet.info()``).
+
+        Channels without a ``desc/channels`` entry are named ``ch<i>``; a non-positive nominal
+        rate is a ``DataError`` (irregular streams cannot be epoched by sample index).
+        """
+        source = key or info.source_id() or info.name()
+        sfreq = float(info.nominal_srate())
+        if sfreq <= 0:
+            raise DataError(source, "stream has an irregular rate; need a nominal sampling rate")
+        n = int(info.channel_count())
+        specs: list[ChannelSpec] = []
+        ch = info.desc().child("channels").child("channel")
+        while not ch.empty() and len(specs) < n:
+            label = ch.child_value("label") or f"ch{len(specs)}"
+            prange = None
+            lo, hi = ch.child_value("physical_min"), ch.child_value("physical_max")
+            if lo and hi:
+                try:
+                    prange = (float(lo), float(hi))
+                except ValueError:
+                    log.warning("%s: %s: bad physical range %r..%r", source, label, lo, hi)
+            specs.append(
+                ChannelSpec(label, ch.child_value("unit"), ch.child_value("type"), prange)
+            )
+            ch = ch.next_sibling("channel")
+        specs.extend(ChannelSpec(f"ch{i}") for i in range(len(specs), n))
+        labels = [s.label for s in specs]
+        if len(set(labels)) != len(labels):
+            raise DataError(source, f"duplicate channel labels {labels}")
+        return cls(
+            key=source,
+            name=info.name(),
+            type=info.type(),
+            source_id=info.source_id(),
+            sfreq=sfreq,
+            channels=tuple(specs),
+        )
+
+
+class Dejitter:
+    """Exact timestamp grid ``a + i / fs`` for noisy timestamps, with gap detection.
+
+    ``process(ts)`` returns the grid time of every sample, in order. The grid offset is the first
+    sample's timestamp; the residual ``ts - grid`` is smoothed (exponential average over
+    ``smoothing_samples``). A residual further than ``gap_factor / fs`` from the smoothed one
+    starts a new segment on the same grid, ``round(residual * fs)`` samples later (a gap) or
+    earlier (a backward jump). When the smoothed residual drifts past ``slip_threshold`` samples
+    (clock drift against the nominal rate) the grid slips by one sample.
+    """
+
+    def __init__(
+        self,
+        sfreq: float,
+        *,
+        gap_factor: float = 1.5,
+        smoothing_samples: float = 500.0,
+        slip_threshold: float = 0.75,
+    ) -> None:
+        if sfreq <= 0:
+            raise ValueError(f"sfreq must be > 0, got {sfreq}")
+        self.sfreq = float(sfreq)
+        self.gap_factor = gap_factor
+        self.smoothing_samples = smoothing_samples
+        self.slip_threshold = slip_threshold
+        self._origin: float | None = None  # grid time of sample index 0
+        self._next = 0  # grid index of the next expected sample
+        self._residual = 0.0  # smoothed ts - grid, s
+        #: Gaps and backward jumps seen so far, and one-sample drift slips.
+        self.n_gaps = 0
+        self.n_jumps_back = 0
+        self.n_slips = 0
+
+    @property
+    def origin(self) -> float | None:
+        """Grid time of grid index 0 (the first sample's timestamp), or None before any."""
+        return self._origin
+
+    def process(self, ts: np.ndarray) -> np.ndarray:
+        """Grid times ``(n,)`` for timestamps ``ts (n,)`` (s)."""
+        ts = np.asarray(ts, dtype=np.float64)
+        n = ts.shape[0]
+        out = np.empty(n, dtype=np.float64)
+        if n == 0:
+            return out
+        if self._origin is None:
+            self._origin = float(ts[0])
+        period = 1.0 / self.sfreq
+        tol = self.gap_factor * period
+        i = 0
+        while i < n:
+            idx = self._next + np.arange(n - i)  # (n - i,) grid indices if continuous
+            grid = self._origin + idx * period
+            res = ts[i:] - grid - self._residual
+            bad = np.flatnonzero(np.abs(res) > tol)
+            m = int(bad[0]) if bad.size else n - i
+            if m == 0:
+                # a gap (or a jump back) right here: re-enter the grid where this sample falls
+                step = int(round(float(res[0]) * self.sfreq))
+                if step > 0:
+                    self.n_gaps += 1
+                    log.debug("gap of %d samples before grid index %d", step, self._next)
+                else:
+                    self.n_jumps_back += 1
+                    log.debug("timestamps back %d samples at grid index %d", -step, self._next)
+                self._next += step
+                continue
+            out[i : i + m] = grid[:m]
+            # smooth the residual: an exponential average, applied chunk-wise
+            w = 1.0 - (1.0 - 1.0 / self.smoothing_samples) ** m
+            self._residual += w * float(np.mean(res[:m]))
+            self._next += m
+            i += m
+            slip = self._residual * self.sfreq
+            if abs(slip) > self.slip_threshold:
+                step = 1 if slip > 0 else -1
+                self._next += step
+                self._residual -= step * period
+                self.n_slips += 1
+                log.debug("clock drift: grid slipped %+d sample at index %d", step, self._next)
+        return out
+
+
+class Inlet:
+    """One open LSL stream, pulled in chunks into a ring buffer of (samples, grid timestamps).
+
+    ``max_buflen_s`` sizes liblsl's own queue (seconds of data kept while the daemon is busy:
+    make it at least the backlog a ``--speed max`` replay can build); ``buffer_s`` sizes the ring
+    buffer (pulls never take more than its free space, so nothing is overwritten).
+    """
+
+    def __init__(
+        self,
+        info: pylsl.StreamInfo,
+        *,
+        key: str | None = None,
+        max_buflen_s: int = 1800,
+        buffer_s: float = 10.0,
+        open_timeout_s: float = 2.0,
+        gap_factor: float = 1.5,
+        clock_refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inlet = pylsl.StreamInlet(
+            info, max_buflen=int(max_buflen_s), max_chunklen=0, recover=True, processing_flags=0
+        )
+        name = key or info.source_id() or info.name()
+        try:
+            self._inlet.open_stream(open_timeout_s)
+            full = self._inlet.info(open_timeout_s)
+        except (pylsl.TimeoutError, pylsl.LostError) as err:
+            self._inlet.close_stream()
+            raise DataError(name, f"could not open the LSL stream ({err})") from err
+        self.layout = StreamLayout.from_info(full, key=name)
+        self.key = self.layout.key
+        self._clock = clock
+        try:
+            self.clock_offset = float(self._inlet.time_correction(open_timeout_s))
+        except pylsl.TimeoutError:
+            log.warning("%s: no clock correction yet; using 0", self.key)
+            self.clock_offset = 0.0
+        self._clock_refresh_s = clock_refresh_s
+        self._clock_checked = clock()
+        capacity = max(256, int(np.ceil(buffer_s * self.layout.sfreq)))
+        self.buffer = RingBuffer(capacity, self.layout.n_chans)
+        dtype = self._inlet.np_dtype
+        if dtype is None:
+            raise DataError(self.key, "string streams cannot be scored")
+        self._chunk = np.empty((min(capacity, 4096), self.layout.n_chans), dtype=dtype)
+        self.dejitter = Dejitter(self.layout.sfreq, gap_factor=gap_factor)
+        #: Monotonic time of the last pull that returned samples (None before any).
+        self.last_data: float | None = None
+        self.n_samples = 0
+
+    def _refresh_clock(self) -> None:
+        now = self._clock()
+        if now - self._clock_checked < self._clock_refresh_s:
+            return
+        self._clock_checked = now
+        try:
+            # liblsl updates its estimate in the background; a zero timeout returns the cached one
+            self.clock_offset = float(self._inlet.time_correction(0.0))
+        except (pylsl.TimeoutError, pylsl.LostError):
+            pass
+
+    def pull(self, max_samples: int | None = None) -> int:
+        """Move what liblsl holds (at most ``max_samples``) into ``buffer``; never blocks."""
+        self._refresh_clock()
+        total = 0
+        limit = self.buffer.capacity if max_samples is None else max_samples
+        while total < limit:
+            room = min(self._chunk.shape[0], self.buffer.capacity - len(self.buffer), limit - total)
+            if room <= 0:
+                break
+            try:
+                _, ts = self._inlet.pull_chunk(0.0, room, self._chunk)
+            except pylsl.LostError:
+                log.warning("%s: stream lost", self.key)
+                break
+            n = len(ts)
+            if n == 0:
+                break
+            grid = self.dejitter.process(np.asarray(ts, dtype=np.float64) + self.clock_offset)
+            self.buffer.push(self._chunk[:n], grid)
+            total += n
+        if total:
+            self.n_samples += total
+            self.last_data = self._clock()
+        return total
+
+    def close(self) -> None:
+        """Close the stream (idempotent)."""
+        try:
+            self._inlet.close_stream()
+        except Exception:  # noqa: BLE001 - closing must never raise
+            log.debug("%s: close_stream failed", self.key, exc_info=True)
+
+
+class StreamHandle:
+    """A selector that becomes an ``Inlet`` in the background; ``pull()`` is safe at any time.
+
+    Resolution retries every ``retry_s`` until the stream appears; opening (with its blocking first
+    clock correction) happens in the same daemon thread. Errors are logged, never raised into
+    the scoring loop.
+    """
+
+    def __init__(
+        self,
+        selector: StreamSelector,
+        *,
+        retry_s: float = 0.5,
+        resolve_timeout_s: float = 1.0,
+        inlet_kwargs: dict[str, object] | None = None,
+    ) -> None:
+        self.selector = selector
+        self.key = selector.key
+        self._retry_s = retry_s
+        self._resolve_timeout_s = resolve_timeout_s
+        self._inlet_kwargs = dict(inlet_kwargs or {})
+        self._inlet: Inlet | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._connect, name=f"lsl-open-{self.key}", daemon=True
+        )
+        self._thread.start()
+
+    def _connect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                infos = resolve(self.selector, self._resolve_timeout_s)
+                if infos:
+                    if len(infos) > 1:
+                        log.warning("%s: %d streams match; using the first", self.key, len(infos))
+                    inlet = Inlet(infos[0], key=self.key, **self._inlet_kwargs)  # type: ignore[arg-type]
+                    if self._stop.is_set():
+                        inlet.close()
+                        return
+                    self._inlet = inlet
+                    log.info(
+                        "%s: opened (%d channels at %g Hz)",
+                        self.key, inlet.layout.n_chans, inlet.layout.sfreq,
+                    )
+                    return
+            except DataError as err:
+                log.error("%s", err)
+            except Exception:  # noqa: BLE001 - keep retrying; never crash the daemon
+                log.exception("%s: failed to open the stream", self.key)
+            self._stop.wait(self._retry_s)
+
+    @property
+    def inlet(self) -> Inlet | None:
+        """The open inlet, or None while resolving."""
+        return self._inlet
+
+    @property
+    def layout(self) -> StreamLayout | None:
+        return self._inlet.layout if self._inlet is not None else None
+
+    def wait_open(self, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` s until the inlet is open (for tools and tests)."""
+        self._thread.join(timeout_s)
+        return self._inlet is not None
+
+    def pull(self, max_samples: int | None = None) -> int:
+        """Pull into the inlet's ring buffer; 0 while not open."""
+        return self._inlet.pull(max_samples) if self._inlet is not None else 0
+
+    def close(self) -> None:
+        """Stop resolving and close the inlet."""
+        self._stop.set()
+        if self._inlet is not None:
+            self._inlet.close()
