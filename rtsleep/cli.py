@@ -19,7 +19,10 @@ app = typer.Typer(
 )
 
 #: Modules that define commands, each with ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "rtsleep.daemon.commands",
+    "rtsleep.daemon.replay",
+)
 
 
 def _register_all() -> None:

@@ -1,0 +1,307 @@
+"""``rtsleep serve``: startup, the scoring loop and shutdown of the daemon.
+
+Startup (any failure raises :class:`StartupError` with a one-line message; the CLI prints it and
+exits 1): logging, model (+ its preprocess spec and id), publisher (bind, CURVE), per bed the
+saved state (restored when recent and from the same model) and its LSL ingest (streams open in
+the background, so a missing stream never blocks startup), then ``READY=1`` to systemd.
+
+Loop (single thread, owns the ZeroMQ socket): poll every bed's ingest (non-blocking) -> score the
+ready epochs of all beds in one batch per round -> publish stage and alert messages -> persist
+every bed that advanced (atomic) -> heartbeat on ``status/`` every ``heartbeat_s`` -> watchdog ->
+answer late joiners from the last-value cache -> sleep ``poll_s`` when idle. An exception while
+handling one bed's epochs is logged and that bed's epochs are reported unscorable; the daemon and
+the other beds keep going.
+
+Shutdown (uvicorn style): SIGTERM/SIGINT only set a flag; the loop finishes the round it is in
+(the current epoch is scored, published and persisted), persists every bed again, publishes a
+``stopping`` heartbeat, sends ``STOPPING=1`` and returns 0.
+
+Latency (``latency_ms``) runs from the start of the poll that found the epoch complete to the
+publish call; the time a last sample waited in the LSL queue before that poll (< ``poll_s``) is
+not included.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import pylsl
+
+from rtsleep.daemon import sdnotify
+from rtsleep.daemon.alerts import AlertThresholds, BedAlerts
+from rtsleep.daemon.config import BedConfig, Config
+from rtsleep.daemon.epocher import EpochBlock, default_modality
+from rtsleep.daemon.ingest import BedIngest
+from rtsleep.daemon.inlet import ChannelSpec, StreamLayout, StreamSelector
+from rtsleep.daemon.messages import STATUS_TOPIC, alert_topic, stage_topic, status_message
+from rtsleep.daemon.publisher import Publisher, PublisherError
+from rtsleep.daemon.scorer import EpochResult, Scorer, load_scoring_model, result_message
+from rtsleep.daemon.state import load_state, save_state
+from rtsleep.data.recording import Modality
+
+log = logging.getLogger(__name__)
+
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message is one line naming what failed."""
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``: journald reads the syslog priority and adds the time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        text = super().format(record).replace("\n", " | ")
+        return f"<{prio}>{record.name}: {text}"
+
+
+def setup_logging(fmt: str, verbose: bool = False) -> None:
+    """Route logs to stderr, ``text`` (with time) or ``journal`` (syslog priority prefixes)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "journal":
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def modality_resolver(bed: BedConfig) -> Any:
+    """Channel -> modality for one bed: the config's label map first, then the stream metadata
+    and the alias table (``epocher.default_modality``)."""
+    overrides = dict(bed.channels)
+
+    def resolve(spec: ChannelSpec, layout: StreamLayout) -> Modality:
+        if spec.label in overrides:
+            return overrides[spec.label]
+        return default_modality(spec, layout)
+
+    return resolve
+
+
+def selectors(bed: BedConfig) -> list[StreamSelector]:
+    """The bed's LSL selectors (empty strings mean "any")."""
+    return [StreamSelector(name=s.name or None, type=s.type or None,
+                           source_id=s.source_id or None) for s in bed.streams]
+
+
+class Daemon:
+    """The running service; :meth:`start` then :meth:`run` (see the module docstring)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_requested = False
+        self.scorer: Scorer | None = None
+        self.publisher: Publisher | None = None
+        self.ingests: dict[str, BedIngest] = {}
+        self.alerts: dict[str, BedAlerts] = {}
+        self.model_id = ""
+        self.t_start = time.monotonic()
+        self.utc_offset = time.time() - pylsl.local_clock()
+
+    # ------------------------------------------------------------------ signals
+    def request_stop(self, signum: int, frame: FrameType | None = None) -> None:
+        """Signal handler: only sets the flag (the loop finishes the current round)."""
+        if not self.stop_requested:
+            log.info("signal %d: finishing the current epoch, then stopping", signum)
+        self.stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a graceful stop."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # ------------------------------------------------------------------ startup
+    def start(self) -> None:
+        """Load the model, bind the publisher, restore states, open the beds' streams."""
+        cfg = self.cfg
+        try:
+            model, spec, model_id, device = load_scoring_model(cfg.model.path, cfg.model.device)
+        except (OSError, ValueError, KeyError) as err:
+            raise StartupError(f"model: {err}") from None
+        self.model_id = model_id
+        self.scorer = Scorer(model, spec, model_id, device=device, max_batch=cfg.model.max_batch)
+        log.info("model %s on %s", model_id[:12], device)
+        try:
+            cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+            probe = cfg.daemon.state_dir / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StartupError(f"{cfg.daemon.state_dir}: state directory not writable: "
+                               f"{err.strerror or err}") from None
+        try:
+            self.publisher = Publisher(
+                cfg.zmq.endpoints, sndhwm=cfg.zmq.sndhwm,
+                curve_secret_key=cfg.zmq.curve_secret_key or None,
+                curve_allow_dir=cfg.zmq.curve_allow_dir or None,
+            )
+        except PublisherError as err:
+            raise StartupError(str(err)) from None
+        thresholds = AlertThresholds(cfg.alerts.apnea_prob, cfg.alerts.hypopnea_prob,
+                                     cfg.alerts.gate_wake)
+        for bed in cfg.beds:
+            saved = load_state(cfg.daemon.state_dir, bed.id, model_id,
+                               cfg.daemon.state_max_age_s)
+            try:
+                self.scorer.add_bed(bed.id, saved)
+            except ValueError as err:
+                log.warning("%s; bed %s starts fresh", err, bed.id)
+                saved = None
+                self.scorer.add_bed(bed.id, None)
+            alerts = BedAlerts(bed.id, thresholds, model_id)
+            if saved is not None:
+                alerts.load_state_dict(saved.extra.get("alerts", {}))
+            self.alerts[bed.id] = alerts
+            self.ingests[bed.id] = BedIngest(
+                bed.id, selectors(bed),
+                anchor=self.scorer.anchor(bed.id),
+                next_index=self.scorer.next_epoch(bed.id),
+                timeout_s=cfg.daemon.epoch_timeout_s,
+                modality_of=modality_resolver(bed),
+            )
+        log.info("serving %d bed(s) on %s", len(cfg.beds), ", ".join(self.publisher.endpoints))
+
+    # ------------------------------------------------------------------ loop
+    def _persist(self, bed: str) -> None:
+        if self.scorer is None:
+            return
+        st = self.scorer.bed_state(bed)
+        st.extra["alerts"] = self.alerts[bed].state_dict()
+        try:
+            save_state(self.cfg.daemon.state_dir, st)
+        except OSError as err:
+            log.error("bed %s: cannot save state to %s: %s", bed, self.cfg.daemon.state_dir, err)
+
+    def _publish(self, results: list[EpochResult]) -> None:
+        pub = self.publisher
+        if pub is None:
+            return
+        for res in results:
+            latency_ms = (time.perf_counter() - res.ready_at) * 1000.0
+            pub.publish(stage_topic(res.bed),
+                        result_message(res, self.model_id, self.utc_offset, latency_ms))
+            for alert in self.alerts[res.bed].update(res, self.utc_offset):
+                pub.publish(alert_topic(res.bed), alert)
+
+    def heartbeat(self, state: str = "running") -> None:
+        """Publish one ``status/`` message."""
+        if self.publisher is None or self.scorer is None:
+            return
+        beds: dict[str, dict[str, Any]] = {}
+        for bed_id, ingest in self.ingests.items():
+            nxt = self.scorer.next_epoch(bed_id)
+            scored, unscorable = self.scorer.counters(bed_id)
+            summary = self.alerts[bed_id].summary()
+            beds[bed_id] = {
+                "last_epoch": nxt - 1 if nxt > 0 else None,
+                "streams_connected": sum(1 for h in ingest.streams if h.inlet is not None),
+                "streams_total": len(ingest.streams),
+                "epochs_scored": scored,
+                "epochs_unscorable": unscorable,
+                "ahi": summary["ahi"],
+                "severity": summary["severity"],
+            }
+        self.publisher.publish(STATUS_TOPIC, status_message(
+            state=state, uptime_s=time.monotonic() - self.t_start, model_id=self.model_id,
+            beds=beds, now_utc=time.time()))
+
+    def step(self) -> int:
+        """One loop round; returns the number of epochs published."""
+        scorer = self.scorer
+        if scorer is None:
+            raise RuntimeError("Daemon.step() before start()")
+        t_poll = time.perf_counter()
+        blocks: list[EpochBlock] = []
+        for bed_id, ingest in self.ingests.items():
+            try:
+                blocks.extend(ingest.poll())
+            except Exception:  # noqa: BLE001 - one bed never stops the others
+                log.exception("bed %s: ingest failed this round", bed_id)
+        if not blocks:
+            return 0
+        try:
+            results = scorer.score(blocks, [t_poll] * len(blocks))
+        except Exception as err:  # noqa: BLE001 - a bug must not take the other beds down
+            log.exception("scoring failed for %d epoch(s)", len(blocks))
+            results = []
+            for blk in blocks:
+                results.extend(scorer.fail(blk, f"scoring error: {err}", t_poll))
+        self._publish(results)
+        for bed_id in sorted({r.bed for r in results}):
+            self._persist(bed_id)
+        return len(results)
+
+    def run(self) -> int:
+        """Serve until a stop is requested; returns the exit code (0)."""
+        if self.publisher is None:
+            raise RuntimeError("Daemon.run() before start()")
+        cfg = self.cfg.daemon
+        wd = sdnotify.watchdog_interval_s()
+        sdnotify.notify(f"READY=1\nSTATUS=scoring {len(self.ingests)} bed(s)")
+        next_beat = time.monotonic()
+        next_wd = time.monotonic()
+        while not self.stop_requested:
+            n = self.step()
+            now = time.monotonic()
+            if now >= next_beat:
+                self.utc_offset = time.time() - pylsl.local_clock()
+                self.heartbeat()
+                next_beat = now + cfg.heartbeat_s
+            if wd is not None and now >= next_wd:
+                sdnotify.notify("WATCHDOG=1")
+                next_wd = now + wd
+            self.publisher.poll(0.0 if n else cfg.poll_s)
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Persist every bed, say goodbye on ``status/``, close streams and sockets."""
+        sdnotify.notify("STOPPING=1")
+        if self.scorer is not None:
+            for bed in self.scorer.beds:
+                self._persist(bed)
+        try:
+            self.heartbeat("stopping")
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.exception("final heartbeat failed")
+        self.close()
+        log.info("stopped")
+
+    def close(self) -> None:
+        """Close streams and sockets without persisting (failed startup)."""
+        for ingest in self.ingests.values():
+            ingest.close()
+        if self.publisher is not None:
+            self.publisher.close()
+
+
+def serve(cfg: Config, verbose: bool = False) -> int:
+    """Run the daemon with ``cfg`` until SIGTERM/SIGINT; returns the exit code.
+
+    Raises :class:`StartupError` when startup fails (the CLI turns it into exit code 1).
+    """
+    setup_logging(cfg.daemon.log_format, verbose)
+    daemon = Daemon(cfg)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.close()
+        raise
+    if daemon.stop_requested:
+        daemon.shutdown()
+        return 0
+    return daemon.run()
+

@@ -1,0 +1,459 @@
+"""Scorer: raw epochs of many beds -> causal preprocessing -> one batched model step -> results.
+
+Per bed it keeps what carries context from epoch to epoch:
+
+- one :class:`~rtsleep.data.preprocessing.ChannelPipeline` per primary channel (EEG, EOG, EMG,
+  ECG; chosen once per bed from the channel labels by the alias table's preference order), fed the
+  raw samples of every epoch in order, scorable or not, so that filters never see a time jump;
+- the model's recurrent state (batch 1, on the model's device), which only a **scorable** epoch
+  advances: an unscorable epoch is reported with its reason and leaves the state untouched;
+- the next epoch index: an epoch already published is skipped (restart dedupe), a skipped index is
+  reported as unscorable "no data", so indices never repeat and never jump.
+
+:meth:`Scorer.score` takes the ready epochs of all beds at once and runs the model on one batch per
+round (round ``r`` holds the ``r``-th pending epoch of every bed, so a bed's epochs stay in
+order). ``rtsleep score`` drives the very same code with batch 1, which is why its output equals
+what the daemon publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtsleep.daemon.epocher import EpochBlock, EpochChannel
+from rtsleep.daemon.messages import ChannelQuality, stage_message
+from rtsleep.daemon.quality import EpochQuality
+from rtsleep.daemon.state import BedState
+from rtsleep.data.channels import MIN_EXG_SFREQ, PRIMARY_PREFERENCE, normalize_label
+from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
+from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochResult:
+    """The outcome for one epoch of one bed; ``probs`` is ``None`` when unscorable.
+
+    ``probs``: W, N1, N2, N3, R. ``used``: the modalities fed to the model (others masked).
+    """
+
+    bed: str
+    index: int
+    start: float | None
+    end: float | None
+    probs: list[float] | None
+    apnea_prob: float | None
+    hypopnea_prob: float | None
+    reason: str | None
+    quality: EpochQuality | None
+    used: tuple[Modality, ...] = ()
+    ready_at: float = 0.0
+
+    @property
+    def scored(self) -> bool:
+        return self.probs is not None and self.reason is None
+
+    @property
+    def stage_index(self) -> int | None:
+        if self.probs is None or self.reason is not None:
+            return None
+        return int(max(range(len(self.probs)), key=lambda i: self.probs[i]))  # type: ignore[index]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
+
+    Raises ``ValueError`` when CUDA is asked for and not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model.device is {device!r} but CUDA is not available")
+    return torch.device(device)
+
+
+def choose_primary(channels: Sequence[EpochChannel], modality: Modality) -> EpochChannel | None:
+    """The preferred channel of ``modality`` by label (alias-table order, then stream order).
+
+    Label-only (no data checks), so that the choice is the same live and offline, and stays fixed
+    for the night. ExG channels slower than ``MIN_EXG_SFREQ`` are never chosen.
+    """
+    order = PRIMARY_PREFERENCE.get(modality, ())
+    rank = {label: i for i, label in enumerate(order)}
+    cands = [
+        (rank.get(normalize_label(c.label), len(order)), i, c)
+        for i, c in enumerate(channels)
+        if c.modality == modality and not (modality in EXG_MODALITIES and c.sfreq < MIN_EXG_SFREQ)
+    ]
+    if not cands:
+        return None
+    return min(cands, key=lambda t: (t[0], t[1]))[2]
+
+
+def fill_nonfinite(x: np.ndarray) -> np.ndarray:
+    """Replace NaN/inf by the last finite value before (else the first after, else 0); copy.
+
+    The filters must never see NaN; those samples are already flagged by the quality check.
+    """
+    x = np.array(x, dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    good = np.flatnonzero(~bad)
+    if good.size == 0:
+        return np.zeros_like(x)
+    idx = np.maximum.accumulate(np.where(bad, 0, np.arange(x.size)))  # last good index so far
+    idx = np.where(bad & (np.arange(x.size) < good[0]), good[0], idx)
+    return x[idx]
+
+
+class _Bed:
+    """Per-bed context: primary channels, their pipelines, recurrent state, counters."""
+
+    def __init__(self, bed: str, state: dict[str, torch.Tensor]) -> None:
+        self.bed = bed
+        self.state = state
+        self.primary: dict[Modality, str] | None = None
+        self.pipelines: dict[str, ChannelPipeline] = {}
+        self.pending_pipeline_states: dict[str, dict[str, Any]] = {}
+        self.next_epoch = 0
+        self.anchor: float | None = None
+        self.n_scored = 0
+        self.n_unscorable = 0
+
+
+class Scorer:
+    """Scores ready epochs of many beds with one model; see the module docstring.
+
+    ``model`` must provide ``step(x (B, M, S), mask (B, M), state) -> output`` with
+    ``stage_probs (B, 5)``, ``apnea_prob (B,)``, ``hypopnea_prob (B,)`` and
+    ``init_state(batch) -> dict[str, Tensor]`` (``rtsleep.models.SleepNet``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: PreprocessSpec,
+        model_id: str,
+        device: torch.device | str = "cpu",
+        max_batch: int = 256,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = spec
+        self.model_id = model_id
+        self.max_batch = int(max_batch)
+        self.n_times = spec.n_times(Modality.EEG)
+        for m in EXG_MODALITIES:
+            if spec.n_times(m) != self.n_times:
+                raise ValueError(f"preprocess spec: {m} gives {spec.n_times(m)} samples per epoch,"
+                                 f" EEG {self.n_times}; the model needs one length")
+        self.beds: dict[str, _Bed] = {}
+
+    # ------------------------------------------------------------------ beds
+    def _fresh_state(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            state = self.model.init_state(1)  # type: ignore[operator]
+        return {k: v.to(self.device) for k, v in state.items()}
+
+    def add_bed(self, bed: str, restored: BedState | None = None) -> None:
+        """Register a bed, optionally continuing from a persisted :class:`BedState`."""
+        b = _Bed(bed, self._fresh_state())
+        if restored is not None:
+            if restored.model_id != self.model_id:
+                raise ValueError(f"bed {bed}: state from model {restored.model_id[:12]}, "
+                                 f"running {self.model_id[:12]}")
+            fresh = b.state
+            for k, v in fresh.items():
+                if k not in restored.recurrent or restored.recurrent[k].shape != v.shape:
+                    raise ValueError(f"bed {bed}: saved recurrent state {k!r} missing or of "
+                                     "another shape")
+            b.state = {k: restored.recurrent[k].to(self.device, v.dtype) for k, v in fresh.items()}
+            b.next_epoch = restored.next_epoch
+            b.anchor = restored.anchor_lsl
+            prim = restored.extra.get("primary")
+            if isinstance(prim, dict):
+                b.primary = {Modality(m): str(lbl) for m, lbl in prim.items()}
+            b.pending_pipeline_states = {k: dict(v) for k, v in restored.pipelines.items()}
+            b.n_scored = int(restored.extra.get("epochs_scored", 0))
+            b.n_unscorable = int(restored.extra.get("epochs_unscorable", 0))
+        self.beds[bed] = b
+
+    def next_epoch(self, bed: str) -> int:
+        """Index of the next epoch ``bed`` will publish."""
+        return self.beds[bed].next_epoch
+
+    def anchor(self, bed: str) -> float | None:
+        """The bed's anchor time (epoch 0 start), once known."""
+        return self.beds[bed].anchor
+
+    def set_anchor(self, bed: str, anchor: float) -> None:
+        """Record the bed's anchor (persisted with the state)."""
+        self.beds[bed].anchor = float(anchor)
+
+    def counters(self, bed: str) -> tuple[int, int]:
+        """``(epochs scored, epochs unscorable)`` of ``bed`` (across restarts)."""
+        b = self.beds[bed]
+        return b.n_scored, b.n_unscorable
+
+    def bed_state(self, bed: str) -> BedState:
+        """A snapshot of ``bed`` to persist (tensors copied to CPU)."""
+        b = self.beds[bed]
+        pipelines: dict[str, dict[str, Any]] = dict(b.pending_pipeline_states)
+        pipelines.update({label: p.state_dict() for label, p in b.pipelines.items()})
+        return BedState(
+            bed=bed,
+            model_id=self.model_id,
+            next_epoch=b.next_epoch,
+            anchor_lsl=b.anchor,
+            recurrent={k: v.detach().to("cpu", copy=True) for k, v in b.state.items()},
+            pipelines=pipelines,
+            extra={
+                "primary": {str(m): lbl for m, lbl in (b.primary or {}).items()},
+                "epochs_scored": b.n_scored,
+                "epochs_unscorable": b.n_unscorable,
+            },
+        )
+
+    # ------------------------------------------------------------------ preprocessing
+    def _pipeline(self, b: _Bed, ch: EpochChannel) -> ChannelPipeline:
+        p = b.pipelines.get(ch.label)
+        if p is None:
+            p = ChannelPipeline(self.spec.for_modality(ch.modality), ch.sfreq)
+            saved = b.pending_pipeline_states.pop(ch.label, None)
+            if saved is not None:
+                try:
+                    p.load_state_dict(saved)  # type: ignore[arg-type]
+                except ValueError as err:
+                    log.warning("bed %s: %s; channel %s starts fresh", b.bed, err, ch.label)
+            b.pipelines[ch.label] = p
+        elif p.sfreq_in != ch.sfreq:
+            log.warning("bed %s: %s changed rate %.6g -> %.6g Hz; its filters restart",
+                        b.bed, ch.label, p.sfreq_in, ch.sfreq)
+            p = ChannelPipeline(self.spec.for_modality(ch.modality), ch.sfreq)
+            b.pipelines[ch.label] = p
+        return p
+
+    def _preprocess(self, b: _Bed, ep: EpochBlock) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """``x (M, S)`` float32, ``mask (M,)`` bool and an unscorable reason (or ``None``)."""
+        if b.primary is None:
+            b.primary = {}
+            for m in EXG_MODALITIES:
+                ch = choose_primary(ep.channels, m)
+                if ch is not None:
+                    b.primary[m] = ch.label
+            log.info("bed %s: primary channels %s", b.bed,
+                     {str(m): lbl for m, lbl in b.primary.items()} or "none")
+        by_label = {c.label: c for c in ep.channels}
+        usable = {c.label for c in ep.quality.channels if c.usable}
+        x = np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32)
+        mask = np.zeros(len(EXG_MODALITIES), dtype=bool)
+        problems: list[str] = []
+        for i, m in enumerate(EXG_MODALITIES):
+            label = b.primary.get(m)
+            ch = by_label.get(label) if label is not None else None
+            if ch is None:
+                continue
+            out = self._pipeline(b, ch).process(fill_nonfinite(ch.data))  # (S,)
+            if out.shape[0] != self.n_times:
+                problems.append(f"{label}: {ch.data.shape[0]} samples at {ch.sfreq:g} Hz gave "
+                                f"{out.shape[0]} model samples, expected {self.n_times}")
+                continue
+            x[i] = out
+            mask[i] = label in usable
+        reason: str | None = None
+        if ep.quality.unscorable:
+            reason = ep.quality.reason or "unscorable"
+        elif problems:
+            reason = "; ".join(problems)
+        elif not mask.any():
+            reason = "no usable ExG channel"
+        return x, mask, reason
+
+    # ------------------------------------------------------------------ scoring
+    def _gap_results(self, b: _Bed, upto: int) -> list[EpochResult]:
+        out = []
+        while b.next_epoch < upto:
+            k = b.next_epoch
+            start = None if b.anchor is None else b.anchor + k * EPOCH_S
+            out.append(EpochResult(
+                bed=b.bed, index=k, start=start, end=None if start is None else start + EPOCH_S,
+                probs=None, apnea_prob=None, hypopnea_prob=None,
+                reason="no data (daemon not running or all streams absent)", quality=None,
+                ready_at=time.perf_counter(),
+            ))
+            b.n_unscorable += 1
+            b.next_epoch += 1
+        return out
+
+    @torch.no_grad()
+    def _step(self, beds: list[_Bed], x: np.ndarray, mask: np.ndarray) -> list[
+            tuple[list[float], float, float]]:
+        """One model step for ``beds`` with ``x (B, M, S)`` and ``mask (B, M)``."""
+        keys = list(beds[0].state)
+        state = {k: torch.cat([b.state[k] for b in beds], dim=0) for k in keys}  # (B, ...)
+        xt = torch.from_numpy(x).to(self.device)
+        mt = torch.from_numpy(mask).to(self.device)
+        out = self.model.step(xt, mt, state)  # type: ignore[operator]
+        for k in keys:
+            parts = state[k].split(1, dim=0)  # B x (1, ...)
+            for b, part in zip(beds, parts, strict=True):
+                b.state[k] = part.clone()
+        probs = out.stage_probs.detach().double().cpu().numpy()  # (B, 5)
+        apnea = out.apnea_prob.detach().double().cpu().numpy().reshape(-1)  # (B,)
+        hypo = out.hypopnea_prob.detach().double().cpu().numpy().reshape(-1)  # (B,)
+        return [(probs[i].tolist(), float(apnea[i]), float(hypo[i])) for i in range(len(beds))]
+
+    def score(self, epochs: Sequence[EpochBlock],
+              ready_at: Sequence[float] | None = None) -> list[EpochResult]:
+        """Score the ready epochs of any beds; results in per-bed epoch order.
+
+        ``ready_at``: per epoch, the ``time.perf_counter()`` when it became complete (default:
+        now), carried into the results as the latency origin. Epochs of unknown beds raise
+        ``KeyError``. An epoch whose index is below the bed's next index is dropped (already
+        published); a jump forward first yields "no data" results.
+        """
+        now = time.perf_counter()
+        times = list(ready_at) if ready_at is not None else [now] * len(epochs)
+        if len(times) != len(epochs):
+            raise ValueError(f"{len(epochs)} epochs but {len(times)} ready times")
+        queues: dict[str, list[tuple[EpochBlock, float]]] = {}
+        for ep, t in zip(epochs, times, strict=True):
+            if ep.bed not in self.beds:
+                raise KeyError(f"unknown bed {ep.bed!r}")
+            queues.setdefault(ep.bed, []).append((ep, t))
+        for q in queues.values():
+            q.sort(key=lambda e: e[0].index)
+        results: list[EpochResult] = []
+        while any(queues.values()):
+            round_eps = [q.pop(0) for q in queues.values() if q]
+            batch: list[tuple[_Bed, EpochBlock, np.ndarray, np.ndarray, EpochResult]] = []
+            for ep, t_ready in round_eps:
+                b = self.beds[ep.bed]
+                if ep.index < b.next_epoch:
+                    log.debug("bed %s: epoch %d already published, skipped", b.bed, ep.index)
+                    continue
+                if b.anchor is None:
+                    b.anchor = ep.start_lsl - ep.index * EPOCH_S
+                results.extend(self._gap_results(b, ep.index))
+                try:
+                    x, mask, reason = self._preprocess(b, ep)
+                except (ValueError, KeyError) as err:
+                    log.error("bed %s epoch %d: %s", b.bed, ep.index, err)
+                    x = np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32)
+                    mask = np.zeros(len(EXG_MODALITIES), dtype=bool)
+                    reason = f"preprocessing error: {err}"
+                res = EpochResult(
+                    bed=b.bed, index=ep.index, start=ep.start_lsl, end=ep.end_lsl, probs=None,
+                    apnea_prob=None, hypopnea_prob=None, reason=reason, quality=ep.quality,
+                    used=tuple(m for m, on in zip(EXG_MODALITIES, mask, strict=True) if on),
+                    ready_at=t_ready,
+                )
+                b.next_epoch = ep.index + 1
+                results.append(res)
+                if reason is None:
+                    batch.append((b, ep, x, mask, res))
+                    b.n_scored += 1
+                else:
+                    b.n_unscorable += 1
+            for lo in range(0, len(batch), self.max_batch):
+                chunk = batch[lo : lo + self.max_batch]
+                xs = np.stack([c[2] for c in chunk])  # (B, M, S)
+                ms = np.stack([c[3] for c in chunk])  # (B, M)
+                try:
+                    outs = self._step([c[0] for c in chunk], xs, ms)
+                except (RuntimeError, ValueError) as err:  # state untouched: not written back
+                    log.error("model step failed for %d bed(s): %s", len(chunk), err)
+                    for b, _, _, _, res in chunk:
+                        res.reason = f"model error: {err}"
+                        b.n_scored -= 1
+                        b.n_unscorable += 1
+                    continue
+                for (_, _, _, _, res), (p, a, h) in zip(chunk, outs, strict=True):
+                    res.probs = p
+                    res.apnea_prob = a if math.isfinite(a) else None
+                    res.hypopnea_prob = h if math.isfinite(h) else None
+        return results
+
+    def fail(self, block: EpochBlock, reason: str, ready_at: float) -> list[EpochResult]:
+        """Report ``block`` unscorable with ``reason`` (after an internal error), keeping the
+        bed's index bookkeeping; the recurrent state is not touched."""
+        b = self.beds[block.bed]
+        if block.index < b.next_epoch:
+            return []
+        out = self._gap_results(b, block.index)
+        out.append(EpochResult(
+            bed=b.bed, index=block.index, start=block.start_lsl, end=block.end_lsl, probs=None,
+            apnea_prob=None, hypopnea_prob=None, reason=reason, quality=block.quality,
+            ready_at=ready_at,
+        ))
+        b.next_epoch = block.index + 1
+        b.n_unscorable += 1
+        return out
+
+    def known_beds(self) -> Mapping[str, int]:
+        """Bed -> next epoch index."""
+        return {bed: b.next_epoch for bed, b in self.beds.items()}
+
+
+def default_model_path() -> Path:
+    """The bundled model: ``rtsleep/assets/default.safetensors``."""
+    return Path(__file__).resolve().parents[1] / "assets" / "default.safetensors"
+
+
+def load_scoring_model(
+    path: str | Path, device: str = "auto"
+) -> tuple[torch.nn.Module, PreprocessSpec, str, torch.device]:
+    """Load a checkpoint for streaming: ``(model, preprocess spec, model id, device)``.
+
+    ``path`` empty means the bundled model. Raises ``ValueError`` naming the file on any problem
+    (missing file, bad checkpoint, a model with a look-ahead, which the daemon cannot stream).
+    """
+    from rtsleep.models.checkpoint import load_checkpoint_meta, load_model
+
+    p = Path(path) if path else default_model_path()
+    if not p.is_file():
+        hint = " (no bundled model is installed; set model.path)" if not path else ""
+        raise ValueError(f"{p}: model file not found{hint}")
+    dev = resolve_device(device)
+    meta = load_checkpoint_meta(p)
+    model = load_model(p)
+    lookahead = int(getattr(getattr(model, "cfg", None), "lookahead_epochs", 0))
+    if lookahead:
+        raise ValueError(f"{p}: model has a look-ahead of {lookahead} epoch(s); the daemon "
+                         "streams causal models only")
+    return model, meta.preprocess, meta.model_id, dev
+
+
+def result_message(res: EpochResult, model_id: str, utc_offset: float | None,
+                   latency_ms: float | None) -> dict[str, Any]:
+    """The stage message of one result (without ``seq``/``run``, which the publisher adds).
+
+    ``utc_offset``: POSIX seconds minus the result's time base (LSL clock live; the recording's
+    start time offline), or ``None`` when unknown.
+    """
+    quality: dict[str, ChannelQuality] = {}
+    if res.quality is not None:
+        for c in res.quality.channels:
+            quality[c.label] = ChannelQuality(str(c.modality), c.clean_fraction,
+                                              list(c.reasons))
+
+    def utc(t: float | None) -> float | None:
+        return None if (t is None or utc_offset is None) else t + utc_offset
+
+    return stage_message(
+        bed=res.bed, epoch=res.index, start_lsl=res.start, end_lsl=res.end,
+        start_utc=utc(res.start), end_utc=utc(res.end), probs=res.probs,
+        apnea_prob=res.apnea_prob, hypopnea_prob=res.hypopnea_prob, quality=quality,
+        model_id=model_id, reason=res.reason, latency_ms=latency_ms,
+    )

@@ -1,0 +1,136 @@
+"""Scorer mechanics on synthetic signals.
+
+Unscorable epochs keep the recurrent state, batching across beds equals scoring beds alone, a
+restored state continues exactly, indices never repeat or skip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtsleep.daemon.epocher import BedEpocher
+from rtsleep.daemon.inlet import StreamLayout
+from rtsleep.daemon.replay import plan_outlets, stream_info
+from rtsleep.daemon.scorer import Scorer, choose_primary, fill_nonfinite
+from rtsleep.daemon.state import decode_state, encode_state
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.data.recording import Channel, Modality
+from rtsleep.models.sleepnet import SleepNet, SleepNetConfig
+
+FS = 100.0
+N_EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def model() -> SleepNet:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return SleepNet(SleepNetConfig.default()).eval()
+
+
+def synthetic_channels(seed: int, nan_epoch: int | None = None) -> list[Channel]:
+    rng = np.random.default_rng(seed)
+    n = int(N_EPOCHS * 30 * FS)
+    t = np.arange(n) / FS
+    eeg = 30 * np.sin(2 * np.pi * 2.0 * t) + 10 * rng.standard_normal(n)
+    if nan_epoch is not None:
+        eeg[int(nan_epoch * 30 * FS) : int((nan_epoch + 1) * 30 * FS)] = np.nan
+    return [
+        Channel("C3-A2", Modality.EEG, FS, "uV", eeg),
+        Channel("E1-M2", Modality.EOG, FS, "uV", 20 * rng.standard_normal(n)),
+        Channel("Chin1-Chin2", Modality.EMG, FS, "uV", 5 * rng.standard_normal(n)),
+    ]
+
+
+def blocks(bed: str, channels: list[Channel]) -> list:
+    plans = plan_outlets("synthetic", channels)
+    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
+    ep = BedEpocher(bed, [lay.key for lay in layouts])
+    for p, lay in zip(plans, layouts, strict=True):
+        ep.attach(lay.key, lay)
+        ep.push(lay.key, p.data, 1000.0 + np.arange(p.n_samples) / p.sfreq)
+    out = ep.pop_ready()
+    assert [b.index for b in out] == list(range(N_EPOCHS))
+    return out
+
+
+def make_scorer(model: SleepNet, *beds: str) -> Scorer:
+    sc = Scorer(model, PreprocessSpec.default(), "model-x")
+    for bed in beds:
+        sc.add_bed(bed)
+    return sc
+
+
+def test_unscorable_epoch_is_reported_and_does_not_advance_state(model: SleepNet) -> None:
+    sc = make_scorer(model, "b")
+    eps = blocks("b", synthetic_channels(1, nan_epoch=2))
+    sc.score(eps[:2])
+    before = {k: v.clone() for k, v in sc.beds["b"].state.items()}
+    (res,) = sc.score(eps[2:3])
+    assert not res.scored and res.probs is None
+    assert res.reason is not None and "EEG" in res.reason
+    for k, v in sc.beds["b"].state.items():
+        assert torch.equal(v, before[k]), k
+    more = sc.score(eps[3:])
+    assert all(r.scored for r in more)
+    assert sc.counters("b") == (5, 1)
+
+
+def test_batched_beds_equal_beds_scored_alone(model: SleepNet) -> None:
+    eps_a = blocks("a", synthetic_channels(1))
+    eps_b = blocks("b", synthetic_channels(2))
+    together = make_scorer(model, "a", "b").score(eps_a + eps_b)
+    alone_a = make_scorer(model, "a").score(eps_a)
+    alone_b = make_scorer(model, "b").score(eps_b)
+    got = {(r.bed, r.index): r.probs for r in together}
+    assert len(got) == 2 * N_EPOCHS
+    for r in alone_a + alone_b:
+        np.testing.assert_allclose(got[(r.bed, r.index)], r.probs, rtol=0, atol=1e-6)
+
+
+def test_restored_state_continues_exactly(model: SleepNet) -> None:
+    eps = blocks("b", synthetic_channels(3))
+    ref = make_scorer(model, "b").score(eps)
+    first = make_scorer(model, "b")
+    first.score(eps[:3])
+    saved = decode_state(encode_state(first.bed_state("b")))
+    assert saved.next_epoch == 3 and saved.anchor_lsl == pytest.approx(1000.0)
+    second = Scorer(model, PreprocessSpec.default(), "model-x")
+    second.add_bed("b", saved)
+    rest = second.score(eps)  # epochs 0-2 are skipped: already published
+    assert [r.index for r in rest] == [3, 4, 5]
+    for r, want in zip(rest, ref[3:], strict=True):
+        assert r.probs == want.probs
+
+
+def test_restore_refuses_state_of_another_model(model: SleepNet) -> None:
+    sc = make_scorer(model, "b")
+    st = sc.bed_state("b")
+    st.model_id = "other"
+    with pytest.raises(ValueError, match="state from model"):
+        make_scorer(model).add_bed("b", st)
+
+
+def test_index_jump_yields_no_data_epochs(model: SleepNet) -> None:
+    eps = blocks("b", synthetic_channels(4))
+    sc = make_scorer(model, "b")
+    out = sc.score([eps[0], eps[4]])
+    assert [r.index for r in out] == [0, 1, 2, 3, 4]
+    assert [r.scored for r in out] == [True, False, False, False, True]
+    assert all("no data" in (r.reason or "") for r in out[1:4])
+    assert sc.score([eps[2]]) == []  # never published twice
+
+
+def test_primary_channel_follows_alias_preference() -> None:
+    eps = blocks("b", synthetic_channels(5) + [
+        Channel("C4-A1", Modality.EEG, FS, "uV", np.zeros(int(N_EPOCHS * 30 * FS)))])
+    assert choose_primary(eps[0].channels, Modality.EEG).label == "C4-A1"  # type: ignore[union-attr]
+    assert choose_primary(eps[0].channels, Modality.ECG) is None
+
+
+def test_fill_nonfinite_holds_last_good_value() -> None:
+    x = np.array([np.nan, 1.0, 2.0, np.nan, np.inf, 5.0])
+    assert fill_nonfinite(x).tolist() == [1.0, 1.0, 2.0, 2.0, 2.0, 5.0]
+    assert fill_nonfinite(np.full(3, np.nan)).tolist() == [0.0, 0.0, 0.0]
