@@ -1,0 +1,336 @@
+"""The full model: epoch encoder -> per-epoch LayerNorm + projection -> Mamba temporal -> heads.
+
+Shapes follow the tensor contract (docs/architecture.md): one epoch per bed ``x (B, M, S)``,
+``mask (B, M)``; a sequence ``x (B, T, M, S)``, ``mask (B, T, M)``; ``M = len(EXG_MODALITIES)``.
+
+The input norm before the temporal module is a per-epoch LayerNorm (no statistics over time or
+batch), so ``step`` epoch by epoch equals ``forward`` over the sequence.
+
+**Look-ahead.** With ``lookahead_epochs = k`` the output produced when epoch ``i`` arrives refers
+to epoch ``i - k``: the model may use ``k`` epochs after an epoch before it commits to it. This is
+an output delay, never a leak: the output at arrival ``i`` depends on epochs ``<= i`` only (the
+temporal module is causal). ``SleepNetOutput.epoch_index`` says which epoch each output refers to
+(negative while the first ``k`` epochs of a stream arrive: not yet emittable). In training, compare
+the output at arrival ``i`` with the label of epoch ``i - k``.
+
+The recurrent state is the temporal module's flat dict plus ``"n_epochs"`` (``(B,)`` int64, the
+epochs consumed so far per bed), so it persists with safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rtsleep.data.recording import EXG_MODALITIES, Modality
+from rtsleep.models.dual_branch import DualBranchConfig, DualBranchEncoder
+from rtsleep.models.frame_encoder import FrameEncoderConfig
+from rtsleep.models.fusion import FusionConfig, MultimodalFusion
+from rtsleep.models.heads import HeadsConfig, SleepHeads
+from rtsleep.models.temporal import MambaTemporal, TemporalConfig
+
+ENCODERS = ("fusion", "dual_branch")
+N_EPOCHS_KEY = "n_epochs"
+
+
+def _default_temporal() -> TemporalConfig:
+    return TemporalConfig(d_model=64, n_layers=2)
+
+
+@dataclass
+class SleepNetConfig:
+    """Every size of :class:`SleepNet`. Only the sub-config of the chosen ``encoder`` is built."""
+
+    #: ``"fusion"`` (multimodal, SynthSleepNet-style) or ``"dual_branch"`` (EEG only, MC2SleepNet).
+    encoder: str = "fusion"
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    dual_branch: DualBranchConfig = field(default_factory=DualBranchConfig)
+    temporal: TemporalConfig = field(default_factory=_default_temporal)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    #: Output delay in epochs (see the module doc).
+    lookahead_epochs: int = 0
+    #: Epochs per encoder call inside ``forward`` (bounds memory; the result does not depend on it).
+    encode_batch: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.lookahead_epochs < 0:
+            raise ValueError(f"lookahead_epochs must be >= 0, got {self.lookahead_epochs}")
+        if self.encode_batch < 1:
+            raise ValueError(f"encode_batch must be >= 1, got {self.encode_batch}")
+        exg = tuple(str(m) for m in EXG_MODALITIES)
+        if self.encoder == "fusion" and self.fusion.modalities != exg:
+            raise ValueError(
+                f"fusion modalities must be {exg} (the model tensor contract), "
+                f"got {self.fusion.modalities}"
+            )
+
+    @property
+    def d_embedding(self) -> int:
+        """Width of the per-epoch encoder embedding."""
+        return self.fusion.d_model if self.encoder == "fusion" else self.dual_branch.d_model
+
+    # ------------------------------------------------------------ presets
+    @classmethod
+    def default(cls) -> SleepNetConfig:
+        """CPU daemon preset (all defaults): 4 modalities, 4-s frames every 2 s, width 64."""
+        return cls()
+
+    @classmethod
+    def paper(cls) -> SleepNetConfig:
+        """GPU training preset at the papers' sizes: NeuroNet encoders 768 wide, 4 layers, 8 heads
+        (4-s frames, 1-s hop, per-frame multi-scale CNN with squeeze-excitation); SynthSleepNet
+        fusion 512 wide, 4 layers, 8 heads; a 512-wide Mamba."""
+        frame = FrameEncoderConfig(
+            frame_s=4.0,
+            hop_s=1.0,
+            per_frame=True,
+            stem_channels=64,
+            stem_kernel=7,
+            stem_stride=2,
+            stage_channels=(360, 720, 1440, 2880),
+            se_ratio=4,
+            d_model=768,
+            n_layers=4,
+            n_heads=8,
+            mlp_ratio=4.0,
+            dropout=0.1,
+        )
+        fusion = FusionConfig(
+            frame=frame,
+            d_model=512,
+            n_layers=4,
+            n_heads=8,
+            mlp_ratio=4.0,
+            dropout=0.1,
+            token_mlp_hidden=512,
+        )
+        dual = DualBranchConfig(
+            raw_stem_channels=64, raw_channels=(128, 256), d_model=128, n_layers=4, n_heads=8
+        )
+        return cls(
+            encoder="fusion",
+            fusion=fusion,
+            dual_branch=dual,
+            temporal=TemporalConfig(d_model=512, n_layers=2),
+            heads=HeadsConfig(hidden=256, dropout=0.1),
+            encode_batch=512,
+        )
+
+    # -------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field and sub-config."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SleepNetConfig:
+        """Inverse of :meth:`to_dict`; unknown or ill-typed fields raise ``ValueError``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"model config must be a JSON object, got {type(data).__name__}")
+        try:
+            d = dict(data)
+            fusion = dict(d.pop("fusion", {}))
+            frame = FrameEncoderConfig(**fusion.pop("frame", {}))
+            return cls(
+                fusion=FusionConfig(frame=frame, **fusion),
+                dual_branch=DualBranchConfig(**d.pop("dual_branch", {})),
+                temporal=TemporalConfig(**d.pop("temporal", {"d_model": 64})),
+                heads=HeadsConfig(**d.pop("heads", {})),
+                **d,
+            )
+        except TypeError as err:
+            raise ValueError(f"model config: {err}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> SleepNetConfig:
+        """Inverse of :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model config: not JSON ({err})") from None
+        return cls.from_dict(data)
+
+
+@dataclass
+class SleepNetOutput:
+    """Per-epoch outputs; ``...`` is ``(B,)`` from ``step`` and ``(B, T)`` from ``forward``."""
+
+    #: ``(..., 5)``, classes W, N1, N2, N3, R.
+    stage_logits: Tensor
+    #: ``(..., 5)``, softmax of ``stage_logits``.
+    stage_probs: Tensor
+    #: ``(...)`` logits and probabilities of "an apnea overlaps this epoch".
+    apnea_logit: Tensor
+    apnea_prob: Tensor
+    #: ``(...)`` logits and probabilities of "a hypopnea overlaps this epoch".
+    hypopnea_logit: Tensor
+    hypopnea_prob: Tensor
+    #: The temporal feature the heads read ``(..., temporal.d_model)``.
+    embedding: Tensor
+    #: ``(...)`` int64: the epoch each output refers to (arrival index minus the look-ahead;
+    #: negative = nothing to emit yet).
+    epoch_index: Tensor
+
+
+class SleepNet(nn.Module):
+    """Streaming sleep scorer; see the module doc for shapes, state and look-ahead."""
+
+    def __init__(self, cfg: SleepNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.modalities: tuple[Modality, ...] = EXG_MODALITIES
+        self.encoder: nn.Module
+        if cfg.encoder == "fusion":
+            self.encoder = MultimodalFusion(cfg.fusion)
+        else:
+            self.encoder = DualBranchEncoder(cfg.dual_branch)
+            #: Embedding used for epochs without EEG (input-free, learned).
+            self.missing_embedding = nn.Parameter(torch.zeros(cfg.dual_branch.d_model))
+        d_emb = cfg.d_embedding
+        self.input_norm = nn.LayerNorm(d_emb)
+        self.input_proj = nn.Linear(d_emb, cfg.temporal.d_model)
+        self.temporal = MambaTemporal(cfg.temporal)
+        self.heads = SleepHeads(cfg.heads, cfg.temporal.d_model)
+
+    @property
+    def n_times(self) -> int:
+        """Samples per modality per epoch (S)."""
+        if self.cfg.encoder == "fusion":
+            return self.cfg.fusion.frame.n_times
+        return self.cfg.dual_branch.n_times
+
+    # ------------------------------------------------------------- encoder
+    def encode(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Per-epoch embeddings: ``x (B, M, S)``, ``mask (B, M)`` -> ``(B, d_embedding)``."""
+        m, s = len(self.modalities), self.n_times
+        if x.dim() != 3 or x.shape[1:] != (m, s):
+            raise ValueError(f"x must have shape (B, {m}, {s}), got {tuple(x.shape)}")
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        if isinstance(self.encoder, MultimodalFusion):
+            return self.encoder(x, mask).embedding
+        return self._encode_dual(x[:, 0], mask[:, 0].bool())
+
+    def _encode_dual(self, eeg: Tensor, present: Tensor) -> Tensor:
+        """EEG-only dual-branch embedding; epochs without EEG get ``missing_embedding``."""
+        b = eeg.shape[0]
+        out = self.missing_embedding.to(eeg.dtype).expand(b, -1)  # (B, D)
+        idx = present.nonzero().squeeze(1)  # (n,)
+        if idx.numel() == 0:
+            return out
+        emb = self.encoder(eeg.index_select(0, idx)).embedding  # (n, D)
+        return out.index_copy(0, idx, emb)  # (B, D)
+
+    def _temporal_input(self, emb: Tensor) -> Tensor:
+        """Per-epoch LayerNorm and projection: ``(..., d_embedding) -> (..., d_model)``."""
+        return self.input_proj(self.input_norm(emb))
+
+    def _outputs(
+        self, y: Tensor, epoch_index: Tensor, aux: Tensor | None, aux_mask: Tensor | None
+    ) -> SleepNetOutput:
+        h = self.heads(y, aux, aux_mask)
+        return SleepNetOutput(
+            stage_logits=h.stage_logits,
+            stage_probs=torch.softmax(h.stage_logits, dim=-1),
+            apnea_logit=h.apnea_logit,
+            apnea_prob=torch.sigmoid(h.apnea_logit),
+            hypopnea_logit=h.hypopnea_logit,
+            hypopnea_prob=torch.sigmoid(h.hypopnea_logit),
+            embedding=y,
+            epoch_index=epoch_index,
+        )
+
+    # --------------------------------------------------------------- state
+    def init_state(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> dict[str, Tensor]:
+        """Fresh state for ``batch`` beds (temporal state + ``n_epochs``)."""
+        state = self.temporal.init_state(batch, device=device, dtype=dtype)
+        dev = device if device is not None else self.input_proj.weight.device
+        state[N_EPOCHS_KEY] = torch.zeros(batch, dtype=torch.int64, device=dev)
+        return state
+
+    def state_nbytes(self, batch: int = 1) -> int:
+        """Bytes of the recurrent state for ``batch`` beds at the parameter dtype."""
+        return self.temporal.state_nbytes(batch) + 8 * batch
+
+    def _n_epochs(self, state: dict[str, Tensor]) -> Tensor:
+        try:
+            return state[N_EPOCHS_KEY]
+        except KeyError:
+            raise ValueError(f"SleepNet: state has no entry {N_EPOCHS_KEY!r}") from None
+
+    # ------------------------------------------------------------- running
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        state: dict[str, Tensor] | None = None,
+        aux: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+    ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
+        """Score a sequence of epochs.
+
+        Args:
+            x: ``(B, T, M, S)`` float.
+            mask: ``(B, T, M)`` bool, True = modality present.
+            state: carried state (``init_state`` / a previous call), or None for a fresh stream.
+                Not modified.
+            aux, aux_mask: optional ``(B, T, n_aux)`` auxiliary features (see ``SleepHeads``).
+
+        Returns:
+            ``SleepNetOutput`` with ``(B, T, ...)`` fields (entry ``i`` refers to epoch
+            ``epoch_index[:, i]``), and the new state.
+        """
+        m, s = len(self.modalities), self.n_times
+        if x.dim() != 4 or x.shape[2:] != (m, s):
+            raise ValueError(f"x must have shape (B, T, {m}, {s}), got {tuple(x.shape)}")
+        b, t = x.shape[:2]
+        if mask.shape != (b, t, m):
+            raise ValueError(f"mask must have shape {(b, t, m)}, got {tuple(mask.shape)}")
+        flat_x = x.reshape(b * t, m, s)  # (B*T, M, S)
+        flat_mask = mask.reshape(b * t, m)  # (B*T, M)
+        n = self.cfg.encode_batch
+        emb = torch.cat(
+            [self.encode(flat_x[i : i + n], flat_mask[i : i + n]) for i in range(0, b * t, n)]
+        ).view(b, t, -1)  # (B, T, D_emb)
+        temporal_state = None
+        n0 = torch.zeros(b, dtype=torch.int64, device=x.device)
+        if state is not None:
+            n0 = self._n_epochs(state)
+            temporal_state = {k: v for k, v in state.items() if k != N_EPOCHS_KEY}
+        y, new_state = self.temporal(self._temporal_input(emb), temporal_state)  # (B, T, d)
+        steps = torch.arange(t, dtype=torch.int64, device=x.device)
+        epoch_index = n0[:, None] + steps[None, :] - self.cfg.lookahead_epochs  # (B, T)
+        new_state[N_EPOCHS_KEY] = n0 + t
+        return self._outputs(y, epoch_index, aux, aux_mask), new_state
+
+    def step(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        state: dict[str, Tensor],
+        aux: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+    ) -> SleepNetOutput:
+        """Score one new epoch per bed, batched across beds; ``state`` is updated in place.
+
+        ``x (B, M, S)``, ``mask (B, M)``, optional ``aux``/``aux_mask (B, n_aux)``. Returns
+        ``SleepNetOutput`` with ``(B, ...)`` fields referring to epoch ``epoch_index``.
+        """
+        n_epochs = self._n_epochs(state)
+        emb = self.encode(x, mask)  # (B, D_emb)
+        y = self.temporal.step(self._temporal_input(emb), state)  # (B, d)
+        out = self._outputs(y, n_epochs - self.cfg.lookahead_epochs, aux, aux_mask)
+        n_epochs += 1
+        return out
