@@ -29,7 +29,8 @@ REAL_LABELS = {
     "ROC": M.EOG, "EMG submental": M.EMG, "EMG1": M.EMG, "EMG EMG1": M.EMG, "ECG": M.ECG,
     "NAF1": M.RESP, "AIRFLOW": M.RESP, "NEW AIR": M.RESP, "Resp oro-nasal": M.RESP, "VAB": M.RESP,
     "VTH": M.RESP, "THOR RES": M.RESP, "ABDO RES": M.RESP, "SAO2": M.SPO2, "SpO2": M.SPO2,
-    "SO2": M.SPO2,
+    "SO2": M.SPO2, "C3A2": M.EEG, "C4A1": M.EEG, "Lefteye": M.EOG, "RightEye": M.EOG,
+    "ribcage": M.RESP, "abdo": M.RESP, "Flow": M.RESP,
 }
 
 

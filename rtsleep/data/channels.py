@@ -41,7 +41,8 @@ _ALIASES_BY_MODALITY: dict[Modality, tuple[str, ...]] = {
     ),
     Modality.EOG: (
         "LOC", "ROC", "E1", "E2", "E1-M2", "E2-M1", "E1-M1", "E2-M2", "LOC-A2", "ROC-A1",
-        "LOC-M2", "ROC-M1", "EOG(L)", "EOG(R)", "EOG L", "EOG R", "EOG1-A1", "EOG2-A1",
+        "LOC-M2", "ROC-M1", "Lefteye", "RightEye", "EOG(L)", "EOG(R)", "EOG L", "EOG R",
+        "EOG1-A1", "EOG2-A1",
         "EOG horizontal", "EOG EOG1", "EOG EOG2", "LEOG", "REOG", "L-EOG", "R-EOG",
     ),
     Modality.EMG: (
@@ -53,12 +54,14 @@ _ALIASES_BY_MODALITY: dict[Modality, tuple[str, ...]] = {
         "NAF1", "NAF2", "AIRFLOW", "AIR FLOW", "NEW AIR", "NEWAIR", "FLOW", "NASAL",
         "NASAL PRESSURE", "NASALPRESSURE", "PTAF", "CFLOW", "CANNULA", "THERM", "THERMISTOR",
         "ORONASAL", "Resp oro-nasal", "VAB", "VTH", "THOR RES", "ABDO RES", "THORAX", "ABDOMEN",
-        "THOR", "ABDO",        "CHEST", "ABD", "EFFORT THO", "EFFORT ABD", "SUM", "RIP SUM",
+        "THOR", "ABDO", "ribcage", "CHEST", "ABD", "EFFORT THO", "EFFORT ABD", "SUM",
+        "RIP SUM",
     ),
     Modality.SPO2: ("SAO2", "SPO2", "SO2", "SA02", "SP02", "OSAT", "SAT", "OXSAT", "SAO2 OSAT"),
     Modality.OTHER: (
         "hypnogram", "hypnogram_aut", "event_pneumo", "event_pneumo_aut", "event_neuro",
-        "Event marker", "Temp rectal", "POS", "POSITION", "PHONO", "SNORE", "PR", "PULSE", "HR",
+        "Event marker", "Temp rectal", "POS", "POSITION", "BodyPos", "Sound", "PHONO", "SNORE",
+        "PR", "PULSE", "HR",
         "BP", "SV", "LIGHT", "OX STAT", "EDF Annotations",
     ),
 }
@@ -83,7 +86,7 @@ _PREFIXES: tuple[tuple[str, Modality], ...] = (
 
 _ELECTRODE = r"(?:FP|AF|FC|FT|CP|TP|PO|F|C|T|P|O)(?:Z|\d{1,2})"
 _REFERENCE = rf"(?:[AM][12]|{_ELECTRODE}|AVG|REF|LE|CAR)"
-_EEG_PATTERN = re.compile(rf"^{_ELECTRODE}(?:-{_REFERENCE})?$")
+_EEG_PATTERN = re.compile(rf"^{_ELECTRODE}(?:-?{_REFERENCE})?$")  # C3-A2, C3A2 (ucddb)
 _EOG_PATTERN = re.compile(r"^(?:E[12]|LOC|ROC|EOG\w*)(?:-\w+)?$")
 
 LABEL_CHANNELS: frozenset[str] = frozenset(
