@@ -236,3 +236,48 @@ def test_inspect_reports_an_unreadable_store_file_and_shows_the_rest(
     assert result.exit_code == 1
     assert "edf/short_psg: 10 epochs" in result.output
     _one_line_error(result.output, "junk.parquet")
+
+
+def test_ingest_hypnogram_longer_than_its_psg_fails_cleanly(
+    shared_data: Path, short_psg: Path, tmp_path: Path
+) -> None:
+    # short_psg (300 s) named as the whole night, beside the whole night's hypnogram.
+    short_psg.rename(short_psg.with_name("SC4001E0-PSG.edf"))
+    shutil.copy(shared_data / "sleep-edf-sc-subset" / "hypnograms" / "SC4001EC-Hypnogram.edf",
+                short_psg.parent)
+    out = tmp_path / "S"
+    result = _ingest(str(short_psg.parent), "--dataset", "sleep-edf", "--out", str(out))
+    assert result.exit_code == 1
+    line = _one_line_error(result.output, "SC4001EC-Hypnogram.edf")
+    assert "run to 79500 s" in line and "10 epochs" in line
+    assert not out.exists()
+
+
+def test_ingest_flat_required_channel_fails_cleanly(tmp_path: Path) -> None:
+    edfio = pytest.importorskip("edfio")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "flat.edf"
+    edfio.Edf([
+        edfio.EdfSignal(np.full(3000, 5.0), sampling_frequency=100, label="EEG C3",
+                        physical_dimension="uV", physical_range=(-100, 100)),
+        edfio.EdfSignal(rng.normal(0, 30, 3000), sampling_frequency=100, label="EOG(L)",
+                        physical_dimension="uV", physical_range=(-500, 500)),
+    ]).write(path)
+    out = tmp_path / "S"
+    result = _ingest(str(path), "--dataset", "edf", "--out", str(out))
+    assert result.exit_code == 1
+    line = _one_line_error(result.output, "flat.edf")
+    assert "missing required modality EEG" in line and "EEG C3" in line
+    assert not out.exists()
+
+
+def test_ingest_shhs_annotations_fixture_as_label_only_recording(tmp_path: Path) -> None:
+    xml = Path(__file__).parent / "fixtures" / "shhs1-200001-nsrr.xml"
+    out = tmp_path / "S"
+    result = _ingest(str(xml), "--dataset", "shhs", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rec = open_store(out).get("shhs1-200001")
+    assert rec.meta.dataset == "shhs" and rec.meta.channels == [] and rec.meta.has_stages
+    labels = rec.read_labels()
+    assert rec.meta.source_sha256 and len(labels["stage"]) == rec.n_epochs
+    assert labels["apnea"].any() and labels["hypopnea"].any()  # the fixture scores both
