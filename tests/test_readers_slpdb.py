@@ -51,8 +51,9 @@ def test_recordings_carry_merged_stages_and_typed_events(slpdb: Path) -> None:
         stages.update(stage_counts(rec.stages))
         events.update(event_counts(rec.events))
     assert stages["N3"] == 483 + 181 and stages["W"] == 3115 and stages["REM"] == 700
-    # 2 stage-less movement tokens plus the epochs before each record's first annotation
-    assert stages["UNSCORED"] >= 16
+    # 16 movement epochs (MT, M) plus 76 epochs before the first annotation (slp14 6, slp16 26,
+    # slp37 2, slp59 22, slp61 20) and 1 after the last (slp66)
+    assert stages["UNSCORED"] == 12 + 4 + 77
     assert events[EventType.APNEA_OBSTRUCTIVE.value] == 1617 + 616
     assert events[EventType.HYPOPNEA.value] == 754 + 272
     assert events[EventType.APNEA_CENTRAL.value] == 181 + 56
