@@ -30,6 +30,7 @@ from rtsleep.data.store import (
     METADATA_KEY,
     ROW_GROUP_EPOCHS,
     STORE_FORMAT_VERSION,
+    exg_input,
     open_store,
     recording_to_store,
     write_recording,
@@ -278,3 +279,19 @@ def test_store_refuses_files_that_are_not_rtsleep_stores(tmp_path: Path) -> None
         open_store(newer).recordings()
     with pytest.raises(DataError, match="no such store"):
         open_store(tmp_path / "missing")
+
+
+def test_store_exg_input_follows_the_model_tensor_contract(tmp_path: Path) -> None:
+    rec = _psg()
+    write_recording(rec, tmp_path)
+    stored = open_store(tmp_path).get("night1")
+    batch = next(stored.iter_batches())
+    x, mask = exg_input(batch, stored.meta)
+    assert x.shape == (12, 4, 3000) and x.dtype == np.float32
+    assert mask.tolist() == [True, True, False, False]  # EEG, EOG present; EMG, ECG absent
+    np.testing.assert_array_equal(x[:, 0], batch.signals["C4-A1"])
+    np.testing.assert_array_equal(x[:, 1], batch.signals["EOG(L)"])
+    assert not x[:, 2:].any()
+    x_eeg, mask_eeg = exg_input(stored.read(channels=["EEG"]), stored.meta)
+    assert mask_eeg.tolist() == [True, False, False, False]
+    np.testing.assert_array_equal(x_eeg[:, 0], x[:, 0])

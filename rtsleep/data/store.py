@@ -509,6 +509,25 @@ class EpochBatch:
         return int(self.epoch.shape[0])
 
 
+def exg_input(batch: EpochBatch, meta: StoreMeta) -> tuple[np.ndarray, np.ndarray]:
+    """The model's ExG input from a batch, as in ``docs/architecture.md``.
+
+    Returns ``x`` float32 ``(n, M, S)`` in ``EXG_MODALITIES`` order (zeros where absent) and
+    ``mask`` bool ``(M,)`` (True where the batch holds that modality's primary channel).
+    """
+    primaries = {c.modality: c for c in meta.channels if c.role == "primary"}
+    n_times = [c.n_times for c in primaries.values() if Modality(c.modality) in EXG_MODALITIES]
+    s = n_times[0] if n_times else int(round(100.0 * meta.epoch_s))
+    x = np.zeros((len(batch), len(EXG_MODALITIES), s), dtype=np.float32)  # (n, M, S)
+    mask = np.zeros(len(EXG_MODALITIES), dtype=bool)  # (M,)
+    for i, mod in enumerate(EXG_MODALITIES):
+        ch = primaries.get(mod.value)
+        if ch is not None and ch.label in batch.signals:
+            x[:, i, :] = batch.signals[ch.label]
+            mask[i] = True
+    return x, mask
+
+
 def _column_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     return np.asarray(arr.to_numpy(zero_copy_only=False))
