@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +29,13 @@ T = TypeVar("T")
 
 def _with_patched_header(record: Path, exts: tuple[str, ...], read: Callable[[Path], T]) -> T:
     """Run ``read(record)``; on a header date error, retry on a copy without the base date."""
+    with warnings.catch_warnings():
+        # wfdb 4.3 calls a pandas API that pandas 3 deprecates; not actionable here.
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        return _read_patched(record, exts, read)
+
+
+def _read_patched(record: Path, exts: tuple[str, ...], read: Callable[[Path], T]) -> T:
     try:
         return read(record)
     except ValueError as err:
@@ -67,7 +75,9 @@ def read_annotation(record: Path, ext: str) -> wfdb.io.annotation.Annotation:
     try:
         if has_header:
             return _with_patched_header(record, (ext,), lambda r: wfdb.rdann(str(r), ext))
-        return wfdb.rdann(str(record), ext)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The inplace keyword")
+            return wfdb.rdann(str(record), ext)
     except (ValueError, IndexError, OSError, TypeError) as err:
         raise DataError(path, f"unreadable WFDB annotation file: {err}") from None
 
