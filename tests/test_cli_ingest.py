@@ -281,3 +281,18 @@ def test_ingest_shhs_annotations_fixture_as_label_only_recording(tmp_path: Path)
     labels = rec.read_labels()
     assert rec.meta.source_sha256 and len(labels["stage"]) == rec.n_epochs
     assert labels["apnea"].any() and labels["hypopnea"].any()  # the fixture scores both
+
+
+def test_ingest_non_finite_signal_fails_cleanly(shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "dreams-spindles"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(src / "Hypnogram_excerpt1.txt", folder)
+    lines = (src / "excerpt1.txt").read_text().splitlines()
+    lines[500] = "nan"
+    (folder / "excerpt1.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "S"
+    result = _ingest(str(folder), "--dataset", "dreams", "--out", str(out))
+    assert result.exit_code == 1
+    assert "non-finite" in _one_line_error(result.output, "excerpt1.txt")
+    assert not out.exists()
