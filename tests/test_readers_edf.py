@@ -166,6 +166,12 @@ def test_bad_digital_range_is_an_error(tmp_path: Path) -> None:
         read_edf(path)
 
 
+def test_annotation_only_edf_is_not_a_recording(shared_data: Path) -> None:
+    hyp = shared_data / "sleep-edf-sc-subset" / "hypnograms" / "SC4001EC-Hypnogram.edf"
+    with pytest.raises(DataError, match="no signal channels"):
+        read_recording("edf", hyp)
+
+
 def test_edf_plus_discontinuous_is_rejected(short_psg: Path, tmp_path: Path) -> None:
     raw = bytearray(short_psg.read_bytes())
     raw[192:236] = b"EDF+D".ljust(44)

@@ -196,6 +196,8 @@ def read_edf(
         if label in ANNOTATION_LABELS:
             continue
         channels.append(_channel(path, sig, label, cmap, overrides))
+    if not channels:
+        raise DataError(path, "EDF has no signal channels (annotations only)")
     signal_channels = [c for c in channels if normalize_label(c.label) not in LABEL_CHANNELS]
     if signal_channels and all(is_flat(c) for c in signal_channels):
         raise DataError(path, f"every signal channel is flat ({len(signal_channels)} channels)")
