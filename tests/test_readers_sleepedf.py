@@ -107,3 +107,12 @@ def test_hypnogram_without_stages_is_an_error(tmp_path: Path) -> None:
     hyp = _hypnogram(tmp_path / "SC4991EC-Hypnogram.edf", [(0.0, 30.0, "Lights off")])
     with pytest.raises(DataError, match="no sleep stage annotations"):
         read_recording("sleep-edf", hyp)
+
+
+def test_explicit_pairing_follows_the_overrun_rule_unless_cropping(sleepedf: Path) -> None:
+    psg = sleepedf / "psg-excerpt" / "short_psg.edf"
+    hyp = sleepedf / "hypnograms" / "SC4001EC-Hypnogram.edf"
+    with pytest.raises(DataError, match="recording has 10 epochs"):
+        read_sleepedf(psg, hypnogram=hyp)
+    rec = read_sleepedf(psg, hypnogram=hyp, crop=True)
+    assert rec.n_epochs == 10 and rec.subject == "SC400"

@@ -149,9 +149,16 @@ def _subject(path: Path) -> str:
 
 
 def read_sleepedf(
-    source: Path, channel_map: ChannelMap | None = None, hypnogram: Path | None = None
+    source: Path,
+    channel_map: ChannelMap | None = None,
+    hypnogram: Path | None = None,
+    crop: bool | None = None,
 ) -> Recording:
-    """A Sleep-EDF PSG with its hypnogram, or a hypnogram alone (label-only recording)."""
+    """A Sleep-EDF PSG with its hypnogram, or a hypnogram alone (label-only recording).
+
+    ``hypnogram`` pairs explicitly. ``crop=True`` crops the hypnogram to the PSG (an excerpt);
+    by default only a PSG paired by header is cropped, others follow the overrun rule.
+    """
     require_file(source)
     if _is_hypnogram(source):
         return _label_only(source)
@@ -171,12 +178,13 @@ def read_sleepedf(
         return rec
     annotations = read_hypnogram_annotations(hypnogram)
     n_epochs = n_epochs_for(rec.duration_s)
-    crop = how == "header"
+    if crop is None:
+        crop = how == "header"
     rec.stages = _fit_stages(annotations, n_epochs, hypnogram, crop=crop)
     if crop:
         log.info(
-            "%s: paired with %s by header; hypnogram cropped to the excerpt's %d epochs",
-            source, hypnogram.name, n_epochs,
+            "%s: paired with %s (%s); hypnogram cropped to the excerpt's %d epochs",
+            source, hypnogram.name, how, n_epochs,
         )
     rec.source_sha256 = sha256_files(source, hypnogram)
     return rec
