@@ -30,6 +30,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from offline.clihelp import help_text
 from rtsleep.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -300,8 +301,10 @@ def fetch_command(
 ) -> None:
     """Download a PhysioNet sleep database with resume, verified against its SHA256SUMS.txt.
 
-    sleep-edf = sleep-edfx 1.0.0 (about 8 GB in all; use --records SC4001 ... for a subset),
-    apnea-ecg, ucddb and slpdb 1.0.0. SHHS needs an NSRR account and token and is not
+    Databases: sleep-edf (= sleep-edfx 1.0.0, about 8 GB; --records SC4001 for a subset),
+    apnea-ecg, ucddb and slpdb (1.0.0). Interrupted files resume from their .part file.
+
+    SHHS needs an NSRR account, a signed data-use agreement and a personal token, so it is not
     fetched here: `fetch shhs` explains how to get it.
     """
     if dataset is FetchDataset.shhs:
@@ -327,4 +330,4 @@ def fetch_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``fetch`` to the ``rtsleep-train`` app."""
-    app.command("fetch", help=fetch_command.__doc__)(fetch_command)
+    app.command("fetch", help=help_text(fetch_command.__doc__))(fetch_command)

@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from offline.clihelp import help_text
 from rtsleep.data.channels import ChannelMap
 from rtsleep.data.errors import DataError
 from rtsleep.data.labels import DEFAULT_MIN_OVERLAP_S
@@ -153,7 +154,11 @@ def ingest_command(
     ] = DEFAULT_MIN_OVERLAP_S,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
-    """Ingest PSG archives into a Parquet store (one file per recording, one row per epoch)."""
+    """Ingest PSG archives into a Parquet store (one file per recording, one row per epoch).
+
+    A recording already in the store is replaced. Failed recordings are listed at the end (exit
+    1); nothing of theirs is written.
+    """
     if dataset not in DATASETS:
         typer.echo(f"error: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})", err=True)
         raise typer.Exit(2)
@@ -185,4 +190,4 @@ def ingest_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``ingest`` to the ``rtsleep-train`` app."""
-    app.command("ingest", help=ingest_command.__doc__)(ingest_command)
+    app.command("ingest", help=help_text(ingest_command.__doc__))(ingest_command)

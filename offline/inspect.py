@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from offline.clihelp import help_text
 from rtsleep.data.errors import DataError
 from rtsleep.data.recording import STAGE_NAMES, Stage
 from rtsleep.data.store import FLAG_TYPES, StoredRecording, open_store
@@ -113,4 +114,4 @@ def inspect_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``inspect`` to the ``rtsleep-train`` app."""
-    app.command("inspect", help=inspect_command.__doc__)(inspect_command)
+    app.command("inspect", help=help_text(inspect_command.__doc__))(inspect_command)
