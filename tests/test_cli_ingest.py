@@ -296,3 +296,19 @@ def test_ingest_non_finite_signal_fails_cleanly(shared_data: Path, tmp_path: Pat
     assert result.exit_code == 1
     assert "non-finite" in _one_line_error(result.output, "excerpt1.txt")
     assert not out.exists()
+
+
+def test_ingest_shows_a_progress_bar_and_replaces_on_reingest(
+    short_psg: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "S"
+    first = runner.invoke(app, ["ingest", str(short_psg), "--dataset", "edf", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert "ingest edf" in first.output and "1/1" in first.output  # tqdm on stderr
+    path = out / "edf" / "short_psg.parquet"
+    before = path.read_bytes()
+    again = _ingest(str(short_psg), "--dataset", "edf", "--out", str(out))
+    assert again.exit_code == 0 and "1 of 1 recordings ingested (10 epochs)" in again.output
+    assert path.read_bytes() == before and sorted(p.name for p in (out / "edf").iterdir()) == [
+        "short_psg.parquet"
+    ]
