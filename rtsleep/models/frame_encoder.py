@@ -34,11 +34,11 @@ class FrameEncoderConfig:
     #: Samples per 30-s epoch at ``sfreq``.
     n_times: int = 3000
     frame_s: float = 4.0
-    hop_s: float = 1.0
+    hop_s: float = 2.0
     stem_channels: int = 8
     #: Stem kernel and stride in samples.
-    stem_kernel: int = 11
-    stem_stride: int = 5
+    stem_kernel: int = 21
+    stem_stride: int = 10
     #: Output channels of each multi-scale stage (each stage halves the length); each must be
     #: divisible by ``len(kernels)``.
     stage_channels: tuple[int, ...] = (12, 24)

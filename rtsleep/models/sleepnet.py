@@ -32,9 +32,10 @@ from rtsleep.models.dual_branch import DualBranchConfig, DualBranchEncoder
 from rtsleep.models.frame_encoder import FrameEncoderConfig
 from rtsleep.models.fusion import FusionConfig, MultimodalFusion
 from rtsleep.models.heads import HeadsConfig, SleepHeads
+from rtsleep.models.spectral import SpectralConfig, SpectralEncoder
 from rtsleep.models.temporal import MambaTemporal, TemporalConfig
 
-ENCODERS = ("fusion", "dual_branch")
+ENCODERS = ("fusion", "dual_branch", "spectral")
 N_EPOCHS_KEY = "n_epochs"
 
 
@@ -46,10 +47,12 @@ def _default_temporal() -> TemporalConfig:
 class SleepNetConfig:
     """Every size of :class:`SleepNet`. Only the sub-config of the chosen ``encoder`` is built."""
 
-    #: ``"fusion"`` (multimodal, SynthSleepNet-style) or ``"dual_branch"`` (EEG only, MC2SleepNet).
+    #: ``"fusion"`` (multimodal, SynthSleepNet-style), ``"dual_branch"`` (EEG only, MC2SleepNet)
+    #: or ``"spectral"`` (EEG only, Welch band powers; ``rtsleep.models.spectral``).
     encoder: str = "fusion"
     fusion: FusionConfig = field(default_factory=FusionConfig)
     dual_branch: DualBranchConfig = field(default_factory=DualBranchConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
     temporal: TemporalConfig = field(default_factory=_default_temporal)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     #: Output delay in epochs (see the module doc).
@@ -74,6 +77,8 @@ class SleepNetConfig:
     @property
     def d_embedding(self) -> int:
         """Width of the per-epoch encoder embedding."""
+        if self.encoder == "spectral":
+            return self.spectral.d_model
         return self.fusion.d_model if self.encoder == "fusion" else self.dual_branch.d_model
 
     # ------------------------------------------------------------ presets
@@ -81,6 +86,31 @@ class SleepNetConfig:
     def default(cls) -> SleepNetConfig:
         """CPU daemon preset (all defaults): 4 modalities, 4-s frames every 2 s, width 64."""
         return cls()
+
+    @classmethod
+    def tiny(cls) -> SleepNetConfig:
+        """Smallest sensible model (tests and mechanics, not accuracy): widths 16, one layer
+        each, 6-s frames every 3 s; same tensor contract as the default."""
+        frame = FrameEncoderConfig(
+            frame_s=6.0,
+            hop_s=3.0,
+            stem_channels=6,
+            stem_kernel=31,
+            stem_stride=15,
+            stage_channels=(12,),
+            d_model=16,
+            n_layers=1,
+            n_heads=2,
+        )
+        fusion = FusionConfig(frame=frame, d_model=16, n_layers=1, n_heads=2, token_mlp_hidden=16)
+        dual = DualBranchConfig(
+            raw_stem_channels=4, raw_channels=(8,), d_model=16, n_layers=1, n_heads=2
+        )
+        return cls(
+            fusion=fusion,
+            dual_branch=dual,
+            temporal=TemporalConfig(d_model=16, n_layers=2, d_state=8),
+        )
 
     @classmethod
     def paper(cls) -> SleepNetConfig:
@@ -144,6 +174,7 @@ class SleepNetConfig:
             return cls(
                 fusion=FusionConfig(frame=frame, **fusion),
                 dual_branch=DualBranchConfig(**d.pop("dual_branch", {})),
+                spectral=SpectralConfig(**d.pop("spectral", {})),
                 temporal=TemporalConfig(**d.pop("temporal", {"d_model": 64})),
                 heads=HeadsConfig(**d.pop("heads", {})),
                 **d,
@@ -192,6 +223,10 @@ class SleepNet(nn.Module):
         self.encoder: nn.Module
         if cfg.encoder == "fusion":
             self.encoder = MultimodalFusion(cfg.fusion)
+        elif cfg.encoder == "spectral":
+            self.encoder = SpectralEncoder(cfg.spectral)
+            #: Embedding used for epochs without EEG (input-free, learned).
+            self.missing_embedding = nn.Parameter(torch.zeros(cfg.spectral.d_model))
         else:
             self.encoder = DualBranchEncoder(cfg.dual_branch)
             #: Embedding used for epochs without EEG (input-free, learned).
@@ -207,6 +242,8 @@ class SleepNet(nn.Module):
         """Samples per modality per epoch (S)."""
         if self.cfg.encoder == "fusion":
             return self.cfg.fusion.frame.n_times
+        if self.cfg.encoder == "spectral":
+            return self.cfg.spectral.n_times
         return self.cfg.dual_branch.n_times
 
     # ------------------------------------------------------------- encoder
@@ -222,13 +259,18 @@ class SleepNet(nn.Module):
         return self._encode_dual(x[:, 0], mask[:, 0].bool())
 
     def _encode_dual(self, eeg: Tensor, present: Tensor) -> Tensor:
-        """EEG-only dual-branch embedding; epochs without EEG get ``missing_embedding``."""
+        """EEG-only (dual-branch or spectral) embedding; epochs without EEG get
+        ``missing_embedding``."""
         b = eeg.shape[0]
         out = self.missing_embedding.to(eeg.dtype).expand(b, -1)  # (B, D)
         idx = present.nonzero().squeeze(1)  # (n,)
         if idx.numel() == 0:
             return out
-        emb = self.encoder(eeg.index_select(0, idx)).embedding  # (n, D)
+        sel = eeg.index_select(0, idx)  # (n, S)
+        if isinstance(self.encoder, SpectralEncoder):
+            emb = self.encoder(sel)  # (n, D)
+        else:
+            emb = self.encoder(sel).embedding  # (n, D)
         return out.index_copy(0, idx, emb)  # (B, D)
 
     def _temporal_input(self, emb: Tensor) -> Tensor:
