@@ -1,0 +1,164 @@
+"""Epoch-spectral EEG encoder: Welch band powers of one preprocessed EEG epoch -> embedding.
+
+The band powers use exactly the definition of the Sleep-EDF per-epoch features in shared data
+(``scipy.signal.welch`` with ``nperseg=256`` at 100 Hz: periodic Hann window, 50 % overlap,
+per-segment mean removal, one-sided density; the band value is the mean PSD over the bins whose
+frequency lies in the closed band), expressed in µV²/Hz and natural-log scaled. So a model whose
+head and temporal module were trained on those features (through :meth:`SpectralEncoder.embed`)
+runs unchanged on raw EEG (through :meth:`SpectralEncoder.forward`), in training and in the daemon.
+
+Input units: the preprocessed EEG of :class:`rtsleep.data.preprocessing.PreprocessSpec`, i.e.
+µV divided by ``input_scale_uv`` (20 µV per unit by default). Features per epoch: the ``n_bands``
+log band powers (ln µV²/Hz, shifted by ``log_offset`` before the log) and the same minus their
+log-sum-exp (relative powers, insensitive to the channel's gain). They are standardised with
+fixed per-feature ``center``/``scale`` buffers (set from training data, saved with the model) and
+mapped by a small MLP to ``d_model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+SLEEP_EDF_BANDS: tuple[tuple[float, float], ...] = (
+    (0.5, 4.0),
+    (4.0, 8.0),
+    (8.0, 13.0),
+    (13.0, 30.0),
+)
+"""Delta, theta, alpha, beta in Hz: the first four bands of the Sleep-EDF features (gamma,
+30-50 Hz, lies above the 35-Hz EEG low-pass of the default preprocessing and is left out)."""
+
+
+@dataclass
+class SpectralConfig:
+    """Size and signal definition of :class:`SpectralEncoder`."""
+
+    #: Model rate in Hz and samples per epoch of the input.
+    sfreq: float = 100.0
+    n_times: int = 3000
+    #: Welch segment length and hop in samples.
+    nperseg: int = 256
+    hop: int = 128
+    #: ``(low_hz, high_hz)`` closed bands.
+    bands: tuple[tuple[float, float], ...] = SLEEP_EDF_BANDS
+    #: µV per unit of the preprocessed input (the EEG ``scale`` of the preprocess spec).
+    input_scale_uv: float = 20.0
+    #: Added to the band power in µV²/Hz before the log (keeps a flat epoch finite).
+    log_offset: float = 1e-4
+    #: MLP hidden width and output (embedding) width.
+    hidden: int = 64
+    d_model: int = 32
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.bands = tuple((float(lo), float(hi)) for lo, hi in self.bands)
+        if self.nperseg < 2 or self.hop < 1 or self.nperseg > self.n_times:
+            raise ValueError(
+                f"SpectralConfig: need 2 <= nperseg <= n_times and hop >= 1, got nperseg "
+                f"{self.nperseg}, hop {self.hop}, n_times {self.n_times}"
+            )
+        if not self.bands:
+            raise ValueError("SpectralConfig: bands must not be empty")
+        nyq = self.sfreq / 2
+        for lo, hi in self.bands:
+            if not 0 <= lo < hi <= nyq:
+                raise ValueError(f"SpectralConfig: band ({lo}, {hi}) Hz not within 0-{nyq} Hz")
+        if self.input_scale_uv <= 0 or self.log_offset <= 0:
+            raise ValueError("SpectralConfig: input_scale_uv and log_offset must be positive")
+
+    @property
+    def n_features(self) -> int:
+        """Features per epoch: absolute and relative log power of every band."""
+        return 2 * len(self.bands)
+
+
+class SpectralEncoder(nn.Module):
+    """``x (B, S)`` preprocessed EEG -> ``(B, d_model)``; see the module doc."""
+
+    def __init__(self, cfg: SpectralConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_freq = cfg.nperseg // 2 + 1
+        freqs = torch.arange(n_freq, dtype=torch.float64) * cfg.sfreq / cfg.nperseg  # (F,)
+        weights = torch.zeros(len(cfg.bands), n_freq, dtype=torch.float64)  # (n_bands, F)
+        for i, (lo, hi) in enumerate(cfg.bands):
+            sel = (freqs >= lo) & (freqs <= hi)
+            if not bool(sel.any()):
+                raise ValueError(f"SpectralConfig: band ({lo}, {hi}) Hz holds no Welch bin")
+            weights[i, sel] = 1.0 / float(sel.sum())
+        window = torch.hann_window(cfg.nperseg, periodic=True, dtype=torch.float64)
+        # one-sided density: |X|^2 / (fs * sum(w^2)), doubled except DC (and Nyquist if even)
+        onesided = torch.full((n_freq,), 2.0, dtype=torch.float64)
+        onesided[0] = 1.0
+        if cfg.nperseg % 2 == 0:
+            onesided[-1] = 1.0
+        density = onesided / (cfg.sfreq * float((window**2).sum()))  # (F,)
+        self.register_buffer("band_weights", weights.float(), persistent=False)
+        self.register_buffer("window", window.float(), persistent=False)
+        self.register_buffer("density", density.float(), persistent=False)
+        self.register_buffer("center", torch.zeros(cfg.n_features))
+        self.register_buffer("scale", torch.ones(cfg.n_features))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_features, cfg.hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.d_model),
+        )
+
+    def band_log_power(self, x: Tensor) -> Tensor:
+        """ln(mean Welch PSD in each band, µV²/Hz, + ``log_offset``): ``(B, S) -> (B, n_bands)``."""
+        cfg = self.cfg
+        if x.dim() != 2 or x.shape[1] != cfg.n_times:
+            raise ValueError(f"x must have shape (B, {cfg.n_times}), got {tuple(x.shape)}")
+        seg = x.float().unfold(1, cfg.nperseg, cfg.hop)  # (B, n_seg, nperseg)
+        seg = seg - seg.mean(dim=-1, keepdim=True)
+        spec = torch.fft.rfft(seg * self.window, dim=-1)  # (B, n_seg, F)
+        psd = (spec.real**2 + spec.imag**2).mean(dim=1) * self.density  # (B, F)
+        power = psd @ self.band_weights.T * cfg.input_scale_uv**2  # (B, n_bands) µV²/Hz
+        return torch.log(power + cfg.log_offset)
+
+    def features(self, log_power: Tensor) -> Tensor:
+        """Standardised features from band log powers: ``(..., n_bands) -> (..., n_features)``."""
+        rel = log_power - torch.logsumexp(log_power, dim=-1, keepdim=True)  # (..., n_bands)
+        feats = torch.cat([log_power, rel], dim=-1)  # (..., 2 * n_bands)
+        return (feats - self.center) / self.scale
+
+    def embed(self, log_power: Tensor) -> Tensor:
+        """Embedding from band log powers ``(..., n_bands) -> (..., d_model)`` (used directly
+        when training on precomputed band powers)."""
+        return self.mlp(self.features(log_power))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x (B, S)`` preprocessed EEG -> ``(B, d_model)``."""
+        return self.embed(self.band_log_power(x))
+
+    @torch.no_grad()
+    def fit_standardisation(self, log_power: Tensor) -> None:
+        """Set ``center``/``scale`` to the feature mean/std of ``log_power (N, n_bands)``."""
+        self.center.zero_()
+        self.scale.fill_(1.0)
+        feats = self.features(log_power.reshape(-1, len(self.cfg.bands)))  # (N, n_features)
+        self.center.copy_(feats.mean(dim=0))
+        self.scale.copy_(feats.std(dim=0).clamp_min(1e-3))
+
+
+def sleep_edf_band_log_power(columns: Tensor, log_offset: float = 1e-4) -> Tensor:
+    """Sleep-EDF feature columns -> the encoder's band log powers.
+
+    ``columns (..., n_bands)``: natural-log band powers as stored in the shared Sleep-EDF feature
+    files (``ln(PSD in V²/Hz + 1e-10)``). Returns ``ln(PSD in µV²/Hz + log_offset)``, the quantity
+    :meth:`SpectralEncoder.band_log_power` computes from raw EEG.
+    """
+    psd_v2 = (torch.exp(columns.double()) - 1e-10).clamp_min(0.0)  # V²/Hz
+    return torch.log(psd_v2 * 1e12 + log_offset).float()
+
+
+__all__ = [
+    "SLEEP_EDF_BANDS",
+    "SpectralConfig",
+    "SpectralEncoder",
+    "sleep_edf_band_log_power",
+]
