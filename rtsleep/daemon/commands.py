@@ -81,10 +81,10 @@ def register(app: typer.Typer) -> None:
     def serve(config: ConfigOption, verbose: Annotated[bool, typer.Option(
             "--debug", help="Debug logging.")] = False) -> None:
         """Run the scoring daemon until SIGTERM/SIGINT (then exit 0)."""
+        cfg = _load("serve", config)  # before the heavy imports: a bad config fails fast
         from rtsleep.daemon.lifecycle import StartupError
         from rtsleep.daemon.lifecycle import serve as run_serve
 
-        cfg = _load("serve", config)
         try:
             code = run_serve(cfg, verbose=verbose)
         except StartupError as err:

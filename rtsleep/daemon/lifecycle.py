@@ -276,15 +276,16 @@ class Daemon:
             self.heartbeat("stopping")
         except Exception:  # noqa: BLE001 - best effort on the way out
             log.exception("final heartbeat failed")
-        self.close()
+        self.close(linger_s=1.0)
         log.info("stopped")
 
-    def close(self) -> None:
-        """Close streams and sockets without persisting (failed startup)."""
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close streams and sockets without persisting (a failed startup uses this directly);
+        ``linger_s`` bounds the wait for queued messages to go out."""
         for ingest in self.ingests.values():
             ingest.close()
         if self.publisher is not None:
-            self.publisher.close()
+            self.publisher.close(linger_s)
 
 
 def serve(cfg: Config, verbose: bool = False) -> int:

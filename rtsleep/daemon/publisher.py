@@ -145,10 +145,11 @@ class Publisher:
                     self._send(topic, payload)
         return n
 
-    def close(self) -> None:
-        """Close the socket and stop the authenticator (idempotent)."""
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close the socket (waiting up to ``linger_s`` to flush queued messages) and stop the
+        authenticator (idempotent)."""
         if not self._sock.closed:
-            self._sock.close(0)
+            self._sock.close(int(linger_s * 1000))
         self._stop_auth()
 
     def __enter__(self) -> Publisher:

@@ -1,0 +1,326 @@
+"""End to end, real processes on loopback: ``rtsleep replay`` -> ``rtsleep serve`` -> a SUB socket.
+
+DREAMS excerpt3 (30 min, 60 epochs) replayed into the daemon: every epoch arrives once, in order,
+equal to ``rtsleep score``; a SIGKILLed daemon restarts where it stopped (no gap, no duplicate,
+state restored); a stream killed mid-epoch and restarted flags the affected epochs and scoring
+resumes; SIGTERM exits 0 after persisting; config errors exit non-zero with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+import zmq
+
+from rtsleep.daemon.messages import decode
+from rtsleep.daemon.replay import Player, PlayerConfig
+from rtsleep.daemon.state import load_state
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.models import SleepNet, SleepNetConfig, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "rtsleep" / "schemas" / "messages.schema.json").read_text())
+MODALITIES = ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
+N_EPOCHS = 60
+
+
+def excerpt3(shared_data: Path) -> Path:
+    path = shared_data / "dreams-spindles" / "excerpt3.edf"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # 2 shared cores; also the same threading in serve and score
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def rtsleep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rtsleep.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(SleepNet(SleepNetConfig.default()).eval(), path, PreprocessSpec.default())
+    return path
+
+
+def write_config(tmp: Path, model: Path, file_name: str, port: int, **daemon: Any) -> Path:
+    streams = ", ".join(
+        f'{{ source_id = "rtsleep-replay:{file_name}:{m}" }}' for m in MODALITIES
+    )
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in daemon.items())
+    text = f"""
+[daemon]
+state_dir = "{tmp / 'state'}"
+heartbeat_s = 0.5
+epoch_timeout_s = 3.0
+poll_s = 0.01
+{extra}
+[model]
+path = "{model}"
+device = "cpu"
+
+[zmq]
+endpoints = ["tcp://127.0.0.1:{port}"]
+
+[[beds]]
+id = "bed1"
+streams = [{streams}]
+"""
+    path = tmp / "rtsleep.toml"
+    path.write_text(text)
+    return path
+
+
+class Daemon:
+    """``rtsleep serve`` in a subprocess (stderr to a file for the assertions)."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(rtsleep("serve", "--config", str(config)),
+                                     env=child_env(), stdout=self._fh, stderr=self._fh)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(5)
+        self._fh.close()
+        return code
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Sub:
+    """A SUB socket collecting stage and status messages, dropping LVC repeats by (run, seq)."""
+
+    def __init__(self, ctx: zmq.Context[Any], port: int) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        for topic in ("stage/bed1/", "status/"):
+            self.sock.setsockopt_string(zmq.SUBSCRIBE, topic)
+        self.seen: set[tuple[str, int]] = set()
+        self.stages: list[dict[str, Any]] = []
+        self.status: list[dict[str, Any]] = []
+
+    def pump(self, until: Any, timeout_s: float, alive: Daemon | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            if time.monotonic() > deadline:
+                tail = alive.text()[-3000:] if alive is not None else ""
+                raise TimeoutError(f"gave up after {timeout_s} s; {len(self.stages)} stages, "
+                                   f"last {self.stages[-1]['epoch'] if self.stages else None}"
+                                   f"\n{tail}")
+            if alive is not None and alive.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {alive.proc.returncode}:\n{alive.text()}")
+            if self.sock.poll(100):
+                topic, payload = self.sock.recv_multipart()
+                msg = decode(payload)
+                jsonschema.validate(msg, SCHEMA)
+                key = (msg["run"], msg["seq"])
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                (self.stages if topic.startswith(b"stage/") else self.status).append(msg)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    c: zmq.Context[Any] = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def score_offline(path: Path, model: Path, out: Path) -> list[dict[str, Any]]:
+    res = subprocess.run(rtsleep("score", str(path), "--out", str(out), "--model", str(model)),
+                         env=child_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_replay_max_speed_gives_60_epochs_equal_to_score(
+    shared_data: Path, model_path: Path, tmp_path: Path, ctx: zmq.Context[Any]
+) -> None:
+    edf = excerpt3(shared_data)
+    port = free_port()
+    cfg = write_config(tmp_path, model_path, edf.name, port)
+    sub = Sub(ctx, port)
+    daemon = Daemon(cfg, tmp_path / "serve.log")
+    try:
+        sub.pump(lambda: sub.status, 60, daemon)  # serving
+        replay = subprocess.Popen(rtsleep("replay", str(edf), "--speed", "max",
+                                          "--wait-consumers", "60"),
+                                  env=child_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            sub.pump(lambda: len(sub.stages) >= N_EPOCHS, 90, daemon)
+        finally:
+            replay.kill()
+            replay.wait(10)
+        code = daemon.stop(signal.SIGTERM)
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop(signal.SIGKILL)
+    assert code == 0, daemon.text()
+    assert [m["epoch"] for m in sub.stages] == list(range(N_EPOCHS))
+    live = sub.stages
+    assert all(m["status"] == "scored" for m in live)
+    assert all(m["latency_ms"] is not None and m["latency_ms"] >= 0 for m in live)
+    offline = score_offline(edf, model_path, tmp_path / "score.jsonl")
+    assert len(offline) == N_EPOCHS
+    for a, b in zip(live, offline, strict=True):
+        for key in ("epoch", "status", "stage", "probs", "apnea_prob", "hypopnea_prob",
+                    "quality", "model_id"):
+            assert a[key] == b[key], (a["epoch"], key)
+    saved = load_state(tmp_path / "state", "bed1", live[0]["model_id"], max_age_s=3600)
+    assert saved is not None and saved.next_epoch == N_EPOCHS
+    assert "stopped" in daemon.text()
+
+
+def test_sigkill_and_restart_continues_indices_with_state_restored(
+    shared_data: Path, model_path: Path, tmp_path: Path, ctx: zmq.Context[Any]
+) -> None:
+    edf = excerpt3(shared_data)
+    port = free_port()
+    cfg = write_config(tmp_path, model_path, edf.name, port)
+    sub = Sub(ctx, port)
+    daemon = Daemon(cfg, tmp_path / "serve1.log")
+    player = Player(PlayerConfig(path=edf, speed=100.0, wait_consumers_s=20))
+    daemon2: Daemon | None = None
+    try:
+        sub.pump(lambda: sub.status, 60, daemon)
+        player.start(timeout_s=60)
+        sub.pump(lambda: len(sub.stages) >= 10, 60, daemon)
+        assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+        n_before = len(sub.stages)
+        daemon2 = Daemon(cfg, tmp_path / "serve2.log")
+        sub.pump(lambda: bool(sub.stages) and sub.stages[-1]["epoch"] >= N_EPOCHS - 1, 90,
+                 daemon2)
+        assert daemon2.stop(signal.SIGTERM) == 0
+        sub.pump(lambda: any(s["state"] == "stopping" for s in sub.status), 10)
+    finally:
+        player.kill()
+        for d in (daemon, daemon2):
+            if d is not None and d.proc.poll() is None:
+                d.stop(signal.SIGKILL)
+    indices = [m["epoch"] for m in sub.stages]
+    assert indices == list(range(N_EPOCHS)), indices
+    runs = [m["run"] for m in sub.stages]
+    assert len(set(runs[:n_before])) == 1 and runs[n_before] != runs[0]  # two daemon runs
+    assert "restored state (next epoch" in daemon2.text()
+    after = sub.stages[n_before:]
+    # epochs played while no daemon ran are reported unscorable, later ones are scored again
+    assert after[-1]["status"] == "scored"
+    assert any(m["status"] == "scored" for m in after)
+    (final,) = [s["beds"]["bed1"] for s in sub.status if s["state"] == "stopping"]
+    assert final["last_epoch"] == N_EPOCHS - 1
+    # the counters went on from the saved state: together they cover the whole night
+    assert final["epochs_scored"] + final["epochs_unscorable"] == N_EPOCHS
+    assert final["epochs_scored"] == sum(m["status"] == "scored" for m in sub.stages)
+
+
+def test_stream_killed_mid_epoch_flags_epochs_and_scoring_resumes(
+    shared_data: Path, model_path: Path, tmp_path: Path, ctx: zmq.Context[Any]
+) -> None:
+    import pylsl
+
+    edf = excerpt3(shared_data)
+    port = free_port()
+    cfg = write_config(tmp_path, model_path, edf.name, port)
+    sub = Sub(ctx, port)
+    daemon = Daemon(cfg, tmp_path / "serve.log")
+    players: list[Player] = []
+    try:
+        sub.pump(lambda: sub.status, 60, daemon)
+        t0 = pylsl.local_clock()
+        # the first player stops pushing 15 s into epoch 10 and is then SIGKILLed
+        players.append(Player(PlayerConfig(path=edf, speed=60.0, t0=t0, duration_s=315.0,
+                                           wait_consumers_s=20)))
+        players[0].start(timeout_s=60)
+        sub.pump(lambda: bool(sub.stages) and sub.stages[-1]["epoch"] >= 9, 60, daemon)
+        players[0].kill()
+        # same source ids and timeline, resuming at 450 s (epoch 15): a 135-s outage
+        players.append(Player(PlayerConfig(path=edf, speed=60.0, t0=t0, start_s=450.0,
+                                           duration_s=300.0, wait_consumers_s=20)))
+        players[1].start(timeout_s=60)
+        sub.pump(lambda: bool(sub.stages) and sub.stages[-1]["epoch"] >= 22, 90, daemon)
+        assert daemon.proc.poll() is None  # nothing crashed
+        code = daemon.stop(signal.SIGTERM)
+    finally:
+        for pl in players:
+            pl.kill()
+        if daemon.proc.poll() is None:
+            daemon.stop(signal.SIGKILL)
+    assert code == 0
+    by_index = {m["epoch"]: m for m in sub.stages}
+    assert [m["epoch"] for m in sub.stages] == list(range(len(sub.stages)))  # no gap, no repeat
+    assert all(by_index[k]["status"] == "scored" for k in range(10))
+    gap_flags = [f for q in by_index[10]["quality"].values() for f in q["flags"]]
+    assert by_index[10]["status"] == "unscorable" or any(f.startswith("gap") for f in gap_flags)
+    for k in range(11, 15):  # 330-450 s: no data at all
+        assert by_index[k]["status"] == "unscorable", k
+        assert by_index[k]["reason"] and by_index[k]["stage"] is None
+    assert by_index[22]["status"] == "scored"  # resumed after the stream came back
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[daemon\nstate_dir = 1\n", "malformed TOML"),
+        ("[[beds]]\nid = \"b\"\nstreams = [{ type = \"EEG\" }]\n[zmq]\nendpoints = [\"x\"]\n",
+         "zmq.endpoints[0]"),
+    ],
+)
+def test_config_errors_exit_nonzero_with_one_line(tmp_path: Path, text: str, words: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    for cmd in ("serve", "check"):
+        res = subprocess.run(rtsleep(cmd, "--config", str(cfg)), env=child_env(),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and words in lines[0] and str(cfg) in lines[0], res.stderr
+
+
+def test_unknown_model_fails_startup_and_check(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, tmp_path / "no-such-model.safetensors", "x.edf", free_port())
+    res = subprocess.run(rtsleep("serve", "--config", str(cfg)), env=child_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("rtsleep serve: model: ")
+    assert "no-such-model.safetensors: model file not found" in res.stderr
+    res = subprocess.run(rtsleep("check", "--config", str(cfg), "--stream-timeout", "0.2"),
+                         env=child_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "problem: model:" in res.stderr
+    assert "LSL stream" in res.stderr and "not found" in res.stderr
