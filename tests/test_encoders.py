@@ -24,9 +24,7 @@ def _tiny_fusion() -> MultimodalFusion:
     return MultimodalFusion(SleepNetConfig.tiny().fusion).eval()
 
 
-ALL_SUBSETS = [
-    subset for r in range(M + 1) for subset in itertools.combinations(range(M), r)
-]
+ALL_SUBSETS = [subset for r in range(M + 1) for subset in itertools.combinations(range(M), r)]
 
 
 @pytest.mark.parametrize("per_frame", [False, True])

@@ -92,6 +92,14 @@ def save_model(
         raise TypeError(f"save_model expects a SleepNet, got {type(model).__name__}")
     if not isinstance(preprocess, PreprocessSpec):
         raise TypeError(f"preprocess must be a PreprocessSpec, got {type(preprocess).__name__}")
+    for modality in model.modalities:
+        if modality not in preprocess:
+            raise ValueError(f"{path}: preprocess spec has no {modality}, which the model reads")
+        if preprocess.n_times(modality) != model.n_times:
+            raise ValueError(
+                f"{path}: preprocess spec gives {preprocess.n_times(modality)} samples per epoch "
+                f"for {modality}, the model reads {model.n_times}"
+            )
     tensors = _state_tensors(model)
     config_json = model.cfg.to_json()
     model_id = compute_model_id(config_json, tensors)
