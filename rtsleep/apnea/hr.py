@@ -84,3 +84,32 @@ def resample_hr(
     if times_s.size < 2:
         return np.full(n, np.nan)
     return np.interp(grid, times_s, hr_bps)
+
+
+class BeatCleaner:
+    """Streaming form of :func:`valid_beats`: same verdicts, beat by beat, bounded memory."""
+
+    def __init__(self, config: HrCleanConfig | None = None) -> None:
+        self.cfg = config or HrCleanConfig()
+        self._prev: list[float] = []  # last in-range rates (at most median_beats)
+        self._n_in_range = 0
+
+    def push(self, hr_bps: np.ndarray) -> np.ndarray:
+        """Rates ``(n,)`` in beats/s -> validity ``(n,)`` bool."""
+        cfg = self.cfg
+        hr = np.asarray(hr_bps, dtype=np.float64)
+        ok = np.zeros(hr.size, dtype=bool)
+        for i, v in enumerate(hr):
+            if not (np.isfinite(v) and cfg.min_bps <= v <= cfg.max_bps):
+                continue
+            j = self._n_in_range
+            if j < 3:
+                ok[i] = True
+            else:
+                ref = float(np.median(self._prev))
+                ok[i] = abs(v - ref) / ref <= cfg.max_rel_dev
+            self._prev.append(float(v))
+            if len(self._prev) > cfg.median_beats:
+                self._prev.pop(0)
+            self._n_in_range += 1
+        return ok
