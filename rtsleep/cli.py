@@ -22,6 +22,7 @@ app = typer.Typer(
 COMMAND_MODULES: tuple[str, ...] = (
     "rtsleep.daemon.commands",
     "rtsleep.daemon.replay",
+    "rtsleep.daemon.watch",
 )
 
 
