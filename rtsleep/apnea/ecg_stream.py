@@ -90,3 +90,32 @@ class EcgApneaStream:
         if keep > 0:
             self._t, self._hr, self._ok = self._t[keep:], self._hr[keep:], self._ok[keep:]
         return out
+
+
+@torch.no_grad()
+def epoch_probabilities(
+    beat_times_s: np.ndarray,
+    n_epochs: int,
+    model: EcgApneaModel,
+    clean_config: HrCleanConfig | None = None,
+) -> np.ndarray:
+    """Offline per-epoch apnea probabilities ``(n_epochs,)`` from a night's beat times (s).
+
+    Same windows, phases and causal model as :class:`EcgApneaStream`, computed as two whole
+    sequences (for ``rtsleep score`` and for checking the stream).
+    """
+    from rtsleep.apnea.features import sequence_features
+    from rtsleep.apnea.hr import rr_to_hr, valid_beats
+
+    times, hr = rr_to_hr(np.asarray(beat_times_s, dtype=np.float64))
+    ok = valid_beats(hr, clean_config)
+    net = model.causal.eval()
+    out = np.zeros(n_epochs)
+    for phase in (0, 1):
+        ks = np.arange(phase, n_epochs, 2)
+        if ks.size == 0:
+            continue
+        feats = sequence_features(times, hr, ok, (ks + 1) * EPOCH_S)  # (T, F)
+        logits, _ = net(torch.as_tensor(feats, dtype=torch.float32)[None])  # (1, T)
+        out[ks] = torch.sigmoid(logits[0]).numpy()
+    return out
