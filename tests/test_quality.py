@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsleep.daemon.quality import QualityConfig, channel_quality, epoch_quality
+from rtsleep.daemon.quality import ChannelQuality, QualityConfig, channel_quality, epoch_quality
 from rtsleep.data.recording import Modality
 
 FS = 100.0
@@ -19,9 +19,9 @@ def _eeg(seed: int = 0) -> np.ndarray:
 
 
 def _q(x: np.ndarray, received: np.ndarray | None = None, modality: Modality = Modality.EEG,
-       **kw: object) -> object:
+       physical_range: tuple[float, float] | None = None) -> ChannelQuality:
     rec = np.ones(N, bool) if received is None else received
-    return channel_quality("C3-A2", modality, FS, x, rec, **kw)  # type: ignore[arg-type]
+    return channel_quality("C3-A2", modality, FS, x, rec, physical_range=physical_range)
 
 
 def test_clean_noise_has_no_findings() -> None:

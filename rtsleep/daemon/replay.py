@@ -333,9 +333,10 @@ class Player:
 
 def parse_speed(value: str) -> float | None:
     """``"max"`` -> None, else a positive float (``"60"``, ``"60x"``)."""
-    text = value.strip().lower().removesuffix("x")
+    text = value.strip().lower()
     if text == "max":
         return None
+    text = text.removesuffix("x")
     try:
         speed = float(text)
     except ValueError:
