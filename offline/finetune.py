@@ -1,0 +1,351 @@
+"""Downstream training: ``finetune`` (whole model) and ``probe`` (frozen encoder, linear readout).
+
+**The temporal module trains the way the daemon infers.** Batches come from
+:class:`offline.data.SequenceStream`: each lane plays whole recordings from their first epoch in
+consecutive chunks of random length; the Mamba state is carried from chunk to chunk (detached:
+truncated backpropagation through time) and zeroed when a lane starts a recording; the model is
+causal, and with ``lookahead_epochs = k`` the output at arrival ``e`` is trained on the label of
+epoch ``e - k``. So ``SleepNet.step`` epoch by epoch over a night gives the same outputs as the
+offline ``forward`` the model was trained with.
+
+**Tasks.** ``stage`` (5-class cross-entropy, unscored epochs ignored), ``apnea`` and ``hypopnea``
+(binary cross-entropy on the per-epoch flags; only recordings whose source scored respiratory
+events count as labelled).
+
+**Class imbalance** is handled by loss weighting, computed from the training labels:
+``w_c = (N / (C * n_c)) ** class_weight_power`` for the ``C`` classes present (absent classes get
+0), rescaled so that the average weight over the training epochs is 1; ``power = 0`` is plain
+cross-entropy, ``1`` full inverse-frequency. Binary tasks use
+``pos_weight = (n_negative / n_positive) ** class_weight_power``.
+
+**Probe.** The encoder is frozen (eval mode, no gradients), the temporal module is made the
+identity (every Mamba block's ``out_proj`` is zeroed and frozen, so a block returns its input),
+and the heads are single linear layers; only the per-epoch LayerNorm + projection and the heads
+train: a linear readout of the frozen epoch embedding, still a valid streaming ``SleepNet``.
+
+**Limited labels.** ``data.label_fraction`` keeps a seeded random fraction of the training
+*subjects* (:func:`offline.data.label_fraction_subset`).
+
+Outputs in ``OUT``: ``model.safetensors`` (``save_model``, loadable by ``load_model`` and the
+daemon), ``history.jsonl``, ``config.json``, ``train/`` (for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from offline.augment import AugmentConfig
+from offline.config import ModelSection, config_to_json
+from offline.data import (
+    TASKS,
+    DataSelection,
+    SequenceDataConfig,
+    SequenceStream,
+    StoreIndex,
+    label_fraction_subset,
+)
+from offline.train_loop import (
+    DistInfo,
+    LoopConfig,
+    StepHook,
+    init_distributed,
+    set_determinism,
+    train_loop,
+)
+from rtsleep.models import SleepNet, SleepNetConfig, load_model, save_model
+from rtsleep.models.sleepnet import N_EPOCHS_KEY
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+MODES = ("finetune", "probe")
+
+
+def _finetune_loop() -> LoopConfig:
+    return LoopConfig(steps=300, batch_size=4, lr=1e-3)
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``rtsleep-train finetune`` / ``probe`` needs; TOML tables map to sub-configs."""
+
+    task: str = "stage"
+    model: ModelSection = field(default_factory=ModelSection)
+    #: Pretrained checkpoint to start from (its model config wins over ``model``).
+    init: str = ""
+    #: Output delay in epochs; -1 keeps the model's.
+    lookahead_epochs: int = -1
+    loop: LoopConfig = field(default_factory=_finetune_loop)
+    data: SequenceDataConfig = field(default_factory=SequenceDataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    select: DataSelection = field(default_factory=DataSelection)
+    class_weight_power: float = 0.5
+    #: Learning-rate multiplier of the epoch encoder when fine-tuning (0 = frozen).
+    encoder_lr_scale: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.class_weight_power < 0 or self.encoder_lr_scale < 0:
+            raise ValueError("class_weight_power and encoder_lr_scale must be >= 0")
+
+
+def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    """Per-class loss weights from labelled-epoch ``counts (C,)`` (see the module doc)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("no labelled epoch to weight")
+    n, c = counts.sum(), int(present.sum())
+    w = np.zeros_like(counts)
+    w[present] = (n / (c * counts[present])) ** power
+    w *= n / float((w * counts).sum())  # mean weight over training epochs = 1
+    return w
+
+
+def positive_weight(counts: np.ndarray, power: float) -> float:
+    """``pos_weight`` of a binary task from ``counts = (n_negative, n_positive)``."""
+    neg, pos = float(counts[0]), float(counts[1])
+    if pos == 0 or neg == 0:
+        return 1.0
+    return (neg / pos) ** power
+
+
+class SequenceObjective(nn.Module):
+    """Sequence loss of one task with the recurrent state carried across steps (see module doc)."""
+
+    class_weight: Tensor
+
+    def __init__(
+        self,
+        net: SleepNet,
+        task: str,
+        weights: np.ndarray | None = None,
+        pos_weight: float = 1.0,
+        frozen_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.net = net
+        self.task = task
+        self.pos_weight = float(pos_weight)
+        self.frozen_encoder = frozen_encoder
+        w = torch.ones(net.cfg.heads.n_outputs) if weights is None else torch.as_tensor(weights)
+        self.register_buffer("class_weight", w.float(), persistent=False)
+        self._carry: dict[str, Tensor] | None = None
+
+    def train(self, mode: bool = True) -> SequenceObjective:
+        """Like ``nn.Module.train``; a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.frozen_encoder:
+            self.net.encoder.eval()
+        return self
+
+    def carry_state(self) -> dict[str, Tensor]:
+        """The recurrent state carried into the next step (empty before the first)."""
+        return dict(self._carry) if self._carry is not None else {}
+
+    def load_carry_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`carry_state` output."""
+        self._carry = dict(state) if state else None
+
+    def _state(self, b: int, reset: Tensor, ref: Tensor) -> dict[str, Tensor]:
+        carry = self._carry
+        if carry is None or carry[N_EPOCHS_KEY].shape[0] != b:
+            return self.net.init_state(b, device=ref.device, dtype=ref.dtype)
+        out = {}
+        for k, v in carry.items():
+            keep = ~reset.view(-1, *([1] * (v.dim() - 1)))  # (B, 1, ...)
+            out[k] = torch.where(keep, v, torch.zeros_like(v))
+        return out
+
+    def forward(
+        self, x: Tensor, mask: Tensor, target: Tensor, valid: Tensor, reset: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``x (B, T, M, S)``, ``mask (B, T, M)``, ``target``/``valid (B, T)``, ``reset (B,)``."""
+        state = self._state(x.shape[0], reset, x)
+        out, new_state = self.net(x, mask, state)
+        self._carry = {k: v.detach() for k, v in new_state.items()}
+        n_valid = valid.sum()
+        if self.task == "stage":
+            logits = out.stage_logits[valid]  # (n, C)
+            y = target[valid].long()  # (n,)
+            if y.numel() == 0:
+                return out.stage_logits.sum() * 0.0, {"accuracy": n_valid.float() * 0}
+            loss = F.cross_entropy(logits, y, weight=self.class_weight.to(logits.dtype))
+            acc = (logits.argmax(dim=-1) == y).float().mean()
+            return loss, {"accuracy": acc.detach()}
+        logit_all = out.apnea_logit if self.task == "apnea" else out.hypopnea_logit  # (B, T)
+        logit = logit_all[valid]
+        y_f = target[valid].to(logit.dtype)
+        if y_f.numel() == 0:
+            return logit_all.sum() * 0.0, {"accuracy": n_valid.float() * 0}
+        pos_weight = torch.tensor(self.pos_weight, dtype=logit.dtype, device=logit.device)
+        loss = F.binary_cross_entropy_with_logits(logit, y_f, pos_weight=pos_weight)
+        acc = ((logit > 0).to(y_f.dtype) == y_f).float().mean()
+        return loss, {"accuracy": acc.detach()}
+
+
+class SequenceBatches:
+    """Adapter: :class:`SequenceStream` -> the training loop's batch-stream protocol."""
+
+    def __init__(self, stream: SequenceStream) -> None:
+        self.stream = stream
+
+    def next(self, rng: np.random.Generator, gen: torch.Generator) -> dict[str, Tensor]:
+        b = self.stream.next_batch(gen)
+        return {"x": b.x, "mask": b.mask, "target": b.target, "valid": b.valid, "reset": b.reset}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+
+
+def _probe_config(cfg: SleepNetConfig) -> SleepNetConfig:
+    return dataclasses.replace(cfg, heads=dataclasses.replace(cfg.heads, hidden=0, dropout=0.0))
+
+
+def build_net(cfg: FinetuneConfig, index: StoreIndex, mode: str) -> SleepNet:
+    """The model to train: ``cfg.init`` (checked against the store's preprocessing) or a fresh
+    ``cfg.model``; for a probe, linear heads and an identity temporal module."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if cfg.init:
+        init = load_model(cfg.init, expected_preprocess=index.preprocess)
+        mcfg = init.cfg
+        weights = init.state_dict()
+    else:
+        if mode == "probe":
+            raise ValueError("probe needs a pretrained encoder (give --init)")
+        mcfg = cfg.model.build()
+        weights = None
+    if cfg.lookahead_epochs >= 0:
+        mcfg = dataclasses.replace(mcfg, lookahead_epochs=cfg.lookahead_epochs)
+    if mode == "probe":
+        mcfg = _probe_config(mcfg)
+    net = SleepNet(mcfg)
+    if weights is not None:
+        if mode == "probe":
+            weights = {k: v for k, v in weights.items() if not k.startswith("heads.")}
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+        bad = [k for k in missing if not k.startswith("heads.")] + list(unexpected)
+        if bad:
+            raise ValueError(f"{cfg.init}: weights do not fit the model ({bad[:5]})")
+    if mode == "probe":
+        for p in net.encoder.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            for block in net.temporal.blocks():
+                block.mixer.out_proj.weight.zero_()
+                if block.mixer.out_proj.bias is not None:
+                    block.mixer.out_proj.bias.zero_()
+        for p in net.temporal.parameters():
+            p.requires_grad_(False)
+    return net.float().train()
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    store: str | Path,
+    out: str | Path,
+    *,
+    mode: str = "finetune",
+    resume: bool = False,
+    hooks: Sequence[StepHook] = (),
+    dist: DistInfo | None = None,
+) -> Path:
+    """Fine-tune (or ``mode="probe"``) on ``store`` for ``cfg.task``; returns the checkpoint path.
+
+    Works in one process or under ``torchrun`` (DDP). ``resume`` continues ``out/train``.
+    """
+    out = Path(out)
+    dist = dist or init_distributed(cfg.loop.device)
+    set_determinism(cfg.loop.seed, cfg.loop.threads)
+    index = StoreIndex(store, cfg.select, cache_mb=cfg.data.cache_mb)
+    sources = label_fraction_subset(index.sources, cfg.data.label_fraction, cfg.loop.seed)
+    net = build_net(cfg, index, mode)
+    stream = SequenceStream(
+        index,
+        sources,
+        cfg.task,
+        cfg.loop.batch_size,
+        cfg.data,
+        net.cfg.lookahead_epochs,
+        cfg.augment,
+        seed=cfg.loop.seed * 1000 + dist.rank,
+    )
+    counts = stream.class_counts()
+    if cfg.task == "stage":
+        weights, pos_w = class_weights(counts, cfg.class_weight_power), 1.0
+        log.info("stage counts %s -> class weights %s", counts.tolist(),
+                 np.round(weights, 3).tolist())
+    else:
+        weights, pos_w = None, positive_weight(counts, cfg.class_weight_power)
+        log.info("%s counts %s -> pos_weight %.3g", cfg.task, counts.tolist(), pos_w)
+    frozen = mode == "probe" or cfg.encoder_lr_scale == 0
+    if frozen:
+        for p in net.encoder.parameters():
+            p.requires_grad_(False)
+    objective = SequenceObjective(net, cfg.task, weights, pos_w, frozen_encoder=frozen)
+    enc_ids = {id(p) for p in net.encoder.parameters()}
+    trainable = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
+    groups = [([p for _, p in trainable if id(p) not in enc_ids], 1.0)]
+    enc = [p for _, p in trainable if id(p) in enc_ids]
+    if enc:
+        groups.append((enc, cfg.encoder_lr_scale))
+    log.info(
+        "%s %s on %d recordings (%d labelled epochs), %d trainable parameters",
+        mode, cfg.task, len(stream.sources), int(counts.sum()),
+        sum(p.numel() for _, p in trainable),
+    )
+    config_json = config_to_json(cfg) + json.dumps({"mode": mode})
+    result = train_loop(
+        objective,
+        SequenceBatches(stream),
+        cfg.loop,
+        out,
+        dist,
+        param_groups=groups,
+        resume=resume,
+        config_json=config_json,
+        hooks=list(hooks),
+        desc=f"{mode} {cfg.task}",
+    )
+    path = out / MODEL_FILE
+    if dist.is_main:
+        net.eval()
+        card = {
+            "training": {
+                "stage": mode,
+                "task": cfg.task,
+                "steps": result.steps,
+                "store": str(store),
+                "init": cfg.init or None,
+                "recordings": [s.id for s in stream.sources],
+                "subjects": sorted({s.subject for s in stream.sources}),
+                "class_counts": counts.tolist(),
+                "final_loss": result.history[-1]["loss"] if result.history else None,
+                "config": json.loads(config_to_json(cfg)),
+            }
+        }
+        save_model(net.cpu(), path, index.preprocess, card=card)
+        (out / "config.json").write_text(
+            json.dumps({"mode": mode, **json.loads(config_to_json(cfg))}, indent=2)
+        )
+        log.info("wrote %s", path)
+    dist.barrier()
+    return path

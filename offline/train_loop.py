@@ -1,0 +1,420 @@
+"""The shared training loop: seeding, DDP, schedule, progress/ETA, training checkpoints, resume.
+
+An *objective* is an ``nn.Module`` whose ``forward(**batch)`` returns ``(loss, metrics)``
+(``metrics``: name -> scalar tensor, for logs). It may carry state between steps (the temporal
+module's recurrent state in sequence training) through ``carry_state()`` / ``load_carry_state()``.
+A *batch stream* has ``next(rng, gen) -> dict[str, Tensor]`` and JSON ``state_dict()`` /
+``load_state_dict()``.
+
+**Determinism.** Before step ``s`` every random source is re-seeded from ``(seed, rank, s)``: the
+global torch RNG (dropout), a ``torch.Generator`` and a numpy ``Generator`` handed to the batch
+stream (sampling, masking, augmentation). A run is therefore a function of the seed, and a run
+resumed at step ``s`` continues exactly as the uninterrupted run (same weights, bit for bit, on the
+same machine and thread count).
+
+**Training checkpoint** (``OUT/train/``, written every ``checkpoint_every`` steps and at the end;
+swapped in as a whole directory so a crash never leaves a half-written one):
+
+- ``weights.safetensors``: the objective's ``state_dict`` (model + decoders/projectors);
+- ``optimizer.pt``: ``torch.save`` of the optimizer state, loaded with ``weights_only=True``;
+- ``state.json``: next step, world size, config JSON; ``rank<r>.json``: that rank's batch-stream
+  state; ``rank<r>_carry.safetensors``: that rank's carried tensors.
+
+**DDP.** Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is ``gloo`` on CPU and ``nccl``
+on GPU; the objective is wrapped in ``DistributedDataParallel`` (gradients are averaged during
+``backward``), each rank draws its own batches (the rank enters every seed), and rank 0 writes
+logs, history and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+TRAIN_DIR = "train"
+HISTORY_FILE = "history.jsonl"
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation and bookkeeping; defaults sized for 2 CPU cores."""
+
+    steps: int = 400
+    #: Per process: epochs (or windows) per SSL step, lanes per sequence step.
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    #: Cosine decay from ``lr`` to ``lr * min_lr_ratio`` after warm-up.
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 2.0
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 100
+    #: torch intra-op threads (0 = leave torch's choice).
+    threads: int = 0
+    #: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("lr must be > 0 and min_lr_ratio in [0, 1]")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")
+
+
+class Objective(Protocol):
+    """What :func:`train_loop` trains (an ``nn.Module``; see the module doc)."""
+
+    def __call__(self, **batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+class BatchStream(Protocol):
+    """Where :func:`train_loop` gets batches from."""
+
+    def next(self, rng: np.random.Generator, gen: torch.Generator) -> dict[str, Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.enabled:
+            torch_dist.barrier()
+
+
+def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU."""
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        return torch.device(f"cuda:{local_rank}")
+    if pref != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {pref!r}")
+    return torch.device("cpu")
+
+
+def init_distributed(device_pref: str = "auto") -> DistInfo:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_pref, local)
+    if world > 1 and not torch_dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend=backend)
+        log.info("rank %d/%d joined the %s process group on %s", rank, world, backend, device)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group if one was joined."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed derived from ``(seed, rank, step)`` (numpy SeedSequence mixing)."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def lr_factor(step: int, cfg: LoopConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine down to ``min_lr_ratio``."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    cos = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
+
+
+def set_determinism(seed: int, threads: int = 0) -> None:
+    """Seed torch/numpy and ask torch for deterministic kernels; optionally set the threads."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def format_eta(seconds: float) -> str:
+    """``3725.0 -> "1:02:05"``."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class LoopResult:
+    """What a finished :func:`train_loop` returns."""
+
+    steps: int
+    history: list[dict[str, float]]
+    #: Step the run started from (> 0 after a resume).
+    resumed_from: int
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def _clone_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def _carry(objective: nn.Module) -> dict[str, Tensor]:
+    fn = getattr(objective, "carry_state", None)
+    return dict(fn()) if fn is not None else {}
+
+
+def save_training_checkpoint(
+    out_dir: Path,
+    step: int,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: BatchStream,
+    dist: DistInfo,
+    config_json: str,
+) -> Path:
+    """Write ``OUT/train`` for resuming at ``step`` (all ranks call this)."""
+    final = out_dir / TRAIN_DIR
+    tmp = out_dir / f".{TRAIN_DIR}.new"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    r = dist.rank
+    (tmp / f"rank{r}.json").write_text(json.dumps(stream.state_dict()))
+    carry = _carry(objective)
+    save_file(_clone_tensors(carry), str(tmp / f"rank{r}_carry.safetensors"))
+    if dist.is_main:
+        save_file(
+            _clone_tensors(objective.state_dict()),
+            str(tmp / "weights.safetensors"),
+            metadata={"step": str(step)},
+        )
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {"step": step, "world_size": dist.world_size, "config": config_json}
+        (tmp / "state.json").write_text(json.dumps(state, sort_keys=True))
+    dist.barrier()
+    if dist.is_main:
+        old = out_dir / f".{TRAIN_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_training_checkpoint(
+    out_dir: Path,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: BatchStream,
+    dist: DistInfo,
+    config_json: str,
+) -> int:
+    """Restore ``OUT/train`` into the objective, optimizer and stream; returns the next step.
+
+    ``ValueError`` when the checkpoint was made with another config or world size.
+    """
+    ckpt = out_dir / TRAIN_DIR
+    state = json.loads((ckpt / "state.json").read_text())
+    if state["world_size"] != dist.world_size:
+        raise ValueError(
+            f"{ckpt}: saved with {state['world_size']} processes, resuming with {dist.world_size}"
+        )
+    if state["config"] != config_json:
+        raise ValueError(f"{ckpt}: saved with a different config; resume with the same one")
+    weights = load_file(str(ckpt / "weights.safetensors"), device="cpu")
+    objective.load_state_dict(weights, strict=True)
+    opt_state = torch.load(ckpt / "optimizer.pt", map_location=dist.device, weights_only=True)
+    optimizer.load_state_dict(opt_state)
+    stream.load_state_dict(json.loads((ckpt / f"rank{dist.rank}.json").read_text()))
+    carry = load_file(str(ckpt / f"rank{dist.rank}_carry.safetensors"), device=str(dist.device))
+    loader = getattr(objective, "load_carry_state", None)
+    if loader is not None:
+        loader(carry)
+    return int(state["step"])
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def _read_history(path: Path, before: int) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] < before]
+
+
+def _mean_across_ranks(values: dict[str, float], dist: DistInfo) -> dict[str, float]:
+    if not dist.enabled or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    if dist.device.type == "cuda":
+        t = t.to(dist.device)
+    torch_dist.all_reduce(t)
+    return {k: float(v) / dist.world_size for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+StepHook = Callable[[int, nn.Module, Tensor], None]
+"""Called after ``backward`` (gradients already averaged across ranks) and before the
+optimizer step: ``hook(step, objective, loss)``."""
+
+
+def train_loop(
+    objective: nn.Module,
+    stream: BatchStream,
+    cfg: LoopConfig,
+    out_dir: Path,
+    dist: DistInfo,
+    *,
+    param_groups: Sequence[tuple[Sequence[nn.Parameter], float]] | None = None,
+    resume: bool = False,
+    config_json: str = "",
+    hooks: Sequence[StepHook] = (),
+    desc: str = "train",
+) -> LoopResult:
+    """Train ``objective`` for ``cfg.steps`` steps (see the module doc).
+
+    Args:
+        objective: the module to train (moved to ``dist.device``).
+        stream: the batch stream of this rank.
+        cfg: loop settings.
+        out_dir: run folder (``history.jsonl`` and ``train/`` go there).
+        dist: from :func:`init_distributed`.
+        param_groups: ``(params, lr_scale)`` pairs; default: every trainable parameter at 1.
+        resume: continue from ``out_dir/train`` when it exists.
+        config_json: the run's config; a resume must use the same one.
+        hooks: :data:`StepHook` callables.
+        desc: progress-bar label.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objective.to(dist.device)
+    if param_groups is None:
+        param_groups = [([p for p in objective.parameters() if p.requires_grad], 1.0)]
+    groups: list[dict[str, Any]] = [
+        {"params": list(ps), "lr": cfg.lr * scale, "lr_scale": scale}
+        for ps, scale in param_groups
+        if len(list(ps)) > 0 and scale > 0
+    ]
+    if not groups:
+        raise ValueError("nothing to train: no trainable parameter")
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if resume and (out_dir / TRAIN_DIR / "state.json").exists():
+        start = load_training_checkpoint(out_dir, objective, optimizer, stream, dist, config_json)
+        log.info("resumed %s from step %d", out_dir / TRAIN_DIR, start)
+    history_path = out_dir / HISTORY_FILE
+    history = _read_history(history_path, start)
+    if dist.is_main:
+        history_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    model: nn.Module = objective
+    if dist.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            objective,
+            device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    model.train()
+    trainable: list[nn.Parameter] = [p for g in groups for p in g["params"]]
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=desc,
+        disable=not (cfg.progress and dist.is_main),
+        dynamic_ncols=True,
+    )
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        seed = step_seed(cfg.seed, dist.rank, step)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        batch = {k: v.to(dist.device) for k, v in stream.next(rng, gen).items()}
+        factor = lr_factor(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * g["lr_scale"] * factor
+        loss, metrics = model(**batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for hook in hooks:
+            hook(step, objective, loss)
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+        else:
+            grad_norm = float("nan")
+        optimizer.step()
+        values = {"loss": float(loss.detach())}
+        values.update({k: float(v.detach()) for k, v in metrics.items()})
+        values = _mean_across_ranks(values, dist)
+        row: dict[str, float] = {"step": step, "lr": cfg.lr * factor, **values}
+        if math.isfinite(grad_norm):
+            row["grad_norm"] = grad_norm
+        history.append(row)
+        if dist.is_main:
+            with history_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - t0
+            per_step = elapsed / (done - start)
+            extra = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
+            if dist.is_main:
+                log.info(
+                    "%s step %d/%d loss %.4f %s lr %.3g | %.2f s/step, ETA %s",
+                    desc, done, cfg.steps, values["loss"], extra, cfg.lr * factor, per_step,
+                    format_eta(per_step * (cfg.steps - done)),
+                )
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_training_checkpoint(out_dir, done, objective, optimizer, stream, dist, config_json)
+    bar.close()
+    return LoopResult(steps=cfg.steps, history=history, resumed_from=start)
