@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "offline.fetch",
     "offline.ingest",
     "offline.inspect",
+    "offline.train_commands",
 )
 
 
