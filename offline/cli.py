@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "offline.ingest",
     "offline.inspect",
     "offline.train_commands",
+    "offline.apnea_train",
+    "offline.evaluate",
 )
 
 

@@ -1,0 +1,80 @@
+"""``rtsleep-train evaluate``: score a model on a labelled folder and write a report.
+
+``--task apnea --dataset apnea-ecg``: the ECG apnea model per minute (both variants; the
+non-causal one is the headline), see :func:`offline.apnea_eval.evaluate_apnea_ecg`.
+``--task stage`` is provided by the training code; until it is registered in ``TASKS`` it stops
+with a clear error instead of a result.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rtsleep.data.errors import DataError
+
+
+class Task(enum.StrEnum):
+    stage = "stage"
+    apnea = "apnea"
+
+
+def _evaluate_apnea(dataset: str, data: Path, model: Path | None, out: Path) -> dict[str, Any]:
+    from offline.apnea_eval import evaluate_apnea_ecg
+
+    if dataset != "apnea-ecg":
+        raise typer.BadParameter(f"--task apnea supports --dataset apnea-ecg, not {dataset!r}")
+    report = evaluate_apnea_ecg(data, out, model)
+    for name, res in report["variants"].items():
+        p = res["pooled"]
+        typer.echo(
+            f"{name:>9}: accuracy {p['accuracy']:.4f}  sensitivity {_fmt(p['sensitivity'])}  "
+            f"specificity {_fmt(p['specificity'])}  AUPRC {_fmt(p['auprc'])}  "
+            f"AHI-class agreement {res['ahi_class_agreement']:.3f}  ({p['n_minutes']} minutes, "
+            f"{len(res['recordings'])} recordings)"
+        )
+    typer.echo(f"report: {out / 'report.json'}")
+    return report
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+#: task -> function(dataset, data, model, out) printing metrics and writing out/report.json.
+TASKS: dict[str, Callable[[str, Path, Path | None, Path], dict[str, Any]]] = {
+    Task.apnea: _evaluate_apnea,
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` to the offline CLI."""
+
+    @app.command("evaluate")
+    def evaluate(
+        task: Annotated[Task, typer.Option(help="What to evaluate.")],
+        dataset: Annotated[str, typer.Option(help="Dataset layout, e.g. apnea-ecg.")],
+        data: Annotated[Path, typer.Option(help="Folder with the labelled recordings.")],
+        out: Annotated[Path, typer.Option(help="Report folder (report.json + PNG figures).")],
+        model: Annotated[
+            Path | None, typer.Option(help="Model file; default: the shipped model.")
+        ] = None,
+    ) -> None:
+        """Evaluate a model on DATA and write OUT/report.json."""
+        fn = TASKS.get(task)
+        if fn is None:
+            typer.echo(
+                f"evaluate --task {task.value}: not available in this build "
+                "(no evaluator registered for it)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        try:
+            fn(dataset, data, model, out)
+        except DataError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from exc

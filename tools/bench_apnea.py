@@ -1,0 +1,120 @@
+"""Apnea benchmarks: cross-validation of the ECG model and AASM-detector agreement on DREAMS.
+
+    .venv/bin/python tools/bench_apnea.py cv --folds 35        # LOSO on apnea-ecg-hr/train
+    .venv/bin/python tools/bench_apnea.py resp                 # excerpt3 detector vs expert
+
+Both print a JSON summary (and ``--out FILE`` writes it). The folds are fixed: record ``i`` of the
+sorted ids goes to fold ``i mod K``; K = number of records is leave-one-subject-out (one night per
+subject in Apnea-ECG). Training uses one thread; timings are noisy on the shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from offline.apnea_data import read_apnea_ecg_dir  # noqa: E402
+from offline.apnea_eval import (  # noqa: E402
+    dreams_expert_events,
+    epoch_agreement,
+    event_agreement,
+    second_agreement,
+    summarise,
+)
+from offline.apnea_train import TrainConfig, cross_validate  # noqa: E402
+from rtsleep.apnea.aasm import AasmConfig, detect_respiratory_events  # noqa: E402
+from rtsleep.settings import data_dir  # noqa: E402
+
+log = logging.getLogger("bench_apnea")
+
+
+def run_cv(data: Path, folds: int, epochs: int) -> dict[str, object]:
+    """K-fold / LOSO out-of-fold metrics for both variants."""
+    t0 = time.perf_counter()
+    nights = read_apnea_ecg_dir(data)
+    feats = [n.features() for n in nights]
+    t_feat = time.perf_counter() - t0
+    ids = [n.id for n in nights]
+    labels = [n.labels for n in nights]
+    cfg = TrainConfig(epochs=epochs)
+    probs = cross_validate(ids, feats, labels, folds, cfg)
+    res: dict[str, object] = {
+        "data": str(data),
+        "folds": min(folds, len(ids)),
+        "n_records": len(ids),
+        "train_config": cfg.__dict__,
+        "feature_seconds": round(t_feat, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    for v, p in probs.items():
+        s = summarise(ids, labels, p)
+        res[v] = {k: s[k] for k in ("pooled", "ahi_class_agreement", "ahi_corr")}
+        res[v + "_per_record_accuracy"] = {
+            r["id"]: round(r["accuracy"], 4) for r in s["recordings"]
+        }
+    return res
+
+
+def run_resp(edf: Path) -> dict[str, object]:
+    """AASM detector on excerpt3 (rule ``flow``: its SAO2 channel holds no usable saturation)."""
+    import edfio
+
+    sig = {s.label: s for s in edfio.read_edf(edf).signals}
+    fs = float(sig["NAF1"].sampling_frequency)
+    flow = sig["NAF1"].data
+    effort = np.stack([sig["VTH"].data, sig["VAB"].data])
+    spo2 = sig["SAO2"].data
+    valid_spo2 = float(np.mean((spo2 >= 50) & (spo2 <= 100)))
+    expert = dreams_expert_events(sig["event_pneumo"].data)
+    out: dict[str, object] = {"edf": str(edf), "spo2_valid_fraction": round(valid_spo2, 4)}
+    for rule in ("flow", "1A"):
+        t0 = time.perf_counter()
+        det = detect_respiratory_events(flow, fs, effort, spo2, AasmConfig(rule=rule))  # type: ignore[arg-type]
+        dt = time.perf_counter() - t0
+        out[rule] = {
+            "events": event_agreement(det, expert),
+            "epochs": epoch_agreement(det, expert, flow.size / fs),
+            "seconds": second_agreement(det, expert, flow.size / fs),
+            "detected_types": {
+                t: sum(d.type.value == t for d in det) for t in sorted({d.type.value for d in det})
+            },
+            "seconds_for_30_min": round(dt, 2),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    cv = sub.add_parser("cv")
+    cv.add_argument("--data", type=Path, default=data_dir() / "apnea-ecg-hr" / "train")
+    cv.add_argument("--folds", type=int, default=35)
+    cv.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    rp = sub.add_parser("resp")
+    rp.add_argument("--edf", type=Path, default=data_dir() / "dreams-spindles" / "excerpt3.edf")
+    for p in (cv, rp):
+        p.add_argument("--out", type=Path, default=None)
+        p.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    res = run_cv(args.data, args.folds, args.epochs) if args.cmd == "cv" else run_resp(args.edf)
+    text = json.dumps(res, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
