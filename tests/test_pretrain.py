@@ -1,0 +1,175 @@
+"""Self-supervised pretraining: each method's loss falls on a small store, the exported
+checkpoint loads, SynthSleepNet's decoders read their own modality, configs load from TOML.
+
+The store is synthetic (stage-shaped signals, tests/synthetic_psg.py): mechanics only.
+Margins: over two seeds, the mean loss of the last 10 of 40 steps was 0.53-0.56 (neuronet),
+0.27-0.28 (synthsleepnet) and 0.65-0.66 (mc2) times the mean of the first 5; the tests ask for
+< 0.8.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic_psg import synthetic_store
+from typer.testing import CliRunner
+
+from offline.cli import app
+from offline.config import ModelSection, load_config
+from offline.data import StoreIndex
+from offline.pretrain.common import nt_xent, random_token_mask
+from offline.pretrain.run import PretrainConfig, pretrain
+from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
+from offline.train_loop import LoopConfig
+from rtsleep.models import SleepNet, SleepNetConfig, load_checkpoint_meta, load_model
+
+LOOP = LoopConfig(
+    steps=40, batch_size=8, lr=2e-3, warmup_steps=3, min_lr_ratio=0.5, threads=1, progress=False
+)
+RATIO = 0.8
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return synthetic_store(tmp_path_factory.mktemp("store"), n_recordings=3, n_epochs=24)
+
+
+@pytest.fixture(scope="module")
+def neuronet_run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("neuronet")
+    cfg = PretrainConfig(method="neuronet", model=ModelSection("tiny"), loop=LOOP)
+    pretrain(cfg, store, out)
+    return out
+
+
+def _losses(out: Path) -> np.ndarray:
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(len(rows)))
+    return np.array([r["loss"] for r in rows])
+
+
+def _assert_falls(out: Path) -> None:
+    loss = _losses(out)
+    assert len(loss) == LOOP.steps and np.isfinite(loss).all()
+    assert loss[-10:].mean() < RATIO * loss[:5].mean(), loss.round(3).tolist()
+
+
+def test_neuronet_loss_falls_and_exports_a_loadable_checkpoint(
+    neuronet_run: Path, store: Path
+) -> None:
+    _assert_falls(neuronet_run)
+    model = load_model(
+        neuronet_run / "model.safetensors", expected_preprocess=StoreIndex(store).preprocess
+    )
+    assert isinstance(model, SleepNet) and model.cfg.encoder == "fusion"
+    meta = load_checkpoint_meta(neuronet_run / "model.safetensors")
+    assert meta.card is not None and meta.card["training"]["method"] == "neuronet"
+    # The encoder changed from its initialisation; the temporal module was not pretrained.
+    torch.manual_seed(LOOP.seed)
+    fresh = SleepNet(ModelSection("tiny").build())
+    enc_key = "encoder.encoders.EEG.token_proj.weight"
+    assert not torch.equal(model.state_dict()[enc_key], fresh.state_dict()[enc_key])
+    tmp_key = "temporal.layers.0.mixer.in_proj.weight"
+    assert torch.equal(model.state_dict()[tmp_key], fresh.state_dict()[tmp_key])
+
+
+def test_synthsleepnet_loss_falls_starting_from_neuronet_encoders(
+    neuronet_run: Path, store: Path, tmp_path: Path
+) -> None:
+    init = neuronet_run / "model.safetensors"
+    cfg = PretrainConfig(method="synthsleepnet", init=str(init), loop=LOOP)
+    path = pretrain(cfg, store, tmp_path)
+    _assert_falls(tmp_path)
+    before, after = load_model(init).state_dict(), load_model(path).state_dict()
+    key = "encoder.encoders.EEG.token_proj.weight"
+    # Started from the neuronet encoder, trained at encoder_lr_scale (0.1): close, not equal.
+    assert not torch.equal(before[key], after[key])
+    assert (before[key] - after[key]).abs().max() < 0.05
+
+
+def test_mc2_loss_falls_through_the_cli_with_a_toml_config(store: Path, tmp_path: Path) -> None:
+    config = tmp_path / "mc2.toml"
+    config.write_text(
+        '[model]\npreset = "tiny"\n'
+        "[loop]\nsteps = 40\nbatch_size = 8\nlr = 2e-3\nwarmup_steps = 3\nmin_lr_ratio = 0.5\n"
+        "threads = 1\nprogress = false\n"
+        "[mc2]\nseq_len = 8\n"
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["pretrain", "--method", "mc2", "--store", str(store), "--out", str(out),
+         "--config", str(config)],
+    )
+    assert result.exit_code == 0, result.output
+    _assert_falls(out)
+    assert load_model(out / "model.safetensors").cfg.encoder == "dual_branch"
+
+
+def test_pretrain_cli_reports_a_missing_store_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["pretrain", "--method", "neuronet", "--store", str(tmp_path / "nope"),
+         "--out", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 1
+    assert "nope" in result.output and "no such store" in result.output
+
+
+def test_synthsleepnet_decoders_read_their_own_modality_tokens() -> None:
+    torch.manual_seed(0)
+    net = SleepNet(SleepNetConfig.tiny())
+    obj = SynthSleepNetObjective(net, SynthSleepNetConfig()).eval()
+    seen: dict[str, torch.Tensor] = {}
+    for name, dec in obj.decoders.items():
+        dec.register_forward_hook(
+            lambda _m, args, _o, name=name: seen.__setitem__(name, args[0].detach())
+        )
+    x = torch.randn(3, 1, 4, 3000)
+    mask = torch.ones(3, 1, 4, dtype=torch.bool)
+    mask[0, 0, 1] = False  # EOG missing in one epoch
+    torch.manual_seed(1)
+    obj(x, mask)
+    torch.manual_seed(1)
+    n_tok = obj.fusion.cfg.n_tokens
+    hide = random_token_mask(12, n_tok, 0.4, x.device, skip_first=True).view(3, 4, n_tok)
+    present = mask[:, 0]
+    out = obj.fusion(x[:, 0], present, hide & present[:, :, None])
+    for j, name in enumerate(obj.modalities):
+        rows = present[:, j].nonzero().squeeze(1)
+        assert torch.equal(seen[name], out.modality_tokens[rows, j]), name
+        others = [k for k in range(4) if k != j]
+        assert all(
+            not torch.allclose(seen[name], out.modality_tokens[rows, k]) for k in others
+            if present[rows, k].all()
+        )
+
+
+def test_nt_xent_is_low_for_matching_views_and_high_for_shuffled_ones() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(16, 8)
+    matched = nt_xent(a, a + 0.01 * torch.randn(16, 8), tau=0.1)
+    shuffled = nt_xent(a, a[torch.randperm(16)], tau=0.1)
+    assert matched < 0.1 < shuffled
+
+
+def test_shipped_paper_presets_load_at_the_papers_sizes() -> None:
+    neuronet = load_config(PretrainConfig, "neuronet-paper")
+    assert neuronet.neuronet.mask_ratio == 0.8 and neuronet.neuronet.tau == 0.05
+    assert neuronet.model.build().fusion.frame.d_model == 768
+    synth = load_config(PretrainConfig, "synthsleepnet-paper")
+    assert synth.synthsleepnet.mask_ratio == 0.4 and synth.synthsleepnet.tau == 0.1
+    mc2 = load_config(PretrainConfig, "mc2-paper")
+    assert mc2.mc2.seq_len == 16 and mc2.model.build().encoder == "dual_branch"
+
+
+def test_config_rejects_unknown_keys_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[loop]\nstepz = 3\n")
+    with pytest.raises(ValueError, match=r"bad\.toml.*stepz"):
+        load_config(PretrainConfig, bad)
