@@ -242,3 +242,25 @@ def test_replay_of_a_missing_file_fails_with_one_clear_line(tmp_path: Path) -> N
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"error: {missing}: no such file"
+
+
+def test_store_parquet_plays_its_stored_signals_epoch_after_epoch(tmp_path: Path) -> None:
+    from rtsleep.data.recording import Recording
+    from rtsleep.data.store import StoredRecording, write_recording
+
+    rng = np.random.default_rng(3)
+    rec = Recording(
+        id="syn1", dataset="edf", subject="s1", source=tmp_path / "syn1.edf",
+        channels=[Channel("C3-A2", Modality.EEG, 200.0, "uV", rng.normal(0, 30, 200 * 95))],
+    )
+    path, n_epochs = write_recording(rec, tmp_path / "store")
+    chans = load_channels(path)
+    stored = StoredRecording(path)
+    (sc,) = [c for c in stored.meta.channels if c.label == "C3-A2"]
+    (c,) = [c for c in chans if c.label == "C3-A2"]
+    assert (c.sfreq, c.modality, c.unit) == (sc.sfreq, Modality.EEG, sc.unit)
+    signal = stored.read(beats=False).signals["C3-A2"]  # (n_epochs, n_times)
+    np.testing.assert_array_equal(c.data, signal.reshape(-1).astype(np.float64))
+    assert c.n_samples == n_epochs * sc.n_times
+    (plan,) = [p for p in plan_outlets(str(path), chans) if p.type == "EEG"]
+    assert plan.source_id == "rtsleep-replay:syn1.parquet:EEG"
