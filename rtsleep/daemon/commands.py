@@ -115,11 +115,18 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option(help="Model file (default: bundled).")] = "",
         device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
         dataset: Annotated[str, typer.Option(help="Reader for EDF files.")] = "edf",
+        threads: Annotated[int, typer.Option(
+            help="torch CPU threads (0: torch's default); the daemon's default is 1.")] = 1,
     ) -> None:
         """Score a recording offline exactly as the daemon would (same causal code, batch 1)."""
+        import torch
+
         from rtsleep.daemon.score import plot_hypnogram, score_file
         from rtsleep.daemon.scorer import Scorer, load_scoring_model
         from rtsleep.data.errors import DataError
+
+        if threads:
+            torch.set_num_threads(threads)
 
         try:
             net, spec, model_id, dev = load_scoring_model(model, device)

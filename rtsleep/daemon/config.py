@@ -14,6 +14,7 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     path = ""                          # empty: the bundled rtsleep/assets/default.safetensors
     device = "auto"                    # auto | cpu | cuda
     max_batch = 256                    # beds scored in one forward step
+    threads = 1                        # torch CPU threads (0: torch's default)
 
     [zmq]
     endpoints = ["tcp://127.0.0.1:5556"]
@@ -90,6 +91,7 @@ class ModelSection:
     path: str = ""
     device: str = "auto"
     max_batch: int = 256
+    threads: int = 1
 
 
 @dataclass
@@ -313,6 +315,8 @@ def validate(cfg: Config) -> None:
                           f"{m.device!r}")
     if m.max_batch < 1:
         raise ConfigError(src, "model.max_batch", f"must be >= 1, got {m.max_batch}")
+    if m.threads < 0:
+        raise ConfigError(src, "model.threads", f"must be >= 0, got {m.threads}")
     if not z.endpoints:
         raise ConfigError(src, "zmq.endpoints", "at least one endpoint is needed")
     for i, ep in enumerate(z.endpoints):
