@@ -239,3 +239,27 @@ def test_modality_comes_from_the_channel_type_then_the_label() -> None:
     assert [c.modality for c in b.channels] == [
         Modality.EEG, Modality.EOG, Modality.EMG, Modality.EEG
     ]
+
+
+def test_a_vanished_stream_is_waited_for_once_and_again_after_it_catches_up() -> None:
+    ep = BedEpocher("bed1", ["eeg", "spo2"], timeout_s=5.0)
+    ep.attach("eeg", _layout("eeg", 10.0, ("C3",)))
+    ep.attach("spo2", _layout("spo2", 1.0, ("SpO2",), unit="%", ctype="SPO2"))
+    ep.push("eeg", _ramp(310), T0 + np.arange(310) / 10.0)
+    ep.push("spo2", np.full((31, 1), 97.0), T0 + np.arange(31) / 1.0)
+    assert [b.index for b in ep.pop_ready(now=0.0)] == [0]
+    ep.push("eeg", _ramp(300, start=310), T0 + np.arange(310, 610) / 10.0)
+    assert ep.pop_ready(now=1.0) == []  # spo2 behind: wait
+    assert [b.index for b in ep.pop_ready(now=6.0)] == [1]  # timed out
+    ep.push("eeg", _ramp(300, start=610), T0 + np.arange(610, 910) / 10.0)
+    assert [b.index for b in ep.pop_ready(now=6.1)] == [2]  # known to lag: no second wait
+    # spo2 comes back and catches up; a later short lag is waited for again
+    ep.push("spo2", np.full((70, 1), 96.0), T0 + np.arange(91, 161) / 1.0)
+    ep.push("eeg", _ramp(700, start=910), T0 + np.arange(910, 1610) / 10.0)
+    back = ep.pop_ready(now=7.0)
+    assert [b.index for b in back] == [3, 4]
+    assert back[0].channel("SpO2").received.sum() == 29 and back[1].channel("SpO2").received.all()
+    ep.push("eeg", _ramp(300, start=1610), T0 + np.arange(1610, 1910) / 10.0)
+    assert ep.pop_ready(now=8.0) == []
+    assert ep.pop_ready(now=12.9) == []
+    assert [b.index for b in ep.pop_ready(now=13.0)] == [5]

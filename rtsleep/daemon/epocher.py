@@ -19,10 +19,11 @@ Rules:
 - Sample index of a sample with grid time ``t``: ``i = round((t - anchor) * fs)`` (a constant
   sub-sample phase of a stream that starts off the anchor's grid is removed first, so rounding is
   never ambiguous); it belongs to epoch ``k = i // (30 fs)`` (``30 fs`` must be an integer).
-- An epoch is emitted when every attached stream has delivered a sample at or past its end, or
-  ``timeout_s`` (monotonic seconds, ``now``) after the first stream did so: a vanished or late
-  stream then has its channels marked missing and the epoch goes out anyway. Samples arriving
-  for an epoch already emitted are dropped (counted in ``n_late``).
+- An epoch is emitted when every stream has delivered a sample at or past its end, or
+  ``timeout_s`` (monotonic seconds, ``now``) after the first stream did so: a vanished, late or
+  never-opened stream then has its channels marked missing and the epoch goes out anyway. Such a
+  stream is not waited for again until it catches up. Samples arriving for an epoch already
+  emitted are dropped (counted in ``n_late``).
 - Missing and non-finite samples are filled deterministically by holding the channel's last good
   value (0.0 before any) and are False in ``received``; quality counts them before filling.
 - Indices never repeat or skip: an epoch with no data at all (a gap over a whole epoch, downtime
@@ -274,20 +275,23 @@ class BedEpocher:
             if not any(passed):
                 self._wait_since = None
                 break
-            if not all(passed):
-                if self._wait_since is None:
-                    self._wait_since = now
-                if now - self._wait_since < self.timeout_s:
-                    break
-                late = {t.key for t, p in zip(self._tracks.values(), passed, strict=True) if not p}
-                if late != self._lagging:
+            late = {t.key for t, p in zip(self._tracks.values(), passed, strict=True) if not p}
+            if late:
+                if not late <= self._lagging:
+                    # a stream is behind: wait for it, at most timeout_s
+                    if self._wait_since is None:
+                        self._wait_since = now
+                    if now - self._wait_since < self.timeout_s:
+                        break
                     log.warning(
                         "bed %s: epoch %d emitted without waiting for %s", self.bed, k, sorted(late)
                     )
+                # streams known to lag are not waited for again until they catch up
                 self._lagging = late
             elif self._lagging:
                 log.info("bed %s: every stream delivering again at epoch %d", self.bed, k)
                 self._lagging = set()
+            self._wait_since = None
             out.append(self._emit(k, self.anchor))
             self.next_index = k + 1
         return out
