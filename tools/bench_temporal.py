@@ -1,0 +1,118 @@
+"""Benchmark the Mamba temporal module on CPU: selective scans, recurrent step, state size.
+
+Measures, for ``MambaTemporal`` (``--d-model``, ``--n-layers``, d_state 16, d_conv 4, expand 2):
+
+- forward over ``--steps`` tokens for ``--batch`` sequences (no grad), and one training step
+  (forward + backward of a mean loss), with the sequential scan and with the chunked scan at
+  several chunk sizes;
+- one recurrent ``step`` for 1 stream and for 64 streams (median and p99 over ``--step-repeats``);
+- recurrent state bytes per stream (fp32).
+
+Prints a Markdown table. Run it alone: concurrent torch processes inflate timings several times.
+
+    .venv/bin/python tools/bench_temporal.py --threads 2
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Annotated
+
+import torch
+import typer
+
+from rtsleep.models.temporal import MambaTemporal, TemporalConfig
+
+
+def _time(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times in seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _build(d_model: int, n_layers: int, scan: str, chunk_size: int | None) -> MambaTemporal:
+    """A temporal module whose layers use the given scan and chunk size."""
+    model = MambaTemporal(TemporalConfig(d_model=d_model, n_layers=n_layers, scan=scan))
+    for block in model.blocks():
+        block.mixer.cfg = replace(block.mixer.cfg, chunk_size=chunk_size)
+    return model
+
+
+def main(
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    d_model: Annotated[int, typer.Option(help="model width")] = 128,
+    n_layers: Annotated[int, typer.Option(help="Mamba blocks")] = 2,
+    batch: Annotated[int, typer.Option(help="sequences per training batch")] = 16,
+    steps: Annotated[int, typer.Option(help="tokens (epochs) per sequence")] = 1000,
+    repeats: Annotated[int, typer.Option(help="timed repeats per scan case")] = 3,
+    chunk_sizes: Annotated[str, typer.Option(help="comma-separated chunk sizes")] = "16,32,64",
+    step_repeats: Annotated[int, typer.Option(help="timed recurrent steps")] = 500,
+) -> None:
+    """Print the temporal-module benchmark as a Markdown table."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    sizes = [int(s) for s in chunk_sizes.split(",") if s]
+    rows: list[tuple[str, str]] = []
+    cases: list[tuple[str, str, int | None]] = [("sequential", "sequential", None)]
+    cases += [(f"chunked K={k}", "chunked", k) for k in sizes]
+    x = torch.randn(batch, steps, d_model)
+    for label, scan, size in cases:
+        model = _build(d_model, n_layers, scan, size)
+
+        def forward(model: MambaTemporal = model) -> object:
+            with torch.no_grad():
+                return model(x)
+
+        def train_step(model: MambaTemporal = model) -> object:
+            model.zero_grad(set_to_none=True)
+            y, _ = model(x)
+            y.square().mean().backward()
+            return None
+
+        fwd = statistics.median(_time(forward, repeats))
+        trn = statistics.median(_time(train_step, repeats))
+        rows.append((f"forward, {label}", f"{fwd:.3f} s"))
+        rows.append((f"forward + backward, {label}", f"{trn:.3f} s"))
+
+    model = MambaTemporal(TemporalConfig(d_model=d_model, n_layers=n_layers)).eval()
+    for n_streams in (1, 64):
+        state = model.init_state(n_streams)
+        x_t = torch.randn(n_streams, d_model)
+
+        def one_step(state: dict[str, torch.Tensor] = state, x_t: torch.Tensor = x_t) -> object:
+            with torch.no_grad():
+                return model.step(x_t, state)
+
+        times = sorted(_time(one_step, step_repeats))
+        p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
+        rows.append(
+            (
+                f"one recurrent step, {n_streams} stream(s)",
+                f"{1e3 * statistics.median(times):.3f} ms (p99 {1e3 * p99:.3f} ms)",
+            )
+        )
+    rows.append(("recurrent state per stream (fp32)", f"{model.state_nbytes(1):,} bytes"))
+
+    typer.echo(
+        f"d_model {d_model}, d_state 16, d_conv 4, expand 2, {n_layers} layers, batch {batch}, "
+        f"{steps} steps, {threads} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    typer.echo("")
+    typer.echo("| workload | time |")
+    typer.echo("|---|---|")
+    for name, value in rows:
+        typer.echo(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    typer.run(main)
