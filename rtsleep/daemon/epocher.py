@@ -231,11 +231,21 @@ class BedEpocher:
         if self.anchor is None:
             self.anchor = float(ts[0])
             log.info("bed %s: anchored at LSL time %.6f (stream %s)", self.bed, self.anchor, key)
-        pos = (ts - self.anchor) * layout.sfreq  # (n,) fractional sample positions
+        n = ts.shape[0]
+        fs = layout.sfreq
         if track.phase is None:
-            track.phase = float(pos[0] - np.round(pos[0]))
-        idx = np.rint(pos - track.phase).astype(np.int64)  # (n,) sample indices
+            pos0 = (float(ts[0]) - self.anchor) * fs
+            track.phase = pos0 - round(pos0)
         floor = max(track.frontier, self.next_index * track.per_epoch)
+        i0 = round((float(ts[0]) - self.anchor) * fs - track.phase)
+        i1 = round((float(ts[-1]) - self.anchor) * fs - track.phase)
+        if i1 - i0 == n - 1 and i0 >= floor and (n < 3 or self._on_grid(ts, fs)):
+            # fast path: one contiguous run of new samples (the usual chunk)
+            self._store_run(track, layout.n_chans, i0, samples)
+            track.frontier = i1 + 1
+            return
+        pos = (ts - self.anchor) * fs  # (n,) fractional sample positions
+        idx = np.rint(pos - track.phase).astype(np.int64)  # (n,) sample indices
         keep = idx >= floor
         if not keep.all():
             # only strictly increasing indices past what was received and emitted are kept
@@ -248,19 +258,37 @@ class BedEpocher:
             idx, samples = idx[order_ok], samples[order_ok]
         if idx.shape[0] == 0:
             return
-        epochs = idx // track.per_epoch  # (n,)
-        bounds = np.flatnonzero(np.diff(epochs)) + 1
-        for part_idx, part_x in zip(np.split(idx, bounds), np.split(samples, bounds), strict=True):
-            k = int(part_idx[0] // track.per_epoch)
+        # split into runs of consecutive indices
+        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [idx.shape[0]]))
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            self._store_run(track, layout.n_chans, int(idx[s]), samples[s:e])
+        track.frontier = int(idx[-1]) + 1
+
+    @staticmethod
+    def _on_grid(ts: np.ndarray, fs: float) -> bool:
+        """Whether consecutive timestamps are one sample apart (within a quarter sample)."""
+        step = np.diff(ts) * fs  # (n - 1,) in samples
+        return bool(np.abs(step - 1.0).max() < 0.25)
+
+    @staticmethod
+    def _store_run(track: _Track, n_chans: int, first: int, x: np.ndarray) -> None:
+        """Write consecutive samples ``x (m, n_chans)`` starting at sample index ``first``."""
+        pe = track.per_epoch
+        m = x.shape[0]
+        i = 0
+        while i < m:
+            k, off = divmod(first + i, pe)
+            take = min(m - i, pe - off)
             buf = track.pending.get(k)
             if buf is None:
-                data = np.full((track.per_epoch, layout.n_chans), np.nan)
-                received = np.zeros((track.per_epoch, layout.n_chans), dtype=bool)
-                buf = track.pending[k] = (data, received)
-            offs = part_idx - k * track.per_epoch  # (m,) positions in the epoch
-            buf[0][offs] = part_x
-            buf[1][offs] = True
-        track.frontier = int(idx[-1]) + 1
+                buf = track.pending[k] = (
+                    np.full((pe, n_chans), np.nan), np.zeros((pe, n_chans), dtype=bool)
+                )
+            buf[0][off : off + take] = x[i : i + take]
+            buf[1][off : off + take] = True
+            i += take
 
     def _passed(self, track: _Track, k: int) -> bool:
         return track.layout is not None and track.frontier >= (k + 1) * track.per_epoch

@@ -204,6 +204,7 @@ class Dejitter:
         self._origin: float | None = None  # grid time of sample index 0
         self._next = 0  # grid index of the next expected sample
         self._residual = 0.0  # smoothed ts - grid, s
+        self._steps = np.arange(1024) / self.sfreq  # (1024,) grid offsets, grown on demand
         #: Gaps and backward jumps seen so far, and one-sample drift slips.
         self.n_gaps = 0
         self.n_jumps_back = 0
@@ -225,6 +226,15 @@ class Dejitter:
             self._origin = float(ts[0])
         period = 1.0 / self.sfreq
         tol = self.gap_factor * period
+        # fast path: every timestamp within tolerance of the grid (the usual chunk)
+        if self._steps.shape[0] < n:
+            self._steps = np.arange(max(n, 2 * self._steps.shape[0])) * period
+        grid = (self._origin + self._next * period) + self._steps[:n]  # (n,)
+        res = ts - grid  # (n,)
+        lo, hi = float(res.min()), float(res.max())
+        if hi - self._residual <= tol and self._residual - lo <= tol:
+            self._advance(n, float(res.mean()) - self._residual)
+            return grid
         i = 0
         while i < n:
             idx = self._next + np.arange(n - i)  # (n - i,) grid indices if continuous
@@ -244,19 +254,23 @@ class Dejitter:
                 self._next += step
                 continue
             out[i : i + m] = grid[:m]
-            # smooth the residual: an exponential average, applied chunk-wise
-            w = 1.0 - (1.0 - 1.0 / self.smoothing_samples) ** m
-            self._residual += w * float(np.mean(res[:m]))
-            self._next += m
+            self._advance(m, float(np.mean(res[:m])))
             i += m
-            slip = self._residual * self.sfreq
-            if abs(slip) > self.slip_threshold:
-                step = 1 if slip > 0 else -1
-                self._next += step
-                self._residual -= step * period
-                self.n_slips += 1
-                log.debug("clock drift: grid slipped %+d sample at index %d", step, self._next)
         return out
+
+    def _advance(self, m: int, mean_res: float) -> None:
+        """Advance past ``m`` on-grid samples with mean residual ``mean_res`` (s, unsmoothed)."""
+        # smooth the residual: an exponential average, applied chunk-wise
+        w = 1.0 - (1.0 - 1.0 / self.smoothing_samples) ** m
+        self._residual += w * mean_res
+        self._next += m
+        slip = self._residual * self.sfreq
+        if abs(slip) > self.slip_threshold:
+            step = 1 if slip > 0 else -1
+            self._next += step
+            self._residual -= step / self.sfreq
+            self.n_slips += 1
+            log.debug("clock drift: grid slipped %+d sample at index %d", step, self._next)
 
 
 class Inlet:
@@ -325,6 +339,8 @@ class Inlet:
         """Move what liblsl holds (at most ``max_samples``) into ``buffer``; never blocks."""
         self._refresh_clock()
         total = 0
+        if not self._inlet.samples_available():
+            return 0
         limit = self.buffer.capacity if max_samples is None else max_samples
         while total < limit:
             room = min(self._chunk.shape[0], self.buffer.capacity - len(self.buffer), limit - total)
