@@ -339,3 +339,18 @@ def test_dt_rank_auto_is_ceil_d_model_over_16() -> None:
     for d_model in (8, 16, 17, 100):
         assert MambaConfig(d_model=d_model).dt_rank_value == math.ceil(d_model / 16)
     assert MambaConfig(d_model=100, dt_rank=5).dt_rank_value == 5
+
+
+def test_streams_are_independent_rows_of_the_state() -> None:
+    """A batch of beds steps like each bed alone, so beds can be added or removed by indexing."""
+    model = _temporal(torch.float64)
+    x = torch.randn(3, 30, D_MODEL, dtype=torch.float64)
+    state = model.init_state(3)
+    y_batch = _steps(model, x, state)
+    for b in range(3):
+        alone = model.init_state(1)
+        torch.testing.assert_close(
+            _steps(model, x[b : b + 1], alone), y_batch[b : b + 1], rtol=0, atol=1e-12
+        )
+        for key, value in alone.items():
+            torch.testing.assert_close(value, state[key][b : b + 1], rtol=0, atol=1e-12)
