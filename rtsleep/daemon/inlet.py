@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pylsl
+from pylsl.util import LostError
+from pylsl.util import TimeoutError as LslTimeoutError
 
 from rtsleep.daemon.ringbuffer import RingBuffer
 from rtsleep.data.errors import DataError
@@ -297,28 +299,32 @@ class Inlet:
             info, max_buflen=int(max_buflen_s), max_chunklen=0, recover=True, processing_flags=0
         )
         name = key or info.source_id() or info.name()
+        if self._inlet.np_dtype is None:
+            raise DataError(name, "string streams cannot be scored")
         try:
             self._inlet.open_stream(open_timeout_s)
             full = self._inlet.info(open_timeout_s)
-        except (pylsl.TimeoutError, pylsl.LostError) as err:
-            self._inlet.close_stream()
+            self.layout = StreamLayout.from_info(full, key=name)
+        except (LslTimeoutError, LostError) as err:
+            self.close()
             raise DataError(name, f"could not open the LSL stream ({err})") from err
-        self.layout = StreamLayout.from_info(full, key=name)
+        except DataError:
+            self.close()
+            raise
         self.key = self.layout.key
         self._clock = clock
         try:
             self.clock_offset = float(self._inlet.time_correction(open_timeout_s))
-        except pylsl.TimeoutError:
+        except LslTimeoutError:
             log.warning("%s: no clock correction yet; using 0", self.key)
             self.clock_offset = 0.0
         self._clock_refresh_s = clock_refresh_s
         self._clock_checked = clock()
         capacity = max(256, int(np.ceil(buffer_s * self.layout.sfreq)))
         self.buffer = RingBuffer(capacity, self.layout.n_chans)
-        dtype = self._inlet.np_dtype
-        if dtype is None:
-            raise DataError(self.key, "string streams cannot be scored")
-        self._chunk = np.empty((min(capacity, 4096), self.layout.n_chans), dtype=dtype)
+        self._chunk = np.empty(
+            (min(capacity, 4096), self.layout.n_chans), dtype=self._inlet.np_dtype
+        )
         self.dejitter = Dejitter(self.layout.sfreq, gap_factor=gap_factor)
         #: Monotonic time of the last pull that returned samples (None before any).
         self.last_data: float | None = None
@@ -332,7 +338,7 @@ class Inlet:
         try:
             # liblsl updates its estimate in the background; a zero timeout returns the cached one
             self.clock_offset = float(self._inlet.time_correction(0.0))
-        except (pylsl.TimeoutError, pylsl.LostError):
+        except (LslTimeoutError, LostError):
             pass
 
     def pull(self, max_samples: int | None = None) -> int:
@@ -348,7 +354,7 @@ class Inlet:
                 break
             try:
                 _, ts = self._inlet.pull_chunk(0.0, room, self._chunk)
-            except pylsl.LostError:
+            except LostError:
                 log.warning("%s: stream lost", self.key)
                 break
             n = len(ts)
@@ -367,7 +373,7 @@ class Inlet:
         try:
             self._inlet.close_stream()
         except Exception:  # noqa: BLE001 - closing must never raise
-            log.debug("%s: close_stream failed", self.key, exc_info=True)
+            log.debug("close_stream failed", exc_info=True)
 
 
 class StreamHandle:
@@ -384,9 +390,11 @@ class StreamHandle:
         *,
         retry_s: float = 0.5,
         resolve_timeout_s: float = 1.0,
+        error_retry_s: float = 10.0,
         inlet_kwargs: dict[str, object] | None = None,
     ) -> None:
         self.selector = selector
+        self._error_retry_s = error_retry_s
         self.key = selector.key
         self._retry_s = retry_s
         self._resolve_timeout_s = resolve_timeout_s
@@ -416,7 +424,10 @@ class StreamHandle:
                     )
                     return
             except DataError as err:
-                log.error("%s", err)
+                # a stream we cannot use (or could not open): retry, but slowly
+                log.error("%s (retrying in %g s)", err, self._error_retry_s)
+                self._stop.wait(self._error_retry_s)
+                continue
             except Exception:  # noqa: BLE001 - keep retrying; never crash the daemon
                 log.exception("%s: failed to open the stream", self.key)
             self._stop.wait(self._retry_s)
