@@ -264,3 +264,17 @@ def test_store_parquet_plays_its_stored_signals_epoch_after_epoch(tmp_path: Path
     assert c.n_samples == n_epochs * sc.n_times
     (plan,) = [p for p in plan_outlets(str(path), chans) if p.type == "EEG"]
     assert plan.source_id == "rtsleep-replay:syn1.parquet:EEG"
+
+
+def test_loop_replay_wraps_the_data_and_keeps_timestamps_increasing() -> None:
+    chans = _channels(35.0)[:1]  # 3500 samples at 100 Hz
+    config = PlayerConfig(
+        channels=chans, source=_uid("loop"), speed=None, loop=True, duration_s=61.0,
+        ramp=True, wait_consumers_s=25.0,
+    )
+    blocks = _play_and_cut(config, 2, 20)
+    assert [b.index for b in blocks] == [0, 1]
+    _ramp_ok(blocks, RAMP_LABEL, 3000)  # sample indices keep counting across the wrap
+    wrapped = np.concatenate([chans[0].data[3000:], chans[0].data[:2500]])
+    np.testing.assert_array_equal(blocks[1].channel("C3-A2").data, wrapped)
+    assert blocks[1].channel("C3-A2").received.all()
