@@ -283,6 +283,30 @@ def label_fraction_subset(
     return out
 
 
+def split_subjects(
+    sources: Sequence[RecordingSource], val_fraction: float, seed: int
+) -> tuple[list[RecordingSource], list[RecordingSource]]:
+    """Subject-wise seeded split into ``(train, validation)`` recordings.
+
+    ``round(val_fraction * n_subjects)`` subjects (at least one when ``val_fraction > 0``, at most
+    ``n_subjects - 1``) go to validation; ``val_fraction = 0`` keeps everything for training.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return list(sources), []
+    subjects = sorted({s.subject for s in sources})
+    if len(subjects) < 2:
+        raise DataError(
+            sources[0].path if sources else "store",
+            f"a validation split needs 2 or more subjects, have {len(subjects)}",
+        )
+    k = min(len(subjects) - 1, max(1, round(val_fraction * len(subjects))))
+    rng = np.random.default_rng([seed, 1])
+    val = {subjects[i] for i in rng.permutation(len(subjects))[:k]}
+    return [s for s in sources if s.subject not in val], [s for s in sources if s.subject in val]
+
+
 def _margin_samples(aug: AugmentConfig, index: StoreIndex) -> int:
     if aug == AugmentConfig.off():
         return 0

@@ -23,6 +23,11 @@ identity (every Mamba block's ``out_proj`` is zeroed and frozen, so a block retu
 and the heads are single linear layers; only the per-epoch LayerNorm + projection and the heads
 train: a linear readout of the frozen epoch embedding, still a valid streaming ``SleepNet``.
 
+**Validation.** ``val_fraction`` holds out a seeded fraction of the selected subjects; every
+``eval_every`` steps their whole recordings are scored as the daemon would
+(:mod:`offline.validation`) and the weights with the best ``select_metric`` are exported (the
+selection never sees subjects outside the selection, e.g. a CV test fold).
+
 **Limited labels.** ``data.label_fraction`` keeps a seeded random fraction of the training
 *subjects* (:func:`offline.data.label_fraction_subset`).
 
@@ -54,6 +59,8 @@ from offline.data import (
     SequenceStream,
     StoreIndex,
     label_fraction_subset,
+    split_subjects,
+    task_targets,
 )
 from offline.train_loop import (
     DistInfo,
@@ -63,6 +70,8 @@ from offline.train_loop import (
     set_determinism,
     train_loop,
 )
+from offline.validation import validation_metrics
+from rtsleep.data.errors import DataError
 from rtsleep.models import SleepNet, SleepNetConfig, load_model, save_model
 from rtsleep.models.sleepnet import N_EPOCHS_KEY
 
@@ -93,12 +102,21 @@ class FinetuneConfig:
     class_weight_power: float = 0.5
     #: Learning-rate multiplier of the epoch encoder when fine-tuning (0 = frozen).
     encoder_lr_scale: float = 0.3
+    #: Fraction of the selected *subjects* held out for validation (0 = none: the last weights
+    #: are exported). With validation, the weights with the best ``select_metric`` are exported.
+    val_fraction: float = 0.0
+    #: Validate every this many steps (and at the end).
+    eval_every: int = 50
+    #: ``macro_f1`` or ``accuracy`` (pooled over the validation recordings).
+    select_metric: str = "macro_f1"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.class_weight_power < 0 or self.encoder_lr_scale < 0:
             raise ValueError("class_weight_power and encoder_lr_scale must be >= 0")
+        if self.select_metric not in ("macro_f1", "accuracy") or self.eval_every < 1:
+            raise ValueError("select_metric must be macro_f1 or accuracy, eval_every >= 1")
 
 
 def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
@@ -276,7 +294,11 @@ def finetune(
     dist = dist or init_distributed(cfg.loop.device)
     set_determinism(cfg.loop.seed, cfg.loop.threads)
     index = StoreIndex(store, cfg.select, cache_mb=cfg.data.cache_mb)
-    sources = label_fraction_subset(index.sources, cfg.data.label_fraction, cfg.loop.seed)
+    train_sources, val_sources = split_subjects(index.sources, cfg.val_fraction, cfg.loop.seed)
+    val_sources = [s for s in val_sources if task_targets(s, cfg.task)[1].any()]
+    if cfg.val_fraction > 0 and not val_sources:
+        raise DataError(index.root, f"no validation recording has labels for {cfg.task!r}")
+    sources = label_fraction_subset(train_sources, cfg.data.label_fraction, cfg.loop.seed)
     net = build_net(cfg, index, mode)
     stream = SequenceStream(
         index,
@@ -313,6 +335,14 @@ def finetune(
         sum(p.numel() for _, p in trainable),
     )
     config_json = config_to_json(cfg) + json.dumps({"mode": mode})
+    evaluator = None
+    if val_sources:
+        log.info("validation on %d recordings of subjects %s", len(val_sources),
+                 sorted({s.subject for s in val_sources}))
+
+        def evaluator(obj: nn.Module) -> dict[str, float]:
+            return validation_metrics(net, val_sources, cfg.task, index.n_times)
+
     result = train_loop(
         objective,
         SequenceBatches(stream),
@@ -324,7 +354,14 @@ def finetune(
         config_json=config_json,
         hooks=list(hooks),
         desc=f"{mode} {cfg.task}",
+        evaluator=evaluator,
+        eval_every=cfg.eval_every,
+        select_key=cfg.select_metric,
     )
+    if result.best_state is not None:
+        objective.load_state_dict(result.best_state)
+        log.info("exporting the weights after %d steps (validation %s)", result.best_step,
+                 result.best_metrics)
     path = out / MODEL_FILE
     if dist.is_main:
         net.eval()
@@ -338,7 +375,10 @@ def finetune(
                 "recordings": [s.id for s in stream.sources],
                 "subjects": sorted({s.subject for s in stream.sources}),
                 "class_counts": counts.tolist(),
-                "final_loss": result.history[-1]["loss"] if result.history else None,
+                "validation_recordings": [s.id for s in val_sources],
+                "selected_step": result.best_step,
+                "validation": result.best_metrics,
+                "final_loss": result.final_loss,
                 "config": json.loads(config_to_json(cfg)),
             }
         }

@@ -194,6 +194,29 @@ class LoopResult:
     history: list[dict[str, float]]
     #: Step the run started from (> 0 after a resume).
     resumed_from: int
+    #: With an evaluator: the objective's weights (CPU) at the best validation score, the number
+    #: of steps done at that point, and the validation metrics there.
+    best_state: dict[str, Tensor] | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, float] | None = None
+
+    @property
+    def final_loss(self) -> float | None:
+        """The training loss of the last step (None before any step)."""
+        losses = [r["loss"] for r in self.history if "loss" in r]
+        return losses[-1] if losses else None
+
+
+Evaluator = Callable[[nn.Module], dict[str, float]]
+"""``evaluate(objective) -> metrics`` on held-out data (the objective is in eval mode)."""
+
+
+@dataclass
+class _Best:
+    score: float = float("-inf")
+    step: int | None = None
+    metrics: dict[str, float] | None = None
+    state: dict[str, Tensor] | None = None
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -216,6 +239,7 @@ def save_training_checkpoint(
     stream: BatchStream,
     dist: DistInfo,
     config_json: str,
+    best: _Best | None = None,
 ) -> Path:
     """Write ``OUT/train`` for resuming at ``step`` (all ranks call this)."""
     final = out_dir / TRAIN_DIR
@@ -235,7 +259,12 @@ def save_training_checkpoint(
             metadata={"step": str(step)},
         )
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": step, "world_size": dist.world_size, "config": config_json}
+        state: dict[str, Any] = {
+            "step": step, "world_size": dist.world_size, "config": config_json
+        }
+        if best is not None and best.state is not None:
+            save_file(_clone_tensors(best.state), str(tmp / "best.safetensors"))
+            state["best"] = {"score": best.score, "step": best.step, "metrics": best.metrics}
         (tmp / "state.json").write_text(json.dumps(state, sort_keys=True))
     dist.barrier()
     if dist.is_main:
@@ -256,6 +285,7 @@ def load_training_checkpoint(
     stream: BatchStream,
     dist: DistInfo,
     config_json: str,
+    best: _Best | None = None,
 ) -> int:
     """Restore ``OUT/train`` into the objective, optimizer and stream; returns the next step.
 
@@ -278,6 +308,11 @@ def load_training_checkpoint(
     loader = getattr(objective, "load_carry_state", None)
     if loader is not None:
         loader(carry)
+    if best is not None and "best" in state:
+        best.score = float(state["best"]["score"])
+        best.step = state["best"]["step"]
+        best.metrics = state["best"]["metrics"]
+        best.state = load_file(str(ckpt / "best.safetensors"), device="cpu")
     return int(state["step"])
 
 
@@ -319,6 +354,9 @@ def train_loop(
     config_json: str = "",
     hooks: Sequence[StepHook] = (),
     desc: str = "train",
+    evaluator: Evaluator | None = None,
+    eval_every: int = 0,
+    select_key: str = "",
 ) -> LoopResult:
     """Train ``objective`` for ``cfg.steps`` steps (see the module doc).
 
@@ -333,6 +371,10 @@ def train_loop(
         config_json: the run's config; a resume must use the same one.
         hooks: :data:`StepHook` callables.
         desc: progress-bar label.
+        evaluator: optional validation (every rank runs it on the same data, so no rank waits);
+            run every ``eval_every`` steps and at the end, its metrics go to the history with a
+            ``val_`` prefix, and the weights with the highest ``metrics[select_key]`` are kept
+            (and saved with the training checkpoint) in ``LoopResult.best_state``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -348,8 +390,13 @@ def train_loop(
         raise ValueError("nothing to train: no trainable parameter")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
+    best = _Best() if evaluator is not None else None
+    if evaluator is not None and (eval_every < 1 or not select_key):
+        raise ValueError("an evaluator needs eval_every >= 1 and a select_key")
     if resume and (out_dir / TRAIN_DIR / "state.json").exists():
-        start = load_training_checkpoint(out_dir, objective, optimizer, stream, dist, config_json)
+        start = load_training_checkpoint(
+            out_dir, objective, optimizer, stream, dist, config_json, best
+        )
         log.info("resumed %s from step %d", out_dir / TRAIN_DIR, start)
     history_path = out_dir / HISTORY_FILE
     history = _read_history(history_path, start)
@@ -414,7 +461,54 @@ def train_loop(
                     desc, done, cfg.steps, values["loss"], extra, cfg.lr * factor, per_step,
                     format_eta(per_step * (cfg.steps - done)),
                 )
+        if best is not None and evaluator is not None and (
+            done % eval_every == 0 or done == cfg.steps
+        ):
+            _validate(objective, model, evaluator, select_key, done, best, history,
+                      history_path, dist)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_training_checkpoint(out_dir, done, objective, optimizer, stream, dist, config_json)
+            save_training_checkpoint(
+                out_dir, done, objective, optimizer, stream, dist, config_json, best
+            )
     bar.close()
-    return LoopResult(steps=cfg.steps, history=history, resumed_from=start)
+    return LoopResult(
+        steps=cfg.steps,
+        history=history,
+        resumed_from=start,
+        best_state=best.state if best else None,
+        best_step=best.step if best else None,
+        best_metrics=best.metrics if best else None,
+    )
+
+
+def _validate(
+    objective: nn.Module,
+    model: nn.Module,
+    evaluator: Evaluator,
+    select_key: str,
+    done: int,
+    best: _Best,
+    history: list[dict[str, float]],
+    history_path: Path,
+    dist: DistInfo,
+) -> None:
+    """Run ``evaluator`` after ``done`` steps, log it, keep the best weights."""
+    objective.eval()
+    with torch.no_grad():
+        metrics = evaluator(objective)
+    model.train()
+    if select_key not in metrics:
+        raise ValueError(f"evaluator returned no {select_key!r} (has {sorted(metrics)})")
+    row: dict[str, float] = {"step": done - 1, **{f"val_{k}": v for k, v in metrics.items()}}
+    history.append(row)
+    if dist.is_main:
+        with history_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        log.info(
+            "validation after %d steps: %s", done,
+            " ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+        )
+    score = metrics[select_key]
+    if math.isfinite(score) and score > best.score:
+        best.score, best.step, best.metrics = score, done, dict(metrics)
+        best.state = _clone_tensors(objective.state_dict())

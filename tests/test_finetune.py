@@ -1,5 +1,5 @@
 """Downstream training: streaming equals offline, resume, seeded determinism, carried state,
-lanes, label fraction, class weights, probe, apnea task and the CLI.
+lanes, label fraction, class weights, probe, apnea task, validation-based selection and the CLI.
 
 The store is synthetic (tests/synthetic_psg.py): these tests check mechanics, not accuracy.
 """
@@ -7,6 +7,7 @@ The store is synthetic (tests/synthetic_psg.py): these tests check mechanics, no
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from offline.data import (
 )
 from offline.finetune import FinetuneConfig, SequenceObjective, class_weights, finetune
 from offline.train_loop import LoopConfig
+from offline.validation import predict_source, validation_metrics
 from rtsleep.models import SleepNet, load_checkpoint_meta, load_model, save_model
 
 LOOP = LoopConfig(
@@ -265,3 +267,36 @@ def _toml(tmp_path: Path) -> Path:
 def test_selection_filters_subjects_for_cross_validation(store: Path) -> None:
     index = StoreIndex(store, DataSelection(exclude_subjects=("subj0",)))
     assert sorted(s.subject for s in index.sources) == ["subj1", "subj2", "subj3"]
+
+
+def test_validation_split_exports_the_weights_with_the_best_held_out_macro_f1(
+    store: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(val_fraction=0.25, eval_every=3, loop=dataclasses.replace(LOOP, steps=9))
+    path = finetune(cfg, store, tmp_path)
+    training = load_checkpoint_meta(path).card["training"]  # type: ignore[index]
+    (val_id,) = training["validation_recordings"]
+    assert val_id not in training["recordings"]
+    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    val_rows = [r for r in rows if "val_macro_f1" in r]
+    assert [r["step"] for r in val_rows] == [2, 5, 8]
+    best = max(r["val_macro_f1"] for r in val_rows)
+    assert training["validation"]["macro_f1"] == best
+    assert training["selected_step"] in (3, 6, 9)
+    index = StoreIndex(store, DataSelection(recordings=(val_id,)))
+    again = validation_metrics(load_model(path), index.sources, "stage", index.n_times)
+    assert again["macro_f1"] == pytest.approx(best, abs=1e-9)
+
+
+def test_predictions_are_aligned_to_epochs_through_the_lookahead(run_a: Path, store: Path) -> None:
+    model = load_model(run_a / "model.safetensors")
+    index = StoreIndex(store)
+    src = index.sources[2]
+    out = predict_source(model, src, index.n_times, chunk=7)
+    x = torch.from_numpy(src.read_epochs(0, src.n_epochs + 1, index.n_times))[None]
+    mask = torch.ones(1, src.n_epochs + 1, 4, dtype=torch.bool)
+    mask[0, -1] = False
+    with torch.no_grad():
+        full, _ = model(x, mask)
+    # lookahead 1: the output at arrival i + 1 refers to epoch i.
+    assert np.allclose(out["stage_probs"], full.stage_probs[0, 1:].numpy(), atol=1e-5)

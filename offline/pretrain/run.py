@@ -194,7 +194,7 @@ def pretrain(
                 "steps": result.steps,
                 "store": str(store),
                 "recordings": [s.id for s in sampler.sources],
-                "final_loss": result.history[-1]["loss"] if result.history else None,
+                "final_loss": result.final_loss,
                 "config": json.loads(config_json),
             }
         }
