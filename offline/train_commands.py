@@ -85,6 +85,7 @@ def _downstream(
     steps: int | None,
     seed: int | None,
     resume: bool,
+    val_fraction: float | None = None,
 ) -> None:
     try:
         cfg = load_config(FinetuneConfig, config)
@@ -99,6 +100,8 @@ def _downstream(
             select = dataclasses.replace(select, subjects=_split(subjects))
         if exclude_subjects:
             select = dataclasses.replace(select, exclude_subjects=_split(exclude_subjects))
+        if val_fraction is not None:
+            cfg = dataclasses.replace(cfg, val_fraction=val_fraction)
         cfg = dataclasses.replace(
             cfg,
             task=task,
@@ -130,6 +133,10 @@ SubjectsOpt = Annotated[
 ExcludeOpt = Annotated[
     str | None, typer.Option("--exclude-subjects", help="Comma-separated subjects to leave out.")
 ]
+ValOpt = Annotated[
+    float | None,
+    typer.Option("--val-fraction", help="Subjects held out to select the exported weights."),
+]
 
 
 def finetune_command(
@@ -145,10 +152,11 @@ def finetune_command(
     steps: StepsOpt = None,
     seed: SeedOpt = None,
     resume: ResumeOpt = False,
+    val_fraction: ValOpt = None,
 ) -> None:
     """Fine-tune the whole model on long sequences (state carried, as the daemon runs)."""
     _downstream("finetune", store, out, task, config, init, label_fraction, lookahead, subjects,
-                exclude_subjects, steps, seed, resume)
+                exclude_subjects, steps, seed, resume, val_fraction)
 
 
 def probe_command(
@@ -164,10 +172,11 @@ def probe_command(
     steps: StepsOpt = None,
     seed: SeedOpt = None,
     resume: ResumeOpt = False,
+    val_fraction: ValOpt = None,
 ) -> None:
     """Linear probe: frozen pretrained encoder, identity temporal module, linear heads."""
     _downstream("probe", store, out, task, config, init, label_fraction, lookahead, subjects,
-                exclude_subjects, steps, seed, resume)
+                exclude_subjects, steps, seed, resume, val_fraction)
 
 
 def register(app: typer.Typer) -> None:
