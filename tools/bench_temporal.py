@@ -8,7 +8,8 @@ Measures, for ``MambaTemporal`` (``--d-model``, ``--n-layers``, d_state 16, d_co
 - one recurrent ``step`` for 1 stream and for 64 streams (median and p99 over ``--step-repeats``);
 - recurrent state bytes per stream (fp32).
 
-Prints a Markdown table. Run it alone: concurrent torch processes inflate timings several times.
+Prints a Markdown table of wall and process-CPU medians. Run it alone: concurrent torch
+processes inflate timings several times.
 
     .venv/bin/python tools/bench_temporal.py --threads 2
 """
@@ -28,15 +29,20 @@ import typer
 from rtsleep.models.temporal import MambaTemporal, TemporalConfig
 
 
-def _time(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Wall times in seconds of ``repeats`` calls after one warm-up call."""
+def _time(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU times in seconds of ``repeats`` calls after one warm-up call.
+
+    CPU time (all threads of this process) is less sensitive than wall time to other jobs on a
+    shared machine, so both are reported.
+    """
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def _build(d_model: int, n_layers: int, scan: str, chunk_size: int | None) -> MambaTemporal:
@@ -61,7 +67,7 @@ def main(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     sizes = [int(s) for s in chunk_sizes.split(",") if s]
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, str]] = []
     cases: list[tuple[str, str, int | None]] = [("sequential", "sequential", None)]
     cases += [(f"chunked K={k}", "chunked", k) for k in sizes]
     x = torch.randn(batch, steps, d_model)
@@ -78,10 +84,15 @@ def main(
             y.square().mean().backward()
             return None
 
-        fwd = statistics.median(_time(forward, repeats))
-        trn = statistics.median(_time(train_step, repeats))
-        rows.append((f"forward, {label}", f"{fwd:.3f} s"))
-        rows.append((f"forward + backward, {label}", f"{trn:.3f} s"))
+        for name, fn in (("forward", forward), ("forward + backward", train_step)):
+            wall, cpu = _time(fn, repeats)
+            rows.append(
+                (
+                    f"{name}, {label}",
+                    f"{statistics.median(wall):.3f} s",
+                    f"{statistics.median(cpu):.3f} s",
+                )
+            )
 
     model = MambaTemporal(TemporalConfig(d_model=d_model, n_layers=n_layers)).eval()
     for n_streams in (1, 64):
@@ -92,15 +103,17 @@ def main(
             with torch.no_grad():
                 return model.step(x_t, state)
 
-        times = sorted(_time(one_step, step_repeats))
-        p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
+        wall, cpu = _time(one_step, step_repeats)
+        wall.sort()
+        p99 = wall[min(len(wall) - 1, int(0.99 * len(wall)))]
         rows.append(
             (
                 f"one recurrent step, {n_streams} stream(s)",
-                f"{1e3 * statistics.median(times):.3f} ms (p99 {1e3 * p99:.3f} ms)",
+                f"{1e3 * statistics.median(wall):.3f} ms (p99 {1e3 * p99:.3f} ms)",
+                f"{1e3 * statistics.median(cpu):.3f} ms",
             )
         )
-    rows.append(("recurrent state per stream (fp32)", f"{model.state_nbytes(1):,} bytes"))
+    rows.append(("recurrent state per stream (fp32)", f"{model.state_nbytes(1):,} bytes", ""))
 
     typer.echo(
         f"d_model {d_model}, d_state 16, d_conv 4, expand 2, {n_layers} layers, batch {batch}, "
@@ -108,10 +121,10 @@ def main(
         f"{platform.processor() or platform.machine()}"
     )
     typer.echo("")
-    typer.echo("| workload | time |")
-    typer.echo("|---|---|")
-    for name, value in rows:
-        typer.echo(f"| {name} | {value} |")
+    typer.echo("| workload | wall (median) | process CPU (median) |")
+    typer.echo("|---|---|---|")
+    for name, wall_s, cpu_s in rows:
+        typer.echo(f"| {name} | {wall_s} | {cpu_s} |")
 
 
 if __name__ == "__main__":
