@@ -6,19 +6,20 @@ saved state (restored when recent and from the same model) and its LSL ingest (s
 the background, so a missing stream never blocks startup), then ``READY=1`` to systemd.
 
 Loop (single thread, owns the ZeroMQ socket): poll every bed's ingest (non-blocking) -> score the
-ready epochs of all beds in one batch per round -> publish stage and alert messages -> persist
-every bed that advanced (atomic) -> heartbeat on ``status/`` every ``heartbeat_s`` -> watchdog ->
-answer late joiners from the last-value cache -> sleep ``poll_s`` when idle. An exception while
-handling one bed's epochs is logged and that bed's epochs are reported unscorable; the daemon and
-the other beds keep going.
+oldest ready epoch of every bed in one batch (a backlog waits for the next rounds) -> publish
+stage and alert messages -> persist every bed that advanced (atomic) -> heartbeat on ``status/``
+every ``heartbeat_s`` -> watchdog -> answer late joiners from the last-value cache -> sleep
+``poll_s`` when idle. An exception while handling one bed's epochs is logged and that bed's epochs
+are reported unscorable; the daemon and the other beds keep going.
 
 Shutdown (uvicorn style): SIGTERM/SIGINT only set a flag; the loop finishes the round it is in
 (the current epoch is scored, published and persisted), persists every bed again, publishes a
 ``stopping`` heartbeat, sends ``STOPPING=1`` and returns 0.
 
 Latency (``latency_ms``) runs from the start of the poll that found the epoch complete to the
-publish call; the time a last sample waited in the LSL queue before that poll (< ``poll_s``) is
-not included.
+publish call (a backlog wait included); the time a last sample waited in the LSL queue before that
+poll (< ``poll_s``) is not included. Epochs still in the backlog at shutdown are not scored; after a
+restart their indices are published as unscorable (no gap, no duplicate).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 from types import FrameType
 from typing import Any
 
@@ -107,6 +109,8 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.ingests: dict[str, BedIngest] = {}
         self.alerts: dict[str, BedAlerts] = {}
+        #: Per bed, epochs cut but not scored yet, with the time they became complete.
+        self.backlog: dict[str, deque[tuple[EpochBlock, float]]] = {}
         self.model_id = ""
         self.t_start = time.monotonic()
         self.utc_offset = time.time() - pylsl.local_clock()
@@ -223,26 +227,35 @@ class Daemon:
             beds=beds, now_utc=time.time()))
 
     def step(self) -> int:
-        """One loop round; returns the number of epochs published."""
+        """One loop round; returns the number of epochs published.
+
+        Polls every bed, then scores at most one epoch per bed (one batch): with a backlog (a
+        replay faster than real time, a slow round) the rest waits in a per-bed queue, so the
+        streams keep being pulled between batches and a stream that is merely behind is never
+        timed out as missing by the epocher.
+        """
         scorer = self.scorer
         if scorer is None:
             raise RuntimeError("Daemon.step() before start()")
         t_poll = time.perf_counter()
-        blocks: list[EpochBlock] = []
         for bed_id, ingest in self.ingests.items():
             try:
-                blocks.extend(ingest.poll())
+                ready = ingest.poll()
             except Exception:  # noqa: BLE001 - one bed never stops the others
                 log.exception("bed %s: ingest failed this round", bed_id)
-        if not blocks:
+                continue
+            self.backlog.setdefault(bed_id, deque()).extend((b, t_poll) for b in ready)
+        picked = [q.popleft() for q in self.backlog.values() if q]
+        if not picked:
             return 0
+        blocks = [b for b, _ in picked]
         try:
-            results = scorer.score(blocks, [t_poll] * len(blocks))
+            results = scorer.score(blocks, [t for _, t in picked])
         except Exception as err:  # noqa: BLE001 - a bug must not take the other beds down
             log.exception("scoring failed for %d epoch(s)", len(blocks))
             results = []
-            for blk in blocks:
-                results.extend(scorer.fail(blk, f"scoring error: {err}", t_poll))
+            for blk, t in picked:
+                results.extend(scorer.fail(blk, f"scoring error: {err}", t))
         self._publish(results)
         for bed_id in sorted({r.bed for r in results}):
             self._persist(bed_id)
