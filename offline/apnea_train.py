@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Optimisation settings (per variant)."""
 
-    epochs: int = 40
-    lr: float = 3e-3
+    epochs: int = 80
+    lr: float = 5e-3
     weight_decay: float = 1e-3
-    crop_minutes: int = 180
+    crop_minutes: int = 300
     batch: int = 8
     seed: int = 0
 

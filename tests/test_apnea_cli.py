@@ -1,0 +1,132 @@
+"""`rtsleep-train evaluate --task apnea` end to end on real nights (copied to tmp)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from offline.apnea_data import read_apnea_ecg_dir, read_npz_night
+from offline.apnea_train import TrainConfig, train_model
+from offline.cli import app
+from rtsleep.apnea.ecg_model import save_ecg_model
+
+torch.set_num_threads(1)
+RECORDS = ("a02", "b01", "c03")
+
+
+@pytest.fixture(scope="module")
+def small_folder(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("apnea")
+    for r in RECORDS:
+        shutil.copy(shared_data / "apnea-ecg-hr" / "train" / f"{r}.npz", d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    nights = read_apnea_ecg_dir(small_folder)
+    m = train_model(
+        [n.features() for n in nights],
+        [n.labels for n in nights],
+        TrainConfig(epochs=3, crop_minutes=60),
+        {"note": "test"},
+    )
+    p = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_ecg_model(m, p)
+    return p
+
+
+def test_evaluate_apnea_prints_metrics_and_writes_report(
+    small_folder: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--task",
+            "apnea",
+            "--dataset",
+            "apnea-ecg",
+            "--data",
+            str(small_folder),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    for word in ("accuracy", "sensitivity", "specificity", "AUPRC", "AHI-class agreement"):
+        assert word in res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["pooled"]) >= {"accuracy", "sensitivity", "specificity", "auprc", "n_minutes"}
+    n_min = sum(len(np.load(small_folder / f"{r}.npz")["apn"]) for r in RECORDS)
+    assert rep["pooled"]["n_minutes"] == n_min
+    assert [r["id"] for r in rep["recordings"]] == list(RECORDS)
+    assert set(rep["variants"]) == {"causal", "noncausal"}
+    for fig in rep["figures"]:
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_stage_is_refused_clearly(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--task",
+            "stage",
+            "--dataset",
+            "x",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert res.exit_code == 2
+    assert "not available in this build" in res.output
+
+
+def test_evaluate_on_a_folder_without_nights_is_a_one_line_error(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--task",
+            "apnea",
+            "--dataset",
+            "apnea-ecg",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert res.exit_code == 1
+    assert "no Apnea-ECG nights" in res.output
+
+
+def test_wfdb_layout_reads_the_same_labels(shared_data: Path, tmp_path: Path) -> None:
+    import wfdb
+
+    night = read_npz_night(shared_data / "apnea-ecg-hr" / "train" / "c03.npz")
+    fs = 100
+    beats = np.round(night.times_s * fs).astype(int)
+    beats = np.unique(beats)
+    wfdb.wrann("c03", "qrs", beats, symbol=["N"] * beats.size, write_dir=str(tmp_path), fs=fs)
+    minutes = np.arange(night.labels.size) * 60 * fs
+    sym = ["A" if y else "N" for y in night.labels]
+    wfdb.wrann("c03", "apn", minutes, symbol=sym, write_dir=str(tmp_path), fs=fs)
+    (tmp_path / "c03.hea").write_text(
+        f"c03 1 {fs} {int(beats[-1]) + 1}\nc03.dat 16 200 16 0 0 0 0 ECG\n"
+    )
+    (w,) = read_apnea_ecg_dir(tmp_path)
+    np.testing.assert_array_equal(w.labels, night.labels)
+    assert w.features().shape[0] == night.labels.size
