@@ -142,6 +142,24 @@ def test_fusion_each_modality_tokens_come_from_that_modality() -> None:
     assert torch.equal(enc_delta[[0, 1, 3]], torch.zeros(3))
 
 
+def test_fusion_modality_tokens_are_sliced_per_modality() -> None:
+    """With no fusion layers, modality j's output tokens are exactly its own projected tokens."""
+    import dataclasses
+
+    cfg = dataclasses.replace(SleepNetConfig.tiny().fusion, n_layers=0)
+    fusion = MultimodalFusion(cfg).eval()
+    x = torch.randn(2, M, S)
+    mask = torch.ones(2, M, dtype=torch.bool)
+    with torch.no_grad():
+        out = fusion(x, mask)
+        for j, name in enumerate(cfg.modalities):
+            own = fusion.encoders[name](x[:, j])  # (B, L, Df)
+            tok = fusion.token_mlps[name](own) + fusion.modality_tokens[j] + fusion.positions
+            expected = fusion.transformer.norm(tok)
+            torch.testing.assert_close(out.encoder_tokens[:, j], own, rtol=0, atol=1e-6)
+            torch.testing.assert_close(out.modality_tokens[:, j], expected, rtol=0, atol=1e-6)
+
+
 def test_fusion_token_mask_hides_tokens_from_the_shared_transformer() -> None:
     fusion = _tiny_fusion()
     cfg = fusion.cfg
