@@ -103,6 +103,8 @@ class RecordingSource:
         }
         sizes = stored.row_group_sizes()
         self._rg_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        #: First epoch of each row group, then ``n_epochs``: ``(n_row_groups + 1,)``.
+        self.row_group_starts = self._rg_start
         self._labels: dict[str, np.ndarray] | None = None
 
     @property
@@ -328,6 +330,11 @@ class WindowSampler:
     """Random windows of ``n_epochs`` consecutive epochs, uniform over all epochs of ``sources``.
 
     ``require`` lists modality indices a recording must have (e.g. ``(0,)`` = EEG for MC2).
+    ``row_groups_per_batch = G > 0`` draws each batch from ``G`` random row groups (weighted by
+    their number of window starts), so a step reads at most ``2 G`` row groups from disk however
+    large the store: every window is still uniform over the store in expectation, but windows of
+    one batch come from few places (a shuffle buffer in all but name). ``0`` draws every window
+    independently.
     """
 
     def __init__(
@@ -337,6 +344,7 @@ class WindowSampler:
         n_epochs: int,
         augment: AugmentConfig,
         require: Sequence[int] = (),
+        row_groups_per_batch: int = 0,
     ) -> None:
         if n_epochs < 1:
             raise ValueError(f"window length must be >= 1 epoch, got {n_epochs}")
@@ -352,18 +360,41 @@ class WindowSampler:
                 index.root,
                 f"no recording has {n_epochs} epochs" + (f" and modalities {need}" if need else ""),
             )
-        counts = np.array([s.n_epochs - n_epochs + 1 for s in self.sources], dtype=np.float64)
+        if row_groups_per_batch < 0:
+            raise ValueError(f"row_groups_per_batch must be >= 0, got {row_groups_per_batch}")
+        self.row_groups_per_batch = row_groups_per_batch
+        # Blocks of window starts, one per (recording, row group): (source, first, stop).
+        blocks = []
+        for i, src in enumerate(self.sources):
+            last = src.n_epochs - n_epochs + 1
+            for a, b in zip(src.row_group_starts[:-1], src.row_group_starts[1:], strict=True):
+                if a < last:
+                    blocks.append((i, int(a), int(min(b, last))))
+        self.blocks = np.array(blocks, dtype=np.int64)  # (n_blocks, 3)
+        counts = (self.blocks[:, 2] - self.blocks[:, 1]).astype(np.float64)
         self._p = counts / counts.sum()
         self.margin = _margin_samples(augment, index)
 
+    def _starts(self, batch: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """``(source index, start epoch)`` of each window of a batch."""
+        if self.row_groups_per_batch > 0:
+            chosen = rng.choice(len(self.blocks), size=self.row_groups_per_batch, p=self._p)
+            sizes = self.blocks[chosen, 2] - self.blocks[chosen, 1]
+            picks = chosen[rng.choice(len(chosen), size=batch, p=sizes / sizes.sum())]
+        else:
+            picks = rng.choice(len(self.blocks), size=batch, p=self._p)
+        out = []
+        for b in picks:
+            src_i, a, stop = (int(v) for v in self.blocks[b])
+            out.append((src_i, int(rng.integers(a, stop))))
+        return out
+
     def sample(self, batch: int, rng: np.random.Generator, gen: torch.Generator) -> WindowBatch:
         """``batch`` random (augmented) windows."""
-        picks = rng.choice(len(self.sources), size=batch, p=self._p)
         t, s = self.n_epochs, self.index.n_times
         sig, masks = [], []
-        for i in picks:
-            src = self.sources[int(i)]
-            start = int(rng.integers(0, src.n_epochs - t + 1))
+        for src_i, start in self._starts(batch, rng):
+            src = self.sources[src_i]
             sig.append(src.read_signal(start, start + t, self.margin, s))  # (M, N)
             masks.append(np.broadcast_to(src.mask, (t, len(EXG_MODALITIES))))
         signal = torch.from_numpy(np.stack(sig))  # (B, M, N)

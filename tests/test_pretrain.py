@@ -16,18 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic_psg import synthetic_store
+from synthetic_psg import synthetic_recording, synthetic_store
 from typer.testing import CliRunner
 
+from offline.augment import AugmentConfig, augment_windows
 from offline.cli import app
 from offline.config import ModelSection, load_config
-from offline.data import DataSelection, SequenceDataConfig, StoreIndex
+from offline.data import DataSelection, SequenceDataConfig, StoreIndex, WindowSampler
 from offline.finetune import FinetuneConfig, finetune
 from offline.pretrain.common import nt_xent, random_token_mask
 from offline.pretrain.run import PretrainConfig, pretrain
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
 from offline.train_loop import LoopConfig
 from rtsleep.data.readers import list_sources, read_recording
+from rtsleep.data.recording import Modality
 from rtsleep.data.store import write_recording
 from rtsleep.models import SleepNet, SleepNetConfig, load_checkpoint_meta, load_model
 
@@ -218,3 +220,47 @@ def test_mc2_on_real_recordings_loss_falls_and_its_finetuned_model_streams_like_
         )
     assert torch.allclose(probs, offline.stage_probs[0], atol=1e-5)
     assert torch.equal(probs.argmax(-1), offline.stage_probs[0].argmax(-1))
+
+
+def test_window_sampler_reads_stored_epochs_from_at_most_the_chosen_row_groups(
+    tmp_path: Path,
+) -> None:
+    rec = synthetic_recording("long", "s0", 300, seed=5, modalities=(Modality.EEG,))
+    write_recording(rec, tmp_path)
+    index = StoreIndex(tmp_path)
+    (src,) = index.sources
+    assert list(src.row_group_starts) == [0, 128, 256, 300]
+    sampler = WindowSampler(index, index.sources, 3, AugmentConfig.off(), row_groups_per_batch=1)
+    rng = np.random.default_rng(0)
+    groups_seen = set()
+    for _ in range(10):
+        starts = sampler._starts(12, rng)
+        groups = {int(np.searchsorted(src.row_group_starts, st, side="right")) - 1
+                  for _, st in starts}
+        assert len(groups) == 1
+        groups_seen |= groups
+        assert all(0 <= st <= 300 - 3 for _, st in starts)
+    assert groups_seen == {0, 1, 2}
+    batch = sampler.sample(4, np.random.default_rng(1), torch.Generator().manual_seed(0))
+    assert batch.x.shape == (4, 3, 4, 3000)
+    assert batch.mask[:, :, 0].all() and not batch.mask[:, :, 1:].any()
+    stored = src.read_epochs(0, 300, 3000)[:, 0]  # (300, S) EEG
+    for w in batch.x[:, :, 0].numpy():
+        hits = [k for k in range(298) if np.array_equal(stored[k : k + 3], w)]
+        assert len(hits) == 1
+
+
+def test_augmentation_keeps_shapes_masks_some_modalities_and_changes_the_signal() -> None:
+    gen = torch.Generator().manual_seed(0)
+    signal = torch.randn(6, 4, 2 * 200 + 2 * 3000)
+    mask = torch.ones(6, 2, 4, dtype=torch.bool)
+    mask[:, :, 3] = False
+    cfg = AugmentConfig(drop_modality_p=0.5)
+    x, m = augment_windows(signal, mask, 2, 3000, 200, 100.0, cfg, gen)
+    assert x.shape == (6, 2, 4, 3000) and m.shape == mask.shape
+    assert not m[:, :, 3].any() and (m.sum(dim=2) >= 1).all() and (~m[:, :, :3]).any()
+    assert (x[~m] == 0).all()
+    plain, _ = augment_windows(signal, mask, 2, 3000, 200, 100.0, AugmentConfig.off(), gen)
+    expect = signal[:, :, 200:6200].reshape(6, 4, 2, 3000).permute(0, 2, 1, 3)
+    assert torch.equal(plain[:, :, :3], expect[:, :, :3])
+    assert not torch.allclose(x[m], plain[m])

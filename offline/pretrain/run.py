@@ -59,6 +59,9 @@ class PretrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     select: DataSelection = field(default_factory=DataSelection)
     cache_mb: float = 256.0
+    #: Draw each batch from this many random row groups (0 = every window independently); see
+    #: ``offline.data.WindowSampler``. Large stores on GPU: 8-32.
+    row_groups_per_batch: int = 0
     neuronet: NeuroNetConfig = field(default_factory=NeuroNetConfig)
     synthsleepnet: SynthSleepNetConfig = field(default_factory=SynthSleepNetConfig)
     mc2: MC2Config = field(default_factory=MC2Config)
@@ -164,7 +167,12 @@ def pretrain(
         # (neuronet) and EEG-only (mc2) objectives would just lose data.
         augment = dataclasses.replace(augment, drop_modality_p=0.0)
     sampler = WindowSampler(
-        index, index.sources, t, augment, require=(0,) if cfg.method == "mc2" else ()
+        index,
+        index.sources,
+        t,
+        augment,
+        require=(0,) if cfg.method == "mc2" else (),
+        row_groups_per_batch=cfg.row_groups_per_batch,
     )
     log.info(
         "pretrain %s on %d recordings (%d epochs), %d trainable parameters",
