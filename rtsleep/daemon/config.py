@@ -26,6 +26,8 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     apnea_prob = 0.5                   # per-epoch model probability that raises an alert
     hypopnea_prob = 0.5
     gate_wake = true                   # no alerts during epochs scored as wake
+    aasm = true                        # AASM events from airflow/effort/SpO2 when a bed has them
+    hypopnea_rule = "1A"               # 1A (>= 3 % desaturation) or 1B (>= 4 %)
 
     [[beds]]
     id = "bed1"                        # [A-Za-z0-9_.-]+ (used in topics and file names)
@@ -110,11 +112,13 @@ class ZmqSection:
 
 @dataclass
 class AlertsSection:
-    """Thresholds for per-epoch respiratory alerts from the model probabilities."""
+    """Respiratory alerts: model-probability thresholds and the AASM signal pathway."""
 
     apnea_prob: float = 0.5
     hypopnea_prob: float = 0.5
     gate_wake: bool = True
+    aasm: bool = True
+    hypopnea_rule: str = "1A"
 
 
 @dataclass
@@ -333,6 +337,9 @@ def validate(cfg: Config) -> None:
                    a.hypopnea_prob)):
         if not 0.0 < p <= 1.0:
             raise ConfigError(src, key, f"must be in (0, 1], got {p}")
+    if a.hypopnea_rule not in ("1A", "1B"):
+        raise ConfigError(src, "alerts.hypopnea_rule", f"expected '1A' or '1B', got "
+                          f"{a.hypopnea_rule!r}")
     if not cfg.beds:
         raise ConfigError(src, "beds", "at least one [[beds]] entry is needed")
 

@@ -43,9 +43,10 @@ from rtsleep.daemon.ingest import BedIngest
 from rtsleep.daemon.inlet import ChannelSpec, StreamLayout, StreamSelector
 from rtsleep.daemon.messages import STATUS_TOPIC, alert_topic, stage_topic, status_message
 from rtsleep.daemon.publisher import Publisher, PublisherError
+from rtsleep.daemon.respiration import BedRespiration
 from rtsleep.daemon.scorer import EpochResult, Scorer, load_scoring_model, result_message
 from rtsleep.daemon.state import load_state, save_state
-from rtsleep.data.recording import Modality
+from rtsleep.data.recording import EPOCH_S, Modality
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.ingests: dict[str, BedIngest] = {}
         self.alerts: dict[str, BedAlerts] = {}
+        self.respiration: dict[str, BedRespiration] = {}
         #: Per bed, epochs cut but not scored yet, with the time they became complete.
         self.backlog: dict[str, deque[tuple[EpochBlock, float]]] = {}
         self.model_id = ""
@@ -173,6 +175,9 @@ class Daemon:
             if saved is not None:
                 alerts.load_state_dict(saved.extra.get("alerts", {}))
             self.alerts[bed.id] = alerts
+            if cfg.alerts.aasm:
+                self.respiration[bed.id] = BedRespiration(bed.id, cfg.alerts.hypopnea_rule,
+                                                          model_id)
             self.ingests[bed.id] = BedIngest(
                 bed.id, selectors(bed),
                 anchor=self.scorer.anchor(bed.id),
@@ -195,14 +200,35 @@ class Daemon:
 
     def _publish(self, results: list[EpochResult]) -> None:
         pub = self.publisher
-        if pub is None:
+        if pub is None or self.scorer is None:
             return
         for res in results:
             latency_ms = (time.perf_counter() - res.ready_at) * 1000.0
             pub.publish(stage_topic(res.bed),
                         result_message(res, self.model_id, self.utc_offset, latency_ms))
-            for alert in self.alerts[res.bed].update(res, self.utc_offset):
+            alerts = self.alerts[res.bed].update(res, self.utc_offset)
+            resp = self.respiration.get(res.bed)
+            if resp is not None:
+                alerts += resp.on_result(res, self.scorer.anchor(res.bed), self.utc_offset)
+            for alert in alerts:
                 pub.publish(alert_topic(res.bed), alert)
+
+    def _respiration(self, blocks: list[EpochBlock]) -> None:
+        """Feed the AASM detectors (before scoring); publish what they decide."""
+        for blk in blocks:
+            resp = self.respiration.get(blk.bed)
+            if resp is None or self.publisher is None:
+                continue
+            anchor = blk.start_lsl - blk.index * EPOCH_S
+            try:
+                alerts = resp.on_block(blk, anchor, self.utc_offset)
+            except Exception:  # noqa: BLE001 - the alert pathway never stops scoring
+                log.exception("bed %s epoch %d: respiratory detector failed; disabled",
+                              blk.bed, blk.index)
+                del self.respiration[blk.bed]
+                continue
+            for alert in alerts:
+                self.publisher.publish(alert_topic(blk.bed), alert)
 
     def heartbeat(self, state: str = "running") -> None:
         """Publish one ``status/`` message."""
@@ -212,7 +238,9 @@ class Daemon:
         for bed_id, ingest in self.ingests.items():
             nxt = self.scorer.next_epoch(bed_id)
             scored, unscorable = self.scorer.counters(bed_id)
-            summary = self.alerts[bed_id].summary()
+            resp = self.respiration.get(bed_id)
+            summary = (resp.summary() if resp is not None and resp.active
+                       else self.alerts[bed_id].summary())
             beds[bed_id] = {
                 "last_epoch": nxt - 1 if nxt > 0 else None,
                 "streams_connected": sum(1 for h in ingest.streams if h.inlet is not None),
@@ -249,6 +277,7 @@ class Daemon:
         if not picked:
             return 0
         blocks = [b for b, _ in picked]
+        self._respiration(blocks)
         try:
             results = scorer.score(blocks, [t for _, t in picked])
         except Exception as err:  # noqa: BLE001 - a bug must not take the other beds down

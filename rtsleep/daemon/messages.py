@@ -161,11 +161,14 @@ def alert_message(
     sensor: str | None = None,
     onset_utc: float | None = None,
     model_id: str = "",
+    desaturation_pct: float | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """An alert: ``event`` apnea/hypopnea/..., ``state`` provisional/confirmed/retracted/ended.
 
     ``source`` is ``"model"`` (per-epoch probability over the configured threshold) or
-    ``"aasm"`` (respiratory-signal detector); ``rule``/``sensor`` name the detector's criteria.
+    ``"aasm"`` (respiratory-signal detector); ``rule``/``sensor`` name the detector's criteria;
+    ``desaturation_pct`` (SpO2 drop, % points) and ``reason`` (why retracted) are optional.
     """
     return {
         "schema": ALERT_SCHEMA,
@@ -181,6 +184,8 @@ def alert_message(
         "rule": rule,
         "sensor": sensor,
         "model_id": model_id,
+        "desaturation_pct": _finite(desaturation_pct),
+        "reason": reason,
     }
 
 

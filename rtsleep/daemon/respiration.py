@@ -1,0 +1,177 @@
+"""A bed's AASM respiratory pathway in the daemon: raw airflow/effort/SpO2 -> alerts and AHI.
+
+Glue between the epoch blocks and the apnea library (:mod:`rtsleep.apnea`):
+:class:`~rtsleep.apnea.aasm.RespiratoryDetector` gets every epoch's raw samples of the bed's
+airflow channel (the preferred RESP label: nasal pressure, airflow, NAF1 ...), the other RESP
+channels at that rate as effort belts, and the SpO2 channel (held up to the airflow rate when the
+rate ratio is an integer; without SpO2 the hypopnea rule falls back to ``flow``);
+:class:`~rtsleep.apnea.alerts.AlertTracker` turns its updates plus each epoch's scored stage into
+``provisional`` / ``confirmed`` / ``retracted`` alerts and a running AHI.
+
+The detector is never fed garbage: an epoch whose airflow channel is missing samples or unusable
+ends the current detector segment (``flush``: open events are decided on what was seen) and a new
+segment starts at the next clean epoch. Event times are re-based to the bed's epoch 0, and event
+ids are unique across segments. The detector state is not persisted: after a restart a new
+segment starts (the first ``min_baseline_s`` seconds build a new baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+
+from rtsleep.apnea.aasm import AasmConfig, RespiratoryDetector, RespUpdate
+from rtsleep.apnea.alerts import AlertTracker
+from rtsleep.daemon.epocher import EpochBlock, EpochChannel
+from rtsleep.daemon.messages import alert_message
+from rtsleep.daemon.scorer import EpochResult, choose_primary
+from rtsleep.data.recording import EPOCH_S, Modality, Stage
+
+log = logging.getLogger(__name__)
+
+_ID_STRIDE = 1_000_000  # detector ids of segment g start at g * stride
+
+
+@dataclasses.dataclass(frozen=True)
+class RespChannels:
+    """The labels the detector reads (``spo2_repeat`` = samples of SpO2 held per airflow one)."""
+
+    flow: str
+    effort: tuple[str, ...]
+    spo2: str | None
+    spo2_repeat: int
+    sfreq: float
+
+
+def pick_channels(channels: tuple[EpochChannel, ...] | list[EpochChannel]) -> RespChannels | None:
+    """Airflow, effort belts and SpO2 of a bed from its channel list; ``None`` without airflow."""
+    flow = choose_primary(list(channels), Modality.RESP)
+    if flow is None:
+        return None
+    effort = tuple(c.label for c in channels if c.modality == Modality.RESP
+                   and c.label != flow.label and c.sfreq == flow.sfreq)
+    spo2 = choose_primary(list(channels), Modality.SPO2)
+    repeat = 0
+    if spo2 is not None:
+        ratio = flow.sfreq / spo2.sfreq
+        if abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1:
+            repeat = int(round(ratio))
+        else:
+            log.warning("SpO2 at %g Hz cannot be aligned to airflow at %g Hz; hypopneas use "
+                        "the flow-only rule", spo2.sfreq, flow.sfreq)
+            spo2 = None
+    return RespChannels(flow.label, effort, spo2.label if spo2 is not None else None, repeat,
+                        flow.sfreq)
+
+
+class BedRespiration:
+    """One bed's respiratory detector segments, alert tracker and AHI (see the module docstring).
+
+    ``rule``: AASM hypopnea rule ``1A`` (3 % desaturation) or ``1B`` (4 %).
+    """
+
+    def __init__(self, bed: str, rule: str = "1A", model_id: str = "") -> None:
+        self.bed = bed
+        self.rule = rule
+        self.model_id = model_id
+        self.tracker = AlertTracker(bed)
+        self.channels: RespChannels | None = None
+        self._detector: RespiratoryDetector | None = None
+        self._epoch0 = 0
+        self._generation = -1
+        self._chosen = False
+
+    @property
+    def n_segments(self) -> int:
+        """Detector segments started so far (a new one after every airflow interruption)."""
+        return self._generation + 1
+
+    @property
+    def active(self) -> bool:
+        """Whether this bed has an airflow channel."""
+        return self.channels is not None
+
+    def _new_detector(self, ch: RespChannels, epoch0: int) -> RespiratoryDetector:
+        rule = self.rule if ch.spo2 is not None else "flow"
+        self._generation += 1
+        self._epoch0 = epoch0
+        cfg = AasmConfig(rule=rule)  # type: ignore[arg-type]
+        return RespiratoryDetector(ch.sfreq, cfg, sensor=ch.flow, has_effort=bool(ch.effort),
+                                   has_spo2=ch.spo2 is not None)
+
+    def _rebase(self, updates: list[RespUpdate]) -> list[RespUpdate]:
+        shift_s = self._epoch0 * EPOCH_S
+        base_id = self._generation * _ID_STRIDE
+        return [RespUpdate(u.kind, dataclasses.replace(
+            u.event, onset_s=u.event.onset_s + shift_s, id=u.event.id + base_id))
+            for u in updates]
+
+    def on_block(self, block: EpochBlock, anchor: float | None,
+                 utc_offset: float | None) -> list[dict[str, Any]]:
+        """Feed one epoch's raw samples; returns alert messages (without ``seq``/``run``)."""
+        if not self._chosen:
+            self._chosen = True
+            self.channels = pick_channels(block.channels)
+            if self.channels is not None:
+                log.info("bed %s: respiratory events from %s (effort %s, SpO2 %s)", self.bed,
+                         self.channels.flow, list(self.channels.effort) or "none",
+                         self.channels.spo2 or "none")
+        ch = self.channels
+        if ch is None:
+            return []
+        by_label = {c.label: c for c in block.channels}
+        qual = {c.label: c for c in block.quality.channels}
+        flow = by_label.get(ch.flow)
+        fq = qual.get(ch.flow)
+        clean = fq is not None and fq.usable and fq.n_missing == 0
+        updates: list[RespUpdate] = []
+        if flow is not None and clean:
+            if self._detector is None:
+                self._detector = self._new_detector(ch, block.index)
+            effort = [by_label[e].data for e in ch.effort if e in by_label]
+            eff = np.stack(effort) if len(effort) == len(ch.effort) and effort else None  # (k, n)
+            if ch.effort and eff is None:
+                eff = np.zeros((1, flow.data.shape[0]))  # a belt vanished: no effort signal
+            sp = None
+            if ch.spo2 is not None:
+                s = by_label.get(ch.spo2)
+                sp = (np.repeat(s.data, ch.spo2_repeat) if s is not None
+                      else np.full(flow.data.shape[0], np.nan))
+            updates = self._rebase(self._detector.push(flow.data, eff, sp))
+        elif self._detector is not None:
+            updates = self._rebase(self._detector.flush())
+            self._detector = None
+            log.info("bed %s: airflow interrupted at epoch %d; respiratory segment closed",
+                     self.bed, block.index)
+        alerts = self.tracker.on_updates(updates)
+        return [self._message(a, block.index, anchor, utc_offset) for a in alerts]
+
+    def on_result(self, res: EpochResult, anchor: float | None,
+                  utc_offset: float | None) -> list[dict[str, Any]]:
+        """The epoch's stage (unscorable counts as unscored) decides waiting events."""
+        if self.channels is None:
+            return []
+        stage = res.stage_index
+        alerts = self.tracker.on_stage(res.index, int(Stage.UNSCORED) if stage is None
+                                       else stage)
+        return [self._message(a, res.index, anchor, utc_offset) for a in alerts]
+
+    def summary(self) -> dict[str, Any]:
+        """``ahi`` (events per hour of sleep) and ``severity`` from the confirmed events."""
+        s = self.tracker.summary()
+        return {"ahi": s.get("ahi"), "severity": s.get("severity")}
+
+    def _message(self, a: dict[str, Any], epoch: int, anchor: float | None,
+                 utc_offset: float | None) -> dict[str, Any]:
+        onset = None if anchor is None else anchor + float(a["onset_s"])
+        return alert_message(
+            bed=self.bed, epoch=epoch, event=str(a["type"]), state=str(a["state"]),
+            onset_lsl=onset,
+            onset_utc=None if (onset is None or utc_offset is None) else onset + utc_offset,
+            duration_s=a.get("duration_s"), source="aasm", rule=str(a.get("rule") or ""),
+            sensor=str(a.get("sensor") or ""), model_id=self.model_id,
+            desaturation_pct=a.get("desaturation_pct"), reason=a.get("reason") or None,
+        )
