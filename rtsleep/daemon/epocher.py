@@ -369,6 +369,8 @@ class BedEpocher:
 def _hold_fill(x: np.ndarray, good: np.ndarray, carry: float) -> tuple[np.ndarray, float]:
     """``x`` with every not-``good`` sample replaced by the last good one (``carry`` before any)."""
     n = x.shape[0]
+    if n and good.all():
+        return x.astype(np.float64, copy=True), float(x[-1])
     pos = np.where(good, np.arange(n), -1)  # (n,)
     last = np.maximum.accumulate(pos)  # (n,) index of the last good sample so far, -1 if none
     out = np.where(last >= 0, x[np.maximum(last, 0)], carry)

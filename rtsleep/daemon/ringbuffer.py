@@ -78,8 +78,13 @@ class RingBuffer:
     def peek(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the oldest ``n`` samples (all if None): ``(n, n_chans)`` and ``(n,)``."""
         n = self._size if n is None else max(0, min(int(n), self._size))
-        idx = (self._start + np.arange(n)) % self.capacity  # (n,)
-        return self._data[idx], self._ts[idx]
+        first = min(n, self.capacity - self._start)  # samples before the wrap
+        if first == n:
+            s = slice(self._start, self._start + n)
+            return self._data[s].copy(), self._ts[s].copy()
+        data = np.concatenate((self._data[self._start :], self._data[: n - first]))
+        ts = np.concatenate((self._ts[self._start :], self._ts[: n - first]))
+        return data, ts
 
     def pop(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Remove and return the oldest ``n`` samples (all if None), oldest first."""
