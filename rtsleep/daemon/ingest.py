@@ -11,6 +11,7 @@ retried in the background and its channels are flagged missing in the epochs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from rtsleep.daemon.epocher import BedEpocher, EpochBlock, ModalityResolver
@@ -43,14 +44,18 @@ class BedIngest:
             bed, keys, anchor=anchor, next_index=next_index, timeout_s=timeout_s,
             quality=quality, modality_of=modality_of,
         )
-        self.streams = [StreamHandle(s, inlet_kwargs=inlet_kwargs) for s in selectors]
+        # the dejitter's gap rule is the quality rule: Δt > gap_factor / fs
+        kwargs: dict[str, object] = {"gap_factor": self.epocher.quality.gap_factor}
+        kwargs.update(inlet_kwargs or {})
+        self.streams = [StreamHandle(s, inlet_kwargs=kwargs) for s in selectors]
         self._attached: set[str] = set()
         self._broken: set[str] = set()
         self._max = max_samples_per_poll
 
     def wait_open(self, timeout_s: float) -> bool:
         """Block until every stream is open or ``timeout_s`` has passed (tools and tests only)."""
-        return all(h.wait_open(timeout_s) for h in self.streams)
+        deadline = time.monotonic() + timeout_s
+        return all(h.wait_open(max(0.0, deadline - time.monotonic())) for h in self.streams)
 
     def poll(self, now: float | None = None) -> list[EpochBlock]:
         """Pull every stream, push into the epocher, return the epochs that are complete."""
