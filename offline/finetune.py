@@ -67,7 +67,7 @@ from offline.train_loop import (
     LoopConfig,
     StepHook,
     init_distributed,
-    set_determinism,
+    seeded,
     train_loop,
 )
 from offline.validation import validation_metrics
@@ -290,9 +290,22 @@ def finetune(
 
     Works in one process or under ``torchrun`` (DDP). ``resume`` continues ``out/train``.
     """
-    out = Path(out)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     dist = dist or init_distributed(cfg.loop.device)
-    set_determinism(cfg.loop.seed, cfg.loop.threads)
+    with seeded(cfg.loop.seed, cfg.loop.threads):
+        return _finetune(cfg, Path(store), Path(out), mode, resume, hooks, dist)
+
+
+def _finetune(
+    cfg: FinetuneConfig,
+    store: Path,
+    out: Path,
+    mode: str,
+    resume: bool,
+    hooks: Sequence[StepHook],
+    dist: DistInfo,
+) -> Path:
     index = StoreIndex(store, cfg.select, cache_mb=cfg.data.cache_mb)
     train_sources, val_sources = split_subjects(index.sources, cfg.val_fraction, cfg.loop.seed)
     val_sources = [s for s in val_sources if task_targets(s, cfg.task)[1].any()]

@@ -28,13 +28,14 @@ logs, history and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,12 +173,22 @@ def lr_factor(step: int, cfg: LoopConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
 
 
-def set_determinism(seed: int, threads: int = 0) -> None:
-    """Seed torch/numpy and ask torch for deterministic kernels; optionally set the threads."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+@contextlib.contextmanager
+def seeded(seed: int, threads: int = 0) -> Iterator[None]:
+    """Seed torch, ask for deterministic kernels and optionally set the thread count for the
+    duration of a run; the previous thread count and determinism flags are restored after."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
 def format_eta(seconds: float) -> str:

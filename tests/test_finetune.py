@@ -300,3 +300,12 @@ def test_predictions_are_aligned_to_epochs_through_the_lookahead(run_a: Path, st
         full, _ = model(x, mask)
     # lookahead 1: the output at arrival i + 1 refers to epoch i.
     assert np.allclose(out["stage_probs"], full.stage_probs[0, 1:].numpy(), atol=1e-5)
+
+
+def test_training_restores_the_callers_threads_and_determinism_flags(
+    store: Path, tmp_path: Path
+) -> None:
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    loop = dataclasses.replace(LOOP, steps=1, threads=before[0] + 1)
+    finetune(_cfg(loop=loop), store, tmp_path)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before

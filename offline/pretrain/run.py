@@ -31,7 +31,7 @@ from offline.train_loop import (
     LoopConfig,
     StepHook,
     init_distributed,
-    set_determinism,
+    seeded,
     train_loop,
 )
 from rtsleep.models import SleepNet, load_model, save_model
@@ -153,9 +153,19 @@ def pretrain(
 
     Works in one process or under ``torchrun`` (DDP). ``resume`` continues ``out/train``.
     """
-    out = Path(out)
     dist = dist or init_distributed(cfg.loop.device)
-    set_determinism(cfg.loop.seed, cfg.loop.threads)
+    with seeded(cfg.loop.seed, cfg.loop.threads):
+        return _pretrain(cfg, Path(store), Path(out), resume, hooks, dist)
+
+
+def _pretrain(
+    cfg: PretrainConfig,
+    store: Path,
+    out: Path,
+    resume: bool,
+    hooks: Sequence[StepHook],
+    dist: DistInfo,
+) -> Path:
     index = StoreIndex(store, cfg.select, cache_mb=cfg.cache_mb)
     net = build_net(cfg, index)
     objective = build_objective(cfg, net)
