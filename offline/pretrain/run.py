@@ -97,6 +97,9 @@ def build_net(cfg: PretrainConfig, index: StoreIndex) -> SleepNet:
         net = load_model(cfg.init, expected_preprocess=index.preprocess)
         net.train()
     else:
+        if cfg.method == "synthsleepnet":
+            log.warning("synthsleepnet without --init: the frame encoders start untrained "
+                        "(the method expects neuronet-pretrained encoders)")
         mcfg = cfg.model.build()
         if cfg.method == "mc2" and mcfg.encoder != "dual_branch":
             mcfg = dataclasses.replace(mcfg, encoder="dual_branch")
