@@ -18,7 +18,8 @@ Public API (stable):
   at 60x or ``max`` yields the same epochs as one in real time. ``speed=None`` is ``max``: no
   pacing (outlets then buffer the whole file for slow consumers). ``start_s`` starts mid-file
   (timestamps stay ``t0 + i / fs``, so a restarted player with the same ``t0`` continues the
-  timeline); ``loop`` plays forever with ever-increasing sample indices; ``ramp`` appends a
+  timeline; ``t0`` defaults to "now" minus ``start_s``, so the first pushed sample is stamped
+  now); ``loop`` plays forever with ever-increasing sample indices; ``ramp`` appends a
   channel ``ramp`` (type OTHER) holding each sample's index, for timing tests;
   ``jitter_s`` adds uniform noise to every chunk's timestamp (uneven chunk timestamps).
 - ``Player(config)``: ``play`` in a separate process (multiprocessing, spawn): ``start(timeout_s)``
@@ -220,7 +221,8 @@ def play(
                 log.warning("%s: no consumer after %.1f s; playing anyway", p.source_id,
                             config.wait_consumers_s)
     rng = np.random.default_rng(config.seed)
-    t0 = pylsl.local_clock() if config.t0 is None else config.t0
+    # by default the first pushed sample is stamped "now"
+    t0 = pylsl.local_clock() - config.start_s if config.t0 is None else config.t0
     next_i = [int(round(config.start_s * p.sfreq)) for p in plans]
     end_s = None if (config.loop and config.duration_s is None) else config.start_s + span
     end_i: list[int | None] = []
@@ -361,6 +363,9 @@ def register(app: typer.Typer) -> None:
         wait_consumers: Annotated[
             float, typer.Option(help="Wait this many s for a consumer on every outlet.")
         ] = 0.0,
+        start: Annotated[
+            float, typer.Option(help="Start this many s into the file.", min=0.0)
+        ] = 0.0,
     ) -> None:
         """Play a recording as LSL outlets, one per modality, with exact sample timestamps."""
         config = PlayerConfig(
@@ -370,6 +375,7 @@ def register(app: typer.Typer) -> None:
             speed=parse_speed(speed),
             loop=loop,
             wait_consumers_s=wait_consumers,
+            start_s=start,
         )
         try:
             plans = _plans(config)
