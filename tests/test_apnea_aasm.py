@@ -149,6 +149,15 @@ def test_apnea_type_follows_effort(first: float, second: float, expected: EventT
     assert ups[0].event.type == expected
 
 
+def test_flat_airflow_for_minutes_is_a_lost_sensor_not_an_endless_event() -> None:
+    env = np.ones(PRE + 6000)
+    env[PRE:] = 0.0  # sensor off for 10 min
+    sc = RespiratoryScorer(FS, AasmConfig())
+    ups = sc.push(env) + sc.flush()
+    assert [u.kind for u in ups] == ["onset", "rejected"]
+    assert "sensor" in ups[1].event.reason and ups[1].event.duration_s == pytest.approx(120.0)
+
+
 def test_bad_rule_is_refused() -> None:
     with pytest.raises(ValueError, match="rule"):
         AasmConfig(rule="2C")  # type: ignore[arg-type]

@@ -56,6 +56,9 @@ class AasmConfig:
     envelope_s: float = 6.0
     effort_present_ratio: float = 0.25
     effort_absent_frac: float = 0.2
+    #: A "drop" longer than this is a lost or displaced sensor, not an event: it is rejected and
+    #: the baseline is rebuilt from scratch.
+    max_event_s: float = 120.0
 
     @property
     def desat_pct(self) -> float | None:
@@ -148,6 +151,11 @@ class _RunningBaseline:
         self._count = 0
         self.value: float | None = None
 
+    def reset(self) -> None:
+        self.hist.clear()
+        self._acc, self._n = 0.0, 0
+        self.value = None
+
     def add(self, v: float, use: bool) -> None:
         if use and np.isfinite(v):
             self._acc += v
@@ -200,6 +208,7 @@ class RespiratoryScorer:
         self._spo2_min: dict[int, float] = {}  # pending hypopnea id -> min SpO2 since onset
         self._spo2_ref: dict[int, float] = {}
         self._min_len = int(np.ceil(self.cfg.min_duration_s * self.fs - _EPS))
+        self._max_len = int(round(self.cfg.max_event_s * self.fs))
 
     @property
     def time_s(self) -> float:
@@ -264,7 +273,17 @@ class RespiratoryScorer:
         if self._cand is not None:
             c = self._cand
             drop = 1.0 - f / c.baseline
-            if drop >= cfg.hypopnea_drop - _EPS:
+            if j - c.start >= self._max_len:
+                c.event.duration_s = (j - c.start) / self.fs
+                c.event.status = "rejected"
+                c.event.reason = f"longer than {cfg.max_event_s:g} s: sensor lost?"
+                self._cand = None
+                self._spo2_min.pop(c.event.id, None)
+                self._spo2_ref.pop(c.event.id, None)
+                self._flow_base.reset()
+                self._effort_base.reset()
+                out.append(RespUpdate("rejected", replace(c.event)))
+            elif drop >= cfg.hypopnea_drop - _EPS:
                 in_event = True
                 c.event.max_drop = max(c.event.max_drop, drop)
                 if drop >= cfg.apnea_drop - _EPS:
