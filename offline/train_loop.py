@@ -74,6 +74,9 @@ class LoopConfig:
     #: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     device: str = "auto"
     progress: bool = True
+    #: Mixed precision of the forward pass: ``"none"`` or ``"bf16"`` (``torch.autocast``; meant
+    #: for GPUs, no gradient scaler needed; the exported model is float32 either way).
+    amp: str = "none"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -82,6 +85,8 @@ class LoopConfig:
             raise ValueError("lr must be > 0 and min_lr_ratio in [0, 1]")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
 
 
 class Objective(Protocol):
@@ -439,7 +444,11 @@ def train_loop(
         factor = lr_factor(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = cfg.lr * g["lr_scale"] * factor
-        loss, metrics = model(**batch)
+        with torch.autocast(
+            device_type=dist.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"
+        ):
+            loss, metrics = model(**batch)
+        loss = loss.float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for hook in hooks:

@@ -309,3 +309,15 @@ def test_training_restores_the_callers_threads_and_determinism_flags(
     loop = dataclasses.replace(LOOP, steps=1, threads=before[0] + 1)
     finetune(_cfg(loop=loop), store, tmp_path)
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_bf16_autocast_trains_with_finite_losses_and_exports_float32(
+    store: Path, tmp_path: Path
+) -> None:
+    loop = dataclasses.replace(LOOP, steps=2, amp="bf16")
+    path = finetune(_cfg(loop=loop), store, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    assert {t.dtype for t in load_model(path).state_dict().values() if t.is_floating_point()} == {
+        torch.float32
+    }
