@@ -4,8 +4,10 @@ throughput, state size and parameter counts. Prints a Markdown table for docs/be
     .venv/bin/python tools/bench_models.py                    # CPU, 2 threads, default preset
     .venv/bin/python tools/bench_models.py --device cuda      # on a GPU machine
 
-Timings are wall-clock medians after warm-up (p99 for the one-bed step). Run it alone: other
-processes on the same cores inflate every figure.
+Timings are medians after warm-up (p99 for the one-bed step), wall clock by default. Run it
+alone: other processes on the same cores inflate every figure, 2-thread runs worst of all (each
+parallel region waits for a descheduled thread). On a shared machine, ``--threads 1 --clock cpu``
+(process CPU time of a single-threaded run) estimates the time on one idle core.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ M = len(EXG_MODALITIES)
 PRESETS = ("default", "tiny", "paper")
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _timeit(fn: Callable[[], object], reps: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall-clock seconds of ``reps`` calls after ``warmup`` calls."""
+    """Seconds (by the selected clock) of ``reps`` calls after ``warmup`` calls."""
 
     def sync() -> None:
         if device.type == "cuda":
@@ -39,10 +45,10 @@ def _timeit(fn: Callable[[], object], reps: int, warmup: int, device: torch.devi
     sync()
     out = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
         sync()
-        out.append(time.perf_counter() - t0)
+        out.append(_clock() - t0)
     return out
 
 
@@ -130,9 +136,14 @@ def main(
     night: int = typer.Option(1000, help="Epochs in the full-night forward."),
     train_t: int = typer.Option(64, help="Sequence length of a training batch."),
     train_b: int = typer.Option(4, help="Sequences per training batch."),
+    clock: str = typer.Option("wall", help="wall (perf_counter) or cpu (process CPU time)."),
 ) -> None:
     """Print the Markdown table of the model benchmarks."""
+    global _clock
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if clock not in CLOCKS:
+        raise typer.BadParameter(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    _clock = CLOCKS[clock]
     if preset not in PRESETS:
         raise typer.BadParameter(f"preset must be one of {PRESETS}, got {preset!r}")
     torch.set_num_threads(threads)
@@ -142,7 +153,10 @@ def main(
         f"{name} {_fmt(_n_params(getattr(SleepNetConfig, name)()))}" for name in PRESETS
     )
     dual = _n_params(SleepNetConfig(encoder="dual_branch"))
-    typer.echo(f"preset {preset}, device {dev}, {threads} threads, torch {torch.__version__}")
+    typer.echo(
+        f"preset {preset}, device {dev}, {threads} threads, {clock} clock, "
+        f"torch {torch.__version__}"
+    )
     typer.echo("")
     typer.echo("| case | measured | target |")
     typer.echo("|---|---|---|")
