@@ -14,6 +14,8 @@ import pytest
 LSL_TEST_CONFIG = """\
 [ports]
 IPv6 = disable
+# Many outlets at once (players, benchmarks) exhaust liblsl's default 32 discovery ports.
+PortRange = 1024
 [multicast]
 ResolveScope = machine
 [lab]
