@@ -154,6 +154,19 @@ def test_dual_branch_model_steps_like_it_forwards() -> None:
     assert _max_diff(seq, stepped) <= 1e-10
 
 
+def test_spectral_model_steps_like_it_forwards_and_skips_missing_eeg() -> None:
+    net = _model(encoder="spectral")
+    x, mask = _night(2, 40, torch.float32, seed=8)
+    mask[1, 7, 0] = False  # an epoch without EEG: its samples are never read
+    x[1, 7, 0] = float("nan")
+    with torch.no_grad():
+        seq, _ = net(x, mask)
+        state = net.init_state(2)
+        stepped = _stack([net.step(x[:, i], mask[:, i], state) for i in range(40)])
+    assert torch.isfinite(seq.stage_logits).all()
+    assert _max_diff(seq, stepped) <= 1e-5
+
+
 def test_encode_batch_does_not_change_results() -> None:
     net = _model()
     x, mask = _night(1, 12, torch.float32, seed=7)

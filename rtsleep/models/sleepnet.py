@@ -271,7 +271,7 @@ class SleepNet(nn.Module):
             emb = self.encoder(sel)  # (n, D)
         else:
             emb = self.encoder(sel).embedding  # (n, D)
-        return out.index_copy(0, idx, emb)  # (B, D)
+        return out.index_copy(0, idx, emb.to(out.dtype))  # (B, D)
 
     def _temporal_input(self, emb: Tensor) -> Tensor:
         """Per-epoch LayerNorm and projection: ``(..., d_embedding) -> (..., d_model)``."""
