@@ -167,6 +167,27 @@ def test_spectral_model_steps_like_it_forwards_and_skips_missing_eeg() -> None:
     assert _max_diff(seq, stepped) <= 1e-5
 
 
+def test_aux_features_stream_like_they_batch_and_missing_ones_are_not_read() -> None:
+    from rtsleep.models.heads import HeadsConfig
+
+    net = _model(torch.float64, heads=HeadsConfig(n_aux=2))
+    x, mask = _night(1, 20, torch.float64, seed=9)
+    g = torch.Generator().manual_seed(10)
+    aux = torch.randn(1, 20, 2, generator=g, dtype=torch.float64)
+    aux_mask = torch.rand(1, 20, 2, generator=g) > 0.3
+    poisoned = torch.where(aux_mask, aux, torch.full_like(aux, float("nan")))
+    with torch.no_grad():
+        seq, _ = net(x, mask, aux=aux, aux_mask=aux_mask)
+        state = net.init_state(1, dtype=torch.float64)
+        stepped = _stack(
+            [
+                net.step(x[:, i], mask[:, i], state, aux=poisoned[:, i], aux_mask=aux_mask[:, i])
+                for i in range(20)
+            ]
+        )
+    assert _max_diff(seq, stepped) <= 1e-10
+
+
 def test_encode_batch_does_not_change_results() -> None:
     net = _model()
     x, mask = _night(1, 12, torch.float32, seed=7)
