@@ -5,10 +5,11 @@ Two layouts are read:
 * the npz layout (``<rec>.npz`` with ``t`` in minutes, ``hr`` in beats/s, ``apn`` per minute;
   ``../shared/data/apnea-ecg-hr``). Its HR minute ``m`` starts 30 s before the officially labelled
   minute, so the label of minute ``m`` is scored on the window ending at ``(m + 1.5) * 60`` s;
-* the PhysioNet WFDB layout (``<rec>.hea`` + ``<rec>.qrs`` beat annotations + ``<rec>.apn``
-  minute annotations ``A``/``N``), where label ``k`` covers ``[60 k, 60 k + 60)`` s.
+* the PhysioNet WFDB layout (``<rec>.apn`` minute annotations ``A``/``N`` with ``<rec>.qrs``
+  beat annotations, or ``<rec>.hea`` + ``.dat`` ECG, on which R peaks are detected), where label
+  ``k`` covers ``[60 k, 60 k + 60)`` s.
 
-Records without labels (no ``apn`` / ``.apn``) are skipped with a warning.
+Files are read by ``rtsleep.data.readers`` (dataset ``apnea-ecg``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import numpy as np
 
 from rtsleep.apnea.features import sequence_features
 from rtsleep.apnea.hr import rr_to_hr, valid_beats
+from rtsleep.apnea.rpeaks import detect_rpeaks
 from rtsleep.data.errors import DataError
+from rtsleep.data.readers import list_sources, read_recording
+from rtsleep.data.readers.wfdb_io import read_annotation
+from rtsleep.data.recording import Modality, Recording
 
 log = logging.getLogger(__name__)
 
@@ -45,55 +50,49 @@ class ApneaNight:
         return sequence_features(self.times_s, self.hr_bps, valid, self.window_ends_s)
 
 
+def night_from_recording(rec: Recording) -> ApneaNight:
+    """An Apnea-ECG :class:`Recording` (from ``rtsleep.data.readers``) -> :class:`ApneaNight`.
+
+    Beats come from, in order: the npz beat series; the record's ``.qrs`` annotations; R peaks
+    detected on its ECG channel (:func:`rtsleep.apnea.rpeaks.detect_rpeaks`).
+    """
+    if rec.minute_labels is None:
+        raise DataError(rec.source, "no per-minute apnea labels")
+    labels = np.asarray(rec.minute_labels, dtype=bool)
+    if rec.beats is not None:  # npz layout
+        ends = (np.arange(labels.size) + 1.0) * 60.0 + NPZ_LABEL_OFFSET_S
+        return ApneaNight(
+            rec.id, rec.beats.times_s, np.asarray(rec.beats.hr_bps, dtype=np.float64), labels, ends
+        )
+    record = Path(rec.source).with_suffix("")
+    qrs = Path(f"{record}.qrs")
+    if qrs.is_file():
+        ann = read_annotation(record, "qrs")
+        fs = float(ann.fs) if ann.fs else 100.0
+        beat_t = np.unique(np.asarray(ann.sample, dtype=np.float64) / fs)
+    else:
+        ecg = rec.by_modality(Modality.ECG)
+        if not ecg:
+            raise DataError(rec.source, "no beats: neither a .qrs file nor an ECG signal")
+        ch = ecg[0]
+        beat_t = detect_rpeaks(ch.data, ch.sfreq) + ch.start_s
+    times, hr = rr_to_hr(beat_t)
+    ends = (np.arange(labels.size) + 1.0) * 60.0
+    return ApneaNight(rec.id, times, hr, labels, ends)
+
+
 def read_npz_night(path: Path) -> ApneaNight:
     """One ``.npz`` night of the apnea-ecg-hr layout."""
-    try:
-        d = np.load(path)
-        t_min, hr, apn = d["t"], d["hr"], d["apn"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(path, f"not an apnea-ecg npz night (t, hr, apn): {exc}") from exc
-    if t_min.shape != hr.shape or t_min.ndim != 1:
-        raise DataError(path, f"t {t_min.shape} and hr {hr.shape} must be equal 1-D arrays")
-    if t_min.size and np.any(np.diff(t_min) <= 0):
-        raise DataError(path, "beat times t are not strictly increasing")
-    labels = np.asarray(apn, dtype=bool)
-    ends = (np.arange(labels.size) + 1.0) * 60.0 + NPZ_LABEL_OFFSET_S
-    return ApneaNight(path.stem, t_min * 60.0, np.asarray(hr, dtype=np.float64), labels, ends)
-
-
-def read_wfdb_night(record: Path) -> ApneaNight:
-    """One PhysioNet Apnea-ECG record (path without extension): ``.qrs`` beats, ``.apn`` labels."""
-    import wfdb
-
-    try:
-        qrs = wfdb.rdann(str(record), "qrs")
-        apn = wfdb.rdann(str(record), "apn")
-    except (OSError, ValueError) as exc:
-        raise DataError(record, f"cannot read WFDB .qrs/.apn annotations: {exc}") from exc
-    fs = float(qrs.fs) if qrs.fs else 100.0
-    beat_t = np.unique(np.asarray(qrs.sample, dtype=np.float64) / fs)
-    times, hr = rr_to_hr(beat_t)
-    symbols = np.array(apn.symbol)
-    minute = np.round(np.asarray(apn.sample) / fs / 60.0).astype(int)
-    n = int(minute.max()) + 1 if minute.size else 0
-    labels = np.zeros(n, dtype=bool)
-    labels[minute] = symbols == "A"
-    ends = (np.arange(n) + 1.0) * 60.0
-    return ApneaNight(record.name, times, hr, labels, ends)
+    return night_from_recording(read_recording("apnea-ecg", path))
 
 
 def read_apnea_ecg_dir(folder: Path) -> list[ApneaNight]:
-    """All labelled nights in ``folder`` (npz or WFDB layout), sorted by id."""
+    """All labelled nights under ``folder`` (npz or WFDB layout), sorted by id."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "not a directory")
-    nights = [read_npz_night(p) for p in sorted(folder.glob("*.npz"))]
-    for hea in sorted(folder.glob("*.hea")):
-        rec = hea.with_suffix("")
-        if not (rec.with_suffix(".qrs").is_file() and rec.with_suffix(".apn").is_file()):
-            log.warning("%s: no .qrs/.apn beside the header; skipped", hea)
-            continue
-        nights.append(read_wfdb_night(rec))
-    if not nights:
-        raise DataError(folder, "no Apnea-ECG nights (*.npz or *.hea with .qrs and .apn)")
+    sources = list_sources("apnea-ecg", folder)
+    if not sources:
+        raise DataError(folder, "no Apnea-ECG nights (*.npz, or *.apn with .qrs or ECG)")
+    nights = [night_from_recording(read_recording("apnea-ecg", src)) for src in sources]
     return sorted(nights, key=lambda n: n.id)

@@ -75,25 +75,6 @@ def test_evaluate_apnea_prints_metrics_and_writes_report(
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_evaluate_stage_is_refused_clearly(tmp_path: Path) -> None:
-    res = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--task",
-            "stage",
-            "--dataset",
-            "x",
-            "--data",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
-    assert res.exit_code == 2
-    assert "not available in this build" in res.output
-
-
 def test_evaluate_on_a_folder_without_nights_is_a_one_line_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         app,
@@ -124,9 +105,6 @@ def test_wfdb_layout_reads_the_same_labels(shared_data: Path, tmp_path: Path) ->
     minutes = np.arange(night.labels.size) * 60 * fs
     sym = ["A" if y else "N" for y in night.labels]
     wfdb.wrann("c03", "apn", minutes, symbol=sym, write_dir=str(tmp_path), fs=fs)
-    (tmp_path / "c03.hea").write_text(
-        f"c03 1 {fs} {int(beats[-1]) + 1}\nc03.dat 16 200 16 0 0 0 0 ECG\n"
-    )
     (w,) = read_apnea_ecg_dir(tmp_path)
     np.testing.assert_array_equal(w.labels, night.labels)
     assert w.features().shape[0] == night.labels.size
