@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -211,6 +212,7 @@ class StoreIndex:
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = int(cache_mb * 1e6)
+        self._lock = threading.Lock()
         reader = open_store(self.root)
         self.sources: list[RecordingSource] = []
         specs: dict[str, str] = {}
@@ -248,17 +250,18 @@ class StoreIndex:
     def cached_row_group(self, src: RecordingSource, rg: int, n_times: int) -> np.ndarray:
         """Row group ``rg`` of ``src`` through the LRU cache."""
         key = (src.key, rg)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        block = src.read_row_group(rg, n_times)
-        self._cache[key] = block
-        self._cache_bytes += block.nbytes
-        while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
-        return block
+        with self._lock:  # a prefetch thread and validation may read at the same time
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            block = src.read_row_group(rg, n_times)
+            self._cache[key] = block
+            self._cache_bytes += block.nbytes
+            while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
+            return block
 
 
 def label_fraction_subset(

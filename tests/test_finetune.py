@@ -321,3 +321,19 @@ def test_bf16_autocast_trains_with_finite_losses_and_exports_float32(
     assert {t.dtype for t in load_model(path).state_dict().values() if t.is_floating_point()} == {
         torch.float32
     }
+
+
+def test_prefetching_batches_in_a_thread_changes_no_weight_even_across_a_resume(
+    run_a: Path, store: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(loop=dataclasses.replace(LOOP, prefetch=True))
+
+    def crash(step: int, _obj: torch.nn.Module, _loss: torch.Tensor) -> None:
+        if step == 5:
+            raise _Interrupt("simulated crash")
+
+    with pytest.raises(_Interrupt):
+        finetune(cfg, store, tmp_path, hooks=[crash])
+    finetune(cfg, store, tmp_path, resume=True)
+    a, b = _weights(run_a / "model.safetensors"), _weights(tmp_path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
