@@ -49,6 +49,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def lsl_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The conftest LSL confinement, on a port block of our own.
+
+    Other LSL users of this machine (a 256-outlet benchmark, parallel test runs) can fill the
+    default port block (multicast 16571, outlets 16572-16603), and then streams of this test
+    resolve slowly or not at all. Children (serve, replay, players) inherit ``LSLAPICFG``.
+    """
+    base = 20000 + (os.getpid() % 500) * 40
+    cfg = tmp_path_factory.mktemp("lsl") / "lsl.cfg"
+    cfg.write_text(
+        "[ports]\nIPv6 = disable\n"
+        f"MulticastPort = {base}\nBasePort = {base + 1}\nPortRange = 32\n"
+        "[multicast]\nResolveScope = machine\n"
+        f"[lab]\nKnownPeers = {{127.0.0.1}}\nSessionID = rtsleep-e2e-{os.getpid()}\n"
+        "[log]\nlevel = -2\n"
+    )
+    old = os.environ.get("LSLAPICFG")
+    os.environ["LSLAPICFG"] = str(cfg)
+    yield
+    if old is None:
+        os.environ.pop("LSLAPICFG", None)
+    else:
+        os.environ["LSLAPICFG"] = old
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # 2 shared cores; also the same threading in serve and score
