@@ -1,0 +1,85 @@
+"""``rtsleep score``: one schema-valid stage line per epoch, the daemon's code path, a figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rtsleep.cli import app
+from rtsleep.daemon.replay import load_channels
+from rtsleep.daemon.score import iter_results, score_file
+from rtsleep.daemon.scorer import Scorer, load_scoring_model
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.models import SleepNet, SleepNetConfig, save_model
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "rtsleep" / "schemas"
+                     / "messages.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(SleepNet(SleepNetConfig.default()).eval(), path, PreprocessSpec.default())
+    return path
+
+
+def excerpt3(shared_data: Path) -> Path:
+    path = shared_data / "dreams-spindles" / "excerpt3.edf"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+def test_score_writes_one_valid_line_per_epoch_equal_to_the_scorer(
+    shared_data: Path, model_path: Path, tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    edf = excerpt3(shared_data)
+    net, spec, model_id, dev = load_scoring_model(model_path, "cpu")
+    out = tmp_path / "s.jsonl"
+    msgs = score_file(edf, out, Scorer(net, spec, model_id, dev, max_batch=1))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines == msgs and len(lines) == 60
+    assert [m["epoch"] for m in lines] == list(range(60))
+    assert [m["seq"] for m in lines] == list(range(60))
+    for m in lines:
+        jsonschema.validate(m, SCHEMA)
+        assert m["model_id"] == model_id and m["latency_ms"] is None
+        assert m["start_lsl"] == 30.0 * m["epoch"]  # offline: seconds from the start
+    again = list(iter_results(Scorer(net, spec, model_id, dev), str(edf), load_channels(edf)))
+    assert [r.probs for r in again] == [
+        None if m["probs"] is None else [m["probs"][k] for k in ("W", "N1", "N2", "N3", "R")]
+        for m in lines
+    ]
+
+
+def test_score_cli_png_and_errors(shared_data: Path, model_path: Path, tmp_path: Path) -> None:
+    edf = excerpt3(shared_data)
+    out = tmp_path / "night.jsonl"
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(edf), "--out", str(out), "--model", str(model_path),
+                              "--png", "--dataset", "dreams"])
+    assert res.exit_code == 0, res.output
+    assert "60 epochs" in res.output
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = runner.invoke(app, ["score", str(tmp_path / "missing.edf"), "--out", str(out),
+                              "--model", str(model_path)])
+    assert res.exit_code == 1 and "missing.edf" in res.output
+    res = runner.invoke(app, ["score", str(edf), "--out", str(out), "--model",
+                              str(tmp_path / "none.safetensors")])
+    assert res.exit_code == 1 and "model file not found" in res.output
+
+
+def test_score_cli_entry_point_runs_as_a_module() -> None:
+    res = subprocess.run([sys.executable, "-m", "rtsleep.cli", "score", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--png" in res.stdout
