@@ -477,141 +477,158 @@ def train_loop(
             find_unused_parameters=True,
         )
     model.train()
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
+    run = _Run(
+        objective=objective,
+        model=model,
+        optimizer=optimizer,
+        stream=stream,
+        cfg=cfg,
+        out_dir=out_dir,
+        dist=dist,
+        history=history,
+        hooks=list(hooks),
         desc=desc,
-        disable=not (cfg.progress and dist.is_main),
-        dynamic_ncols=True,
+        evaluator=evaluator,
+        eval_every=eval_every,
+        select_key=select_key,
+        best=best,
+        config_json=config_json,
     )
-    batches = _Batches(stream, cfg, dist.rank)
-    try:
-        return _run_steps(
-            objective, model, optimizer, stream, batches, cfg, out_dir, dist, start, groups,
-            history, history_path, hooks, desc, evaluator, eval_every, select_key, best, bar,
-            config_json,
+    return run.run(start)
+
+
+@dataclass
+class _Run:
+    """The state of one :func:`train_loop` call while it steps."""
+
+    objective: nn.Module
+    #: ``objective`` itself, or its DDP wrapper.
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    cfg: LoopConfig
+    out_dir: Path
+    dist: DistInfo
+    history: list[dict[str, float]]
+    hooks: list[StepHook]
+    desc: str
+    evaluator: Evaluator | None
+    eval_every: int
+    select_key: str
+    best: _Best | None
+    config_json: str
+
+    def run(self, start: int) -> LoopResult:
+        """Steps ``start .. cfg.steps - 1``, with logging, validation and checkpoints."""
+        cfg = self.cfg
+        bar = tqdm(
+            total=cfg.steps,
+            initial=start,
+            desc=self.desc,
+            disable=not (cfg.progress and self.dist.is_main),
+            dynamic_ncols=True,
         )
-    finally:
-        batches.close()
-        bar.close()
+        batches = _Batches(self.stream, cfg, self.dist.rank)
+        t0 = time.perf_counter()
+        try:
+            for step in range(start, cfg.steps):
+                values, stream_state = self._step(step, batches)
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    self._log(done, values, (time.perf_counter() - t0) / (done - start))
+                if self.evaluator is not None and (
+                    done % self.eval_every == 0 or done == cfg.steps
+                ):
+                    self._validate(done)
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                    save_training_checkpoint(
+                        self.out_dir, done, self.objective, self.optimizer, self.stream,
+                        self.dist, self.config_json, self.best, stream_state,
+                    )
+        finally:
+            batches.close()
+            bar.close()
+        best = self.best
+        return LoopResult(
+            steps=cfg.steps,
+            history=self.history,
+            resumed_from=start,
+            best_state=best.state if best else None,
+            best_step=best.step if best else None,
+            best_metrics=best.metrics if best else None,
+        )
 
-
-def _run_steps(
-    objective: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    stream: BatchStream,
-    batches: _Batches,
-    cfg: LoopConfig,
-    out_dir: Path,
-    dist: DistInfo,
-    start: int,
-    groups: list[dict[str, Any]],
-    history: list[dict[str, float]],
-    history_path: Path,
-    hooks: Sequence[StepHook],
-    desc: str,
-    evaluator: Evaluator | None,
-    eval_every: int,
-    select_key: str,
-    best: _Best | None,
-    bar: tqdm,
-    config_json: str,
-) -> LoopResult:
-    trainable: list[nn.Parameter] = [p for g in groups for p in g["params"]]
-    t0 = time.perf_counter()
-    for step in range(start, cfg.steps):
+    def _step(self, step: int, batches: _Batches) -> tuple[dict[str, float], dict[str, Any]]:
+        """One optimisation step; returns the logged values and the stream state after it."""
+        cfg, dist = self.cfg, self.dist
         torch.manual_seed(step_seed(cfg.seed, dist.rank, step))
         cpu_batch, stream_state = batches.get(step)
         batch = {k: v.to(dist.device) for k, v in cpu_batch.items()}
         factor = lr_factor(step, cfg)
-        for g in optimizer.param_groups:
+        for g in self.optimizer.param_groups:
             g["lr"] = cfg.lr * g["lr_scale"] * factor
         with torch.autocast(
             device_type=dist.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"
         ):
-            loss, metrics = model(**batch)
+            loss, metrics = self.model(**batch)
         loss = loss.float()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for hook in hooks:
-            hook(step, objective, loss)
+        for hook in self.hooks:
+            hook(step, self.objective, loss)
+        grad_norm = float("nan")
         if cfg.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
-        else:
-            grad_norm = float("nan")
-        optimizer.step()
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        self.optimizer.step()
         values = {"loss": float(loss.detach())}
         values.update({k: float(v.detach()) for k, v in metrics.items()})
         values = _mean_across_ranks(values, dist)
         row: dict[str, float] = {"step": step, "lr": cfg.lr * factor, **values}
         if math.isfinite(grad_norm):
             row["grad_norm"] = grad_norm
-        history.append(row)
-        if dist.is_main:
-            with history_path.open("a") as fh:
+        self._append(row)
+        return values, stream_state
+
+    def _append(self, row: dict[str, float]) -> None:
+        self.history.append(row)
+        if self.dist.is_main:
+            with (self.out_dir / HISTORY_FILE).open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-        bar.update(1)
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - t0
-            per_step = elapsed / (done - start)
-            extra = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
-            if dist.is_main:
-                log.info(
-                    "%s step %d/%d loss %.4f %s lr %.3g | %.2f s/step, ETA %s",
-                    desc, done, cfg.steps, values["loss"], extra, cfg.lr * factor, per_step,
-                    format_eta(per_step * (cfg.steps - done)),
-                )
-        if best is not None and evaluator is not None and (
-            done % eval_every == 0 or done == cfg.steps
-        ):
-            _validate(objective, model, evaluator, select_key, done, best, history,
-                      history_path, dist)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_training_checkpoint(
-                out_dir, done, objective, optimizer, stream, dist, config_json, best,
-                stream_state,
-            )
-    return LoopResult(
-        steps=cfg.steps,
-        history=history,
-        resumed_from=start,
-        best_state=best.state if best else None,
-        best_step=best.step if best else None,
-        best_metrics=best.metrics if best else None,
-    )
 
-
-def _validate(
-    objective: nn.Module,
-    model: nn.Module,
-    evaluator: Evaluator,
-    select_key: str,
-    done: int,
-    best: _Best,
-    history: list[dict[str, float]],
-    history_path: Path,
-    dist: DistInfo,
-) -> None:
-    """Run ``evaluator`` after ``done`` steps, log it, keep the best weights."""
-    objective.eval()
-    with torch.no_grad():
-        metrics = evaluator(objective)
-    model.train()
-    if select_key not in metrics:
-        raise ValueError(f"evaluator returned no {select_key!r} (has {sorted(metrics)})")
-    row: dict[str, float] = {"step": done - 1, **{f"val_{k}": v for k, v in metrics.items()}}
-    history.append(row)
-    if dist.is_main:
-        with history_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+    def _log(self, done: int, values: dict[str, float], per_step: float) -> None:
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg
+        extra = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
         log.info(
-            "validation after %d steps: %s", done,
-            " ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+            "%s step %d/%d loss %.4f %s lr %.3g | %.2f s/step, ETA %s",
+            self.desc, done, cfg.steps, values["loss"], extra,
+            cfg.lr * lr_factor(done - 1, cfg), per_step,
+            format_eta(per_step * (cfg.steps - done)),
         )
-    score = metrics[select_key]
-    if math.isfinite(score) and score > best.score:
-        best.score, best.step, best.metrics = score, done, dict(metrics)
-        best.state = _clone_tensors(objective.state_dict())
+
+    def _validate(self, done: int) -> None:
+        """Run the evaluator after ``done`` steps, log it, keep the best weights."""
+        if self.evaluator is None or self.best is None:
+            return
+        self.objective.eval()
+        with torch.no_grad():
+            metrics = self.evaluator(self.objective)
+        self.model.train()
+        if self.select_key not in metrics:
+            raise ValueError(
+                f"evaluator returned no {self.select_key!r} (has {sorted(metrics)})"
+            )
+        self._append({"step": done - 1, **{f"val_{k}": v for k, v in metrics.items()}})
+        if self.dist.is_main:
+            log.info(
+                "validation after %d steps: %s", done,
+                " ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+            )
+        score, best = metrics[self.select_key], self.best
+        if math.isfinite(score) and score > best.score:
+            best.score, best.step, best.metrics = score, done, dict(metrics)
+            best.state = _clone_tensors(self.objective.state_dict())
