@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_apnea.py cv --folds 35        # LOSO on apnea-ecg-hr/train
     .venv/bin/python tools/bench_apnea.py resp                 # excerpt3 detector vs expert
+    .venv/bin/python tools/bench_apnea.py stream               # per-epoch cost, one bed
 
 Both print a JSON summary (and ``--out FILE`` writes it). The folds are fixed: record ``i`` of the
 sorted ids goes to fold ``i mod K``; K = number of records is leave-one-subject-out (one night per
@@ -92,6 +93,43 @@ def run_resp(edf: Path) -> dict[str, object]:
     return out
 
 
+def run_stream(edf: Path) -> dict[str, object]:
+    """Per-epoch CPU cost of one bed's apnea pathways on excerpt3 (50 Hz), epoch by epoch."""
+    import edfio
+
+    from rtsleep.apnea.aasm import RespiratoryDetector
+    from rtsleep.apnea.alerts import AlertTracker
+    from rtsleep.apnea.ecg_model import load_ecg_model
+    from rtsleep.apnea.ecg_stream import EcgApneaStream
+
+    sig = {s.label: s for s in edfio.read_edf(edf).signals}
+    fs = float(sig["ECG"].sampling_frequency)
+    n_ep = int(sig["ECG"].data.size // (30 * fs))
+    ecg = EcgApneaStream(load_ecg_model(), ecg_fs=fs)
+    det = RespiratoryDetector(fs, AasmConfig(rule="flow"), has_effort=True, has_spo2=True)
+    alerts = AlertTracker("bench", gate_by_stage=False)
+    t_ecg, t_resp = [], []
+    for k in range(n_ep):
+        sl = slice(int(k * 30 * fs), int((k + 1) * 30 * fs))
+        t0 = time.perf_counter()
+        ecg.push_ecg(sig["ECG"].data[sl])
+        t1 = time.perf_counter()
+        eff = np.stack([sig["VTH"].data[sl], sig["VAB"].data[sl]])
+        alerts.on_updates(det.push(sig["NAF1"].data[sl], eff, sig["SAO2"].data[sl]))
+        t2 = time.perf_counter()
+        t_ecg.append(t1 - t0)
+        t_resp.append(t2 - t1)
+
+    def stats(x: list[float]) -> dict[str, float]:
+        a = np.asarray(x) * 1000.0
+        return {
+            "median_ms": round(float(np.median(a)), 2),
+            "p95_ms": round(float(np.percentile(a, 95)), 2),
+        }
+
+    return {"epochs": n_ep, "fs": fs, "ecg_pathway": stats(t_ecg), "resp_pathway": stats(t_resp)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,13 +141,20 @@ def main() -> None:
     cv.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     rp = sub.add_parser("resp")
     rp.add_argument("--edf", type=Path, default=data_dir() / "dreams-spindles" / "excerpt3.edf")
-    for p in (cv, rp):
+    st = sub.add_parser("stream")
+    st.add_argument("--edf", type=Path, default=data_dir() / "dreams-spindles" / "excerpt3.edf")
+    for p in (cv, rp, st):
         p.add_argument("--out", type=Path, default=None)
         p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    res = run_cv(args.data, args.folds, args.epochs) if args.cmd == "cv" else run_resp(args.edf)
+    if args.cmd == "cv":
+        res = run_cv(args.data, args.folds, args.epochs)
+    elif args.cmd == "resp":
+        res = run_resp(args.edf)
+    else:
+        res = run_stream(args.edf)
     text = json.dumps(res, indent=2)
     if args.out:
         args.out.write_text(text)
