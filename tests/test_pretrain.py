@@ -28,6 +28,8 @@ from offline.pretrain.common import nt_xent, random_token_mask
 from offline.pretrain.run import PretrainConfig, pretrain
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
 from offline.train_loop import LoopConfig
+from offline.validation import predict_source
+from rtsleep.cli import app as rtsleep_app
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.recording import Modality
 from rtsleep.data.store import write_recording
@@ -191,8 +193,8 @@ def real_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return root
 
 
-def test_mc2_on_real_recordings_loss_falls_and_its_finetuned_model_streams_like_offline(
-    real_store: Path, tmp_path: Path
+def test_mc2_on_real_recordings_loss_falls_and_its_finetuned_model_scores_like_the_daemon(
+    real_store: Path, shared_data: Path, tmp_path: Path
 ) -> None:
     # Measured: last-10 mean 0.84 x first-5 mean (seed 0, 40 steps, 1 thread).
     cfg = PretrainConfig(method="mc2", model=ModelSection("tiny"), loop=LOOP)
@@ -220,6 +222,20 @@ def test_mc2_on_real_recordings_loss_falls_and_its_finetuned_model_streams_like_
         )
     assert torch.allclose(probs, offline.stage_probs[0], atol=1e-5)
     assert torch.equal(probs.argmax(-1), offline.stage_probs[0].argmax(-1))
+    # The daemon's own offline path (rtsleep score: replay layout, epocher, causal
+    # preprocessing from the raw EDF, Scorer.step) gives the training-side predictions.
+    scored = tmp_path / "score.jsonl"
+    result = CliRunner().invoke(
+        rtsleep_app,
+        ["score", str(shared_data / "dreams-spindles" / "excerpt3.edf"), "--model",
+         str(tmp_path / "ft" / "model.safetensors"), "--dataset", "dreams", "--out", str(scored)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    daemon = np.array([[r["probs"][k] for k in ("W", "N1", "N2", "N3", "R")] for r in rows])
+    ours = predict_source(model, src, index.n_times)["stage_probs"]
+    assert daemon.shape == ours.shape
+    assert np.allclose(daemon, ours, atol=1e-5)
 
 
 def test_window_sampler_reads_stored_epochs_from_at_most_the_chosen_row_groups(
