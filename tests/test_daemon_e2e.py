@@ -24,6 +24,8 @@ import pytest
 import torch
 import zmq
 
+from rtsleep.daemon.commands import check_config
+from rtsleep.daemon.config import load_config
 from rtsleep.daemon.messages import decode
 from rtsleep.daemon.replay import Player, PlayerConfig
 from rtsleep.daemon.state import load_state
@@ -194,6 +196,7 @@ def score_offline(path: Path, model: Path, out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_replay_max_speed_gives_60_epochs_equal_to_score(
     shared_data: Path, model_path: Path, tmp_path: Path, ctx: zmq.Context[Any]
 ) -> None:
@@ -213,6 +216,11 @@ def test_replay_max_speed_gives_60_epochs_equal_to_score(
         finally:
             replay.kill()
             replay.wait(10)
+        # a dashboard joining now gets the last stage at once (last-value cache)
+        late = Sub(ctx, port)
+        late.pump(lambda: bool(late.stages), 10, daemon)
+        assert late.stages[0]["epoch"] == N_EPOCHS - 1
+        assert late.stages[0]["seq"] == sub.stages[-1]["seq"]
         code = daemon.stop(signal.SIGTERM)
     finally:
         if daemon.proc.poll() is None:
@@ -234,6 +242,7 @@ def test_replay_max_speed_gives_60_epochs_equal_to_score(
     assert "stopped" in daemon.text()
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_continues_indices_with_state_restored(
     shared_data: Path, model_path: Path, tmp_path: Path, ctx: zmq.Context[Any]
 ) -> None:
@@ -276,6 +285,7 @@ def test_sigkill_and_restart_continues_indices_with_state_restored(
     assert final["epochs_scored"] == sum(m["status"] == "scored" for m in sub.stages)
 
 
+@pytest.mark.slow
 def test_stream_killed_mid_epoch_flags_epochs_and_scoring_resumes(
     shared_data: Path, model_path: Path, tmp_path: Path, ctx: zmq.Context[Any]
 ) -> None:
@@ -295,6 +305,8 @@ def test_stream_killed_mid_epoch_flags_epochs_and_scoring_resumes(
                                            wait_consumers_s=20)))
         players[0].start(timeout_s=60)
         sub.pump(lambda: bool(sub.stages) and sub.stages[-1]["epoch"] >= 9, 60, daemon)
+        # rtsleep check: the config is valid, the model loads and every stream is there
+        assert check_config(load_config(cfg)) == []
         players[0].kill()
         # same source ids and timeline, resuming at 450 s (epoch 15): a 135-s outage
         players.append(Player(PlayerConfig(path=edf, speed=60.0, t0=t0, start_s=450.0,
@@ -337,6 +349,22 @@ def test_config_errors_exit_nonzero_with_one_line(tmp_path: Path, text: str, wor
         assert res.returncode != 0
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and words in lines[0] and str(cfg) in lines[0], res.stderr
+
+
+def test_curve_misconfiguration_fails_startup_with_one_line(
+    model_path: Path, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path, model_path, "x.edf", free_port())
+    text = cfg.read_text().replace(
+        "[zmq]", f'[zmq]\ncurve_secret_key = "{tmp_path / "server.key_secret"}"\n'
+                 f'curve_allow_dir = "{tmp_path}"')
+    cfg.write_text(text)
+    res = subprocess.run(rtsleep("serve", "--config", str(cfg)), env=child_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == f"rtsleep serve: {tmp_path / 'server.key_secret'}: CURVE secret key file " \
+                   "not found"
 
 
 def test_unknown_model_fails_startup_and_check(tmp_path: Path) -> None:
