@@ -236,7 +236,7 @@ def _pcts(values: list[float]) -> dict[str, float]:
 
 def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, tick_s: float,
             poll_s: float, daemon_cpus: str, startup_limit_s: float, torch_threads: int,
-            log_dir: Path | None = None) -> RunResult:
+            log_dir: Path | None = None, inlet_buflen_s: int = 0) -> RunResult:
     """One bed count: feeder outlets, then the daemon; once every stream is connected, play
     for one epoch period of warm-up plus ``seconds`` and measure the window."""
     import zmq
@@ -249,6 +249,11 @@ def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, t
     if torch_threads > 0:
         env["OMP_NUM_THREADS"] = str(torch_threads)
     cmd = [sys.executable, "-m", "rtsleep.cli", "serve", "--config", str(cfg)]
+    if inlet_buflen_s > 0:  # what-if: a shorter liblsl queue per inlet (no config key for it)
+        boot = ("import sys, rtsleep.daemon.inlet as m; "
+                f"m.Inlet.__init__.__kwdefaults__['max_buflen_s'] = {int(inlet_buflen_s)}; "
+                "from rtsleep.cli import main; sys.argv[0] = 'rtsleep'; main()")
+        cmd = [sys.executable, "-c", boot, "serve", "--config", str(cfg)]
     if daemon_cpus:
         cmd = ["taskset", "-c", daemon_cpus, *cmd]
     log_path = (log_dir or tmp) / f"daemon-{n_beds}.log"
@@ -447,6 +452,8 @@ def main(
     torch_threads: Annotated[int, typer.Option(
         help="OMP_NUM_THREADS of the daemon (0: torch's default, one per core).")] = 1,
     log_dir: Annotated[str, typer.Option(help="Keep the daemon logs here.")] = "",
+    inlet_buflen: Annotated[int, typer.Option(
+        help="What-if: liblsl queue per inlet in s (0: the daemon's default).")] = 0,
     json_out: Annotated[str, typer.Option("--json", help="Write raw results here.")] = "",
 ) -> None:
     """Run the daemon benchmark and print a Markdown table."""
@@ -471,7 +478,8 @@ def main(
                 "RANGE", str(max(32, 2 * n + 32))))
             os.environ["LSLAPICFG"] = str(cfg)  # inherited by the feeder and the daemon
             res = run_one(n, sp, seconds, model_path, tmp, tick, poll, daemon_cpus,
-                          startup_limit, torch_threads, Path(log_dir) if log_dir else None)
+                          startup_limit, torch_threads, Path(log_dir) if log_dir else None,
+                          inlet_buflen)
             log.info("%d bed(s): %s", n, res)
             results.append(res)
     base = next((r.rss_mb for r in results if r.n_beds == 1), None)
