@@ -47,6 +47,16 @@ log = logging.getLogger(__name__)
 TASKS = ("stage", "apnea", "hypopnea")
 """Downstream tasks: 5-class stage, and per-epoch apnea / hypopnea presence."""
 
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    """``"stage"`` or several joined by ``+`` (``"stage+apnea+hypopnea"``); ``"all"`` = every
+    task. The first task is the primary one (validation, logs)."""
+    names = TASKS if text == "all" else tuple(t.strip() for t in text.split("+") if t.strip())
+    bad = [t for t in names if t not in TASKS]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"task must be one or more of {TASKS} joined by '+', got {text!r}")
+    return names
+
 #: Event types whose presence in a recording shows its source scores respiratory events.
 RESPIRATORY_EVENTS = (
     "apnea",
@@ -431,15 +441,15 @@ class SequenceDataConfig:
 class SequenceBatch:
     """One training step of ``B`` lanes and ``T`` arrivals.
 
-    ``x (B, T, M, S)``, ``mask (B, T, M)``; ``target (B, T)`` (int64 class or float 0/1);
-    ``valid (B, T)`` bool (False = no label for that arrival); ``reset (B,)`` bool (the lane starts
-    a recording: zero its state first).
+    ``x (B, T, M, S)``, ``mask (B, T, M)``; per task, ``target[task] (B, T)`` (int64 class or
+    float 0/1) and ``valid[task] (B, T)`` bool (False = no label for that arrival); ``reset (B,)``
+    bool (the lane starts a recording: zero its state first).
     """
 
     x: Tensor
     mask: Tensor
-    target: Tensor
-    valid: Tensor
+    target: dict[str, Tensor]
+    valid: dict[str, Tensor]
     reset: Tensor
 
 
@@ -533,8 +543,9 @@ class SequenceStream:
 
     Args:
         index: the store.
-        sources: training recordings (already label-fraction filtered).
-        task: one of :data:`TASKS`.
+        sources: training recordings (already label-fraction filtered); those without a label
+            for any of the tasks are dropped.
+        task: one of :data:`TASKS` or several joined by ``+`` (:func:`parse_tasks`).
         n_lanes: batch size (lanes) on this process.
         cfg: chunk lengths.
         lookahead: the model's ``lookahead_epochs``.
@@ -553,15 +564,16 @@ class SequenceStream:
         augment: AugmentConfig,
         seed: int,
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.tasks = parse_tasks(task)
         self.index = index
-        self.task = task
         self.lookahead = lookahead
         self.augment = augment
         self.sources = list(sources)
-        self.targets = [task_targets(s, task) for s in self.sources]
-        usable = [i for i, (_, v) in enumerate(self.targets) if v.any()]
+        #: Per recording: task -> (target, valid), each ``(n_epochs,)``.
+        self.targets = [{t: task_targets(s, t) for t in self.tasks} for s in self.sources]
+        usable = [
+            i for i, per in enumerate(self.targets) if any(v.any() for _, v in per.values())
+        ]
         if not usable:
             raise DataError(index.root, f"no training recording has labels for task {task!r}")
         self.sources = [self.sources[i] for i in usable]
@@ -579,10 +591,11 @@ class SequenceStream:
         """The next chunk of every lane."""
         t, plan = self.planner.step()
         s, k = self.index.n_times, self.lookahead
-        sig, masks, tgts, valids, resets = [], [], [], [], []
+        sig, masks, resets = [], [], []
+        tgts: dict[str, list[np.ndarray]] = {task: [] for task in self.tasks}
+        valids: dict[str, list[np.ndarray]] = {task: [] for task in self.tasks}
         for src_i, start, reset in plan:
             src = self.sources[src_i]
-            target, valid = self.targets[src_i]
             sig.append(src.read_signal(start, start + t, self.margin, s))  # (M, N)
             arrivals = np.arange(start, start + t)  # (T,)
             inside = arrivals < src.n_epochs
@@ -590,8 +603,9 @@ class SequenceStream:
             lab = arrivals - k
             ok = (lab >= 0) & (lab < src.n_epochs)
             lab_c = np.clip(lab, 0, src.n_epochs - 1)
-            tgts.append(target[lab_c])
-            valids.append(ok & valid[lab_c])
+            for task, (target, valid) in self.targets[src_i].items():
+                tgts[task].append(target[lab_c])
+                valids[task].append(ok & valid[lab_c])
             resets.append(reset)
         signal = torch.from_numpy(np.stack(sig))  # (B, M, N)
         mask = torch.from_numpy(np.stack(masks))  # (B, T, M)
@@ -601,17 +615,18 @@ class SequenceStream:
         return SequenceBatch(
             x=x,
             mask=mask,
-            target=torch.from_numpy(np.stack(tgts)),
-            valid=torch.from_numpy(np.stack(valids)),
+            target={task: torch.from_numpy(np.stack(v)) for task, v in tgts.items()},
+            valid={task: torch.from_numpy(np.stack(v)) for task, v in valids.items()},
             reset=torch.tensor(resets, dtype=torch.bool),
         )
 
-    def class_counts(self) -> np.ndarray:
-        """Labelled epochs per class over the training recordings: ``(5,)`` for stage,
-        ``(2,)`` (absent, present) for apnea / hypopnea."""
-        n_cls = 5 if self.task == "stage" else 2
+    def class_counts(self, task: str) -> np.ndarray:
+        """Labelled epochs per class of ``task`` over the training recordings: ``(5,)`` for
+        stage, ``(2,)`` (absent, present) for apnea / hypopnea."""
+        n_cls = 5 if task == "stage" else 2
         counts = np.zeros(n_cls, dtype=np.int64)
-        for target, valid in self.targets:
+        for per in self.targets:
+            target, valid = per[task]
             counts += np.bincount(target[valid].astype(np.int64), minlength=n_cls)[:n_cls]
         return counts
 

@@ -10,7 +10,10 @@ offline ``forward`` the model was trained with.
 
 **Tasks.** ``stage`` (5-class cross-entropy, unscored epochs ignored), ``apnea`` and ``hypopnea``
 (binary cross-entropy on the per-epoch flags; only recordings whose source scored respiratory
-events count as labelled).
+events count as labelled). Several at once (``"stage+apnea+hypopnea"`` or ``"all"``): the loss is
+the sum of the tasks' losses, each over its own labelled epochs, so one checkpoint carries every
+head the daemon publishes; the first task is the primary one (validation). The card's
+``trained_heads`` says which heads were trained (the others keep their initialisation).
 
 **Class imbalance** is handled by loss weighting, computed from the training labels:
 ``w_c = (N / (C * n_c)) ** class_weight_power`` for the ``C`` classes present (absent classes get
@@ -53,12 +56,12 @@ from torch import Tensor, nn
 from offline.augment import AugmentConfig
 from offline.config import ModelSection, config_to_json
 from offline.data import (
-    TASKS,
     DataSelection,
     SequenceDataConfig,
     SequenceStream,
     StoreIndex,
     label_fraction_subset,
+    parse_tasks,
     split_subjects,
     task_targets,
 )
@@ -73,7 +76,7 @@ from offline.train_loop import (
 from offline.validation import validation_metrics
 from rtsleep.data.errors import DataError
 from rtsleep.models import SleepNet, SleepNetConfig, load_model, save_model
-from rtsleep.models.sleepnet import N_EPOCHS_KEY
+from rtsleep.models.sleepnet import N_EPOCHS_KEY, SleepNetOutput
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,7 @@ class FinetuneConfig:
     select_metric: str = "macro_f1"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        parse_tasks(self.task)
         if self.class_weight_power < 0 or self.encoder_lr_scale < 0:
             raise ValueError("class_weight_power and encoder_lr_scale must be >= 0")
         if self.select_metric not in ("macro_f1", "accuracy") or self.eval_every < 1:
@@ -141,7 +143,17 @@ def positive_weight(counts: np.ndarray, power: float) -> float:
 
 
 class SequenceObjective(nn.Module):
-    """Sequence loss of one task with the recurrent state carried across steps (see module doc)."""
+    """Sequence loss of one or more tasks with the recurrent state carried across steps (see
+    the module doc). The loss is the sum of the tasks' losses, each a mean over its labelled
+    epochs of the batch.
+
+    Args:
+        net: the model.
+        task: one task or several joined by ``+`` (:func:`offline.data.parse_tasks`).
+        weights: ``{"stage": (5,) class weights}`` and/or ``{"apnea": pos_weight, ...}``;
+            missing entries weigh 1.
+        frozen_encoder: keep the encoder in eval mode.
+    """
 
     class_weight: Tensor
 
@@ -149,18 +161,17 @@ class SequenceObjective(nn.Module):
         self,
         net: SleepNet,
         task: str,
-        weights: np.ndarray | None = None,
-        pos_weight: float = 1.0,
+        weights: dict[str, Any] | None = None,
         frozen_encoder: bool = False,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.tasks = parse_tasks(task)
         self.net = net
-        self.task = task
-        self.pos_weight = float(pos_weight)
+        weights = weights or {}
+        self.pos_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks if t != "stage"}
         self.frozen_encoder = frozen_encoder
-        w = torch.ones(net.cfg.heads.n_outputs) if weights is None else torch.as_tensor(weights)
+        stage_w = weights.get("stage")
+        w = torch.ones(net.cfg.heads.n_outputs) if stage_w is None else torch.as_tensor(stage_w)
         self.register_buffer("class_weight", w.float(), persistent=False)
         self._carry: dict[str, Tensor] | None = None
 
@@ -189,31 +200,46 @@ class SequenceObjective(nn.Module):
             out[k] = torch.where(keep, v, torch.zeros_like(v))
         return out
 
-    def forward(
-        self, x: Tensor, mask: Tensor, target: Tensor, valid: Tensor, reset: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``x (B, T, M, S)``, ``mask (B, T, M)``, ``target``/``valid (B, T)``, ``reset (B,)``."""
-        state = self._state(x.shape[0], reset, x)
-        out, new_state = self.net(x, mask, state)
-        self._carry = {k: v.detach() for k, v in new_state.items()}
-        n_valid = valid.sum()
-        if self.task == "stage":
+    def _task_loss(
+        self, out: SleepNetOutput, task: str, target: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss, accuracy)`` of one task over its labelled arrivals ``valid (B, T)``."""
+        if task == "stage":
             logits = out.stage_logits[valid]  # (n, C)
             y = target[valid].long()  # (n,)
             if y.numel() == 0:
-                return out.stage_logits.sum() * 0.0, {"accuracy": n_valid.float() * 0}
+                return out.stage_logits.sum() * 0.0, valid.sum().float() * 0
             loss = F.cross_entropy(logits, y, weight=self.class_weight.to(logits.dtype))
-            acc = (logits.argmax(dim=-1) == y).float().mean()
-            return loss, {"accuracy": acc.detach()}
-        logit_all = out.apnea_logit if self.task == "apnea" else out.hypopnea_logit  # (B, T)
-        logit = logit_all[valid]
+            return loss, (logits.argmax(dim=-1) == y).float().mean()
+        logit_all = out.apnea_logit if task == "apnea" else out.hypopnea_logit  # (B, T)
+        logit = logit_all[valid]  # (n,)
         y_f = target[valid].to(logit.dtype)
         if y_f.numel() == 0:
-            return logit_all.sum() * 0.0, {"accuracy": n_valid.float() * 0}
-        pos_weight = torch.tensor(self.pos_weight, dtype=logit.dtype, device=logit.device)
+            return logit_all.sum() * 0.0, valid.sum().float() * 0
+        pos_weight = torch.tensor(self.pos_weights[task], dtype=logit.dtype, device=logit.device)
         loss = F.binary_cross_entropy_with_logits(logit, y_f, pos_weight=pos_weight)
-        acc = ((logit > 0).to(y_f.dtype) == y_f).float().mean()
-        return loss, {"accuracy": acc.detach()}
+        return loss, ((logit > 0).to(y_f.dtype) == y_f).float().mean()
+
+    def forward(
+        self, x: Tensor, mask: Tensor, reset: Tensor, **labels: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``x (B, T, M, S)``, ``mask (B, T, M)``, ``reset (B,)``; per task ``target_<task>``
+        and ``valid_<task>`` ``(B, T)``."""
+        state = self._state(x.shape[0], reset, x)
+        out, new_state = self.net(x, mask, state)
+        self._carry = {k: v.detach() for k, v in new_state.items()}
+        total = x.new_zeros(())
+        metrics: dict[str, Tensor] = {}
+        for task in self.tasks:
+            loss, acc = self._task_loss(
+                out, task, labels[f"target_{task}"], labels[f"valid_{task}"]
+            )
+            total = total + loss
+            key = "accuracy" if len(self.tasks) == 1 else f"{task}_accuracy"
+            metrics[key] = acc.detach()
+            if len(self.tasks) > 1:
+                metrics[f"{task}_loss"] = loss.detach()
+        return total, metrics
 
 
 class SequenceBatches:
@@ -224,7 +250,11 @@ class SequenceBatches:
 
     def next(self, rng: np.random.Generator, gen: torch.Generator) -> dict[str, Tensor]:
         b = self.stream.next_batch(gen)
-        return {"x": b.x, "mask": b.mask, "target": b.target, "valid": b.valid, "reset": b.reset}
+        out = {"x": b.x, "mask": b.mask, "reset": b.reset}
+        for task in self.stream.tasks:
+            out[f"target_{task}"] = b.target[task]
+            out[f"valid_{task}"] = b.valid[task]
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return self.stream.state_dict()
@@ -307,10 +337,12 @@ def _finetune(
     dist: DistInfo,
 ) -> Path:
     index = StoreIndex(store, cfg.select, cache_mb=cfg.data.cache_mb)
+    tasks = parse_tasks(cfg.task)
+    primary = tasks[0]
     train_sources, val_sources = split_subjects(index.sources, cfg.val_fraction, cfg.loop.seed)
-    val_sources = [s for s in val_sources if task_targets(s, cfg.task)[1].any()]
+    val_sources = [s for s in val_sources if task_targets(s, primary)[1].any()]
     if cfg.val_fraction > 0 and not val_sources:
-        raise DataError(index.root, f"no validation recording has labels for {cfg.task!r}")
+        raise DataError(index.root, f"no validation recording has labels for {primary!r}")
     sources = label_fraction_subset(train_sources, cfg.data.label_fraction, cfg.loop.seed)
     net = build_net(cfg, index, mode)
     stream = SequenceStream(
@@ -323,19 +355,23 @@ def _finetune(
         cfg.augment,
         seed=cfg.loop.seed * 1000 + dist.rank,
     )
-    counts = stream.class_counts()
-    if cfg.task == "stage":
-        weights, pos_w = class_weights(counts, cfg.class_weight_power), 1.0
-        log.info("stage counts %s -> class weights %s", counts.tolist(),
-                 np.round(weights, 3).tolist())
-    else:
-        weights, pos_w = None, positive_weight(counts, cfg.class_weight_power)
-        log.info("%s counts %s -> pos_weight %.3g", cfg.task, counts.tolist(), pos_w)
+    counts = {t: stream.class_counts(t) for t in tasks}
+    weights: dict[str, Any] = {}
+    for t in tasks:
+        if counts[t].sum() == 0:
+            log.warning("%s: no labelled epoch in the training recordings; its loss is 0", t)
+        elif t == "stage":
+            weights[t] = class_weights(counts[t], cfg.class_weight_power)
+            log.info("stage counts %s -> class weights %s", counts[t].tolist(),
+                     np.round(weights[t], 3).tolist())
+        else:
+            weights[t] = positive_weight(counts[t], cfg.class_weight_power)
+            log.info("%s counts %s -> pos_weight %.3g", t, counts[t].tolist(), weights[t])
     frozen = mode == "probe" or cfg.encoder_lr_scale == 0
     if frozen:
         for p in net.encoder.parameters():
             p.requires_grad_(False)
-    objective = SequenceObjective(net, cfg.task, weights, pos_w, frozen_encoder=frozen)
+    objective = SequenceObjective(net, cfg.task, weights, frozen_encoder=frozen)
     enc_ids = {id(p) for p in net.encoder.parameters()}
     trainable = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
     groups = [([p for _, p in trainable if id(p) not in enc_ids], 1.0)]
@@ -344,7 +380,7 @@ def _finetune(
         groups.append((enc, cfg.encoder_lr_scale))
     log.info(
         "%s %s on %d recordings (%d labelled epochs), %d trainable parameters",
-        mode, cfg.task, len(stream.sources), int(counts.sum()),
+        mode, cfg.task, len(stream.sources), int(counts[primary].sum()),
         sum(p.numel() for _, p in trainable),
     )
     config_json = config_to_json(cfg) + json.dumps({"mode": mode})
@@ -354,7 +390,7 @@ def _finetune(
                  sorted({s.subject for s in val_sources}))
 
         def evaluator(obj: nn.Module) -> dict[str, float]:
-            return validation_metrics(net, val_sources, cfg.task, index.n_times)
+            return validation_metrics(net, val_sources, primary, index.n_times)
 
     result = train_loop(
         objective,
@@ -382,12 +418,13 @@ def _finetune(
             "training": {
                 "stage": mode,
                 "task": cfg.task,
+                "trained_heads": list(tasks),
                 "steps": result.steps,
                 "store": str(store),
                 "init": cfg.init or None,
                 "recordings": [s.id for s in stream.sources],
                 "subjects": sorted({s.subject for s in stream.sources}),
-                "class_counts": counts.tolist(),
+                "class_counts": {t: c.tolist() for t, c in counts.items()},
                 "validation_recordings": [s.id for s in val_sources],
                 "selected_step": result.best_step,
                 "validation": result.best_metrics,

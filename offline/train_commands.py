@@ -119,7 +119,12 @@ def _downstream(
     typer.echo(str(path))
 
 
-TaskOpt = Annotated[str, typer.Option("--task", help=f"One of {', '.join(TASKS)}.")]
+TaskOpt = Annotated[
+    str,
+    typer.Option(
+        "--task", help=f"One of {', '.join(TASKS)}, several joined by '+', or 'all'."
+    ),
+]
 FractionOpt = Annotated[
     float | None,
     typer.Option("--label-fraction", help="Fraction of training subjects whose labels are used."),

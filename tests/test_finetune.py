@@ -133,11 +133,12 @@ def test_carried_state_over_chunks_equals_one_pass_over_the_recording(store: Pat
     with torch.no_grad():
         full, _ = net(x, mask)
         # A stale state from another recording must be wiped by the reset at epoch 0.
-        obj(x[:, 5:9], mask[:, 5:9], target[:, 5:9], valid[:, 5:9], torch.tensor([True]))
+        obj(x[:, 5:9], mask[:, 5:9], torch.tensor([True]), target_stage=target[:, 5:9],
+            valid_stage=valid[:, 5:9])
         cuts = [0, 7, 12, n]
         for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-            loss, _ = obj(x[:, a:b], mask[:, a:b], target[:, a:b], valid[:, a:b],
-                          torch.tensor([a == 0]))
+            loss, _ = obj(x[:, a:b], mask[:, a:b], torch.tensor([a == 0]),
+                          target_stage=target[:, a:b], valid_stage=valid[:, a:b])
             ok = valid[0, a:b]
             expect = F.cross_entropy(full.stage_logits[0, a:b][ok], target[0, a:b][ok])
             assert torch.allclose(loss, expect, atol=1e-5), (a, b)
@@ -168,13 +169,13 @@ def test_lanes_play_recordings_from_the_start_in_consecutive_chunks(store: Path)
                 assert (src_now, start) == (src_i, pos) and start == last[lane][1] + last[lane][2]
             last[lane] = (src_now, start, t)
             src = stream.sources[src_now]
-            target, valid = stream.targets[src_now]
+            target, valid = stream.targets[src_now]["stage"]
             arrivals = np.arange(start, start + t)
             for i, e in enumerate(arrivals):
                 labelled = 0 <= e - k < src.n_epochs and valid[e - k]
-                assert bool(batch.valid[lane, i]) == labelled
+                assert bool(batch.valid["stage"][lane, i]) == labelled
                 if labelled:
-                    assert int(batch.target[lane, i]) == int(target[e - k])
+                    assert int(batch.target["stage"][lane, i]) == int(target[e - k])
                 assert bool(batch.mask[lane, i].any()) == (e < src.n_epochs)
             # Inputs are the stored epochs, unaugmented.
             ins = arrivals[arrivals < src.n_epochs]
@@ -243,7 +244,7 @@ def test_finetune_cli_trains_apnea_on_a_label_fraction_of_subjects(tmp_path: Pat
     assert card is not None
     training = card["training"]
     assert training["task"] == "apnea" and len(training["subjects"]) == 2
-    negative, positive = training["class_counts"]
+    negative, positive = training["class_counts"]["apnea"]
     assert positive > 0 and negative > positive
 
 
@@ -337,3 +338,23 @@ def test_prefetching_batches_in_a_thread_changes_no_weight_even_across_a_resume(
     finetune(cfg, store, tmp_path, resume=True)
     a, b = _weights(run_a / "model.safetensors"), _weights(tmp_path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_multitask_training_fits_every_head_in_one_checkpoint(tmp_path: Path) -> None:
+    root = synthetic_store(tmp_path / "store", n_recordings=3, n_epochs=14, apnea=True)
+    path = finetune(_cfg(task="all", loop=dataclasses.replace(LOOP, steps=3)), root,
+                    tmp_path / "run")
+    training = load_checkpoint_meta(path).card["training"]  # type: ignore[index]
+    assert training["trained_heads"] == ["stage", "apnea", "hypopnea"]
+    assert sum(training["class_counts"]["stage"]) == 42
+    assert training["class_counts"]["apnea"][1] > 0
+    assert training["class_counts"]["hypopnea"] == [42, 0]  # scored, none present
+    rows = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text()
+            .splitlines()]
+    assert {"stage_loss", "apnea_loss", "hypopnea_loss", "stage_accuracy"} <= set(rows[0])
+    assert all(
+        r["loss"] == pytest.approx(r["stage_loss"] + r["apnea_loss"] + r["hypopnea_loss"])
+        for r in rows
+    )
+    with pytest.raises(ValueError, match="joined by"):
+        FinetuneConfig(task="stage+snoring")
