@@ -104,16 +104,23 @@ def choose_recording(file: Path | None) -> Path:
 
 
 def expert_stages(path: Path, dataset: str) -> np.ndarray | None:
-    """The expert hypnogram per 30-s epoch (``Stage`` values, -1 unscored), if the file has one."""
+    """The expert hypnogram per 30-s epoch (``Stage`` values, -1 unscored), if one is found.
+
+    ``dataset`` is tried first, then the other readers that pair a signal file with a hypnogram.
+    """
     from rtsleep.data.errors import DataError
     from rtsleep.data.readers import read_recording
 
-    try:
-        stages = read_recording(dataset, path).stages
-    except (DataError, OSError, ValueError) as err:
-        log.warning("no expert hypnogram: %s", err)
-        return None
-    return None if stages is None else np.asarray(stages)
+    for ds in dict.fromkeys((dataset, "sleep-edf", "dreams")):
+        try:
+            stages = read_recording(ds, path).stages
+        except (DataError, OSError, ValueError) as err:
+            log.debug("%s reader: %s", ds, err)
+            continue
+        if stages is not None:
+            return np.asarray(stages)
+    log.warning("%s: no expert hypnogram found; agreement is n/a", path)
+    return None
 
 
 def agreement(messages: list[dict[str, Any]], expert: np.ndarray | None) -> float | None:
@@ -144,7 +151,7 @@ def _say(out: Any, text: str) -> None:
 
 
 def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float,
-             live: bool | None = None) -> int:
+             live: bool | None = None, dataset: str | None = None) -> int:
     """Run the demo (see the module docstring); returns the exit code."""
     import zmq
 
@@ -158,7 +165,7 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
         raise DemoError(f"{model_path}: no trained model installed yet (the bundled default model"
                         " ships with a later build); run with --model PATH")
     path = choose_recording(file)
-    dataset = guess_dataset(path)
+    dataset = dataset or guess_dataset(path)
     plans = plan_outlets(str(path), load_channels(path))
     n_epochs = min(int(p.n_samples // round(EPOCH_S * p.sfreq)) for p in plans)
     if speed == "auto":
@@ -267,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="Replay speed factor, 'max' (latency then includes the backlog) "
                              "or 'auto' (60x, faster for nights over 2 h).")
     parser.add_argument("--timeout", type=float, default=600.0, help="Give up after this (s).")
+    parser.add_argument("--dataset", default=None,
+                        help="Reader for the expert hypnogram (default: guessed from the name).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run_demo(args.file, args.model, args.speed, args.timeout)
+        return run_demo(args.file, args.model, args.speed, args.timeout, dataset=args.dataset)
     except DemoError as err:
         _say(sys.stderr, f"demo: error: {err}")
         return 1
