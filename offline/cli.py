@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "offline.train_commands",
     "offline.apnea_train",
     "offline.evaluate",
+    "offline.cv",
+    "offline.train_default",
 )
 
 

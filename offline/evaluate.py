@@ -2,8 +2,8 @@
 
 ``--task apnea --dataset apnea-ecg``: the ECG apnea model per minute (both variants; the
 non-causal one is the headline), see :func:`offline.apnea_eval.evaluate_apnea_ecg`.
-``--task stage`` is provided by the training code; until it is registered in ``TASKS`` it stops
-with a clear error instead of a result.
+``--task stage`` (the default): the stage model offline and streaming, see
+:func:`offline.stage_eval.evaluate_stage`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,23 @@ def _evaluate_apnea(dataset: str, data: Path, model: Path | None, out: Path) -> 
     return report
 
 
+def _evaluate_stage(dataset: str, data: Path, model: Path | None, out: Path) -> dict[str, Any]:
+    from offline.stage_eval import evaluate_stage
+
+    report = evaluate_stage(dataset, data, model, out)
+    for mode in ("offline", "streaming"):
+        p = report["modes"][mode]["pooled"]
+        typer.echo(
+            f"{mode:>9}: accuracy {p['accuracy']:.4f}  macro-F1 {p['macro_f1']:.4f}  "
+            f"kappa {p['kappa']:.4f}  ({p['n_epochs']} epochs, "
+            f"{len(report['recordings'])} recordings)"
+        )
+    same = "identical" if report["streaming_matches_offline"] else "DIFFERENT"
+    typer.echo(f"streaming vs offline: {same} (max |dp| {report['max_abs_prob_diff']:.2e})")
+    typer.echo(f"report: {out / 'report.json'}")
+    return report
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -48,6 +65,7 @@ def _fmt(x: float | None) -> str:
 #: task -> function(dataset, data, model, out) printing metrics and writing out/report.json.
 TASKS: dict[str, Callable[[str, Path, Path | None, Path], dict[str, Any]]] = {
     Task.apnea: _evaluate_apnea,
+    Task.stage: _evaluate_stage,
 }
 
 
@@ -56,10 +74,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate(
-        task: Annotated[Task, typer.Option(help="What to evaluate.")],
         dataset: Annotated[str, typer.Option(help="Dataset layout, e.g. apnea-ecg.")],
         data: Annotated[Path, typer.Option(help="Folder with the labelled recordings.")],
         out: Annotated[Path, typer.Option(help="Report folder (report.json + PNG figures).")],
+        task: Annotated[Task, typer.Option(help="What to evaluate.")] = Task.stage,
         model: Annotated[
             Path | None, typer.Option(help="Model file; default: the shipped model.")
         ] = None,

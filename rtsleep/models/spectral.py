@@ -78,6 +78,12 @@ class SpectralConfig:
 class SpectralEncoder(nn.Module):
     """``x (B, S)`` preprocessed EEG -> ``(B, d_model)``; see the module doc."""
 
+    band_weights: Tensor
+    window: Tensor
+    density: Tensor
+    center: Tensor
+    scale: Tensor
+
     def __init__(self, cfg: SpectralConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -1,0 +1,330 @@
+"""Training of the spectral stage model (``SleepNetConfig(encoder="spectral")``).
+
+Two phases, both training the temporal module the way the daemon infers (causal Mamba, state from
+zero at the start of every training sequence, random crop positions and lengths, no look-ahead):
+
+1. **Pre-training on Sleep-EDF feature sequences.** The shared Sleep-EDF nights exist only as
+   per-epoch features; columns 0-3 (Fpz-Cz) and 9-12 (Pz-Oz) are the delta/theta/alpha/beta Welch
+   log band powers, converted exactly to the encoder's definition by
+   :func:`rtsleep.models.spectral.sleep_edf_band_log_power`. The encoder's MLP, the temporal module
+   and the stage head learn on sequences of them with real hypnogram dynamics. Each sequence draws
+   one of the two channels (channel robustness) and augmentations in the log-power domain: one
+   gain offset per sequence (amplitude robustness), one offset per band per sequence (montage and
+   sampling-rate robustness: a 50-Hz recording loses part of the beta band), and per-epoch noise.
+   Nights are trimmed to 30 min of wake around the sleep period. The few rows with a time gap
+   before them (at most 4 per night, see SOURCES.md) are treated as consecutive.
+2. **Fine-tuning on raw staged EEG** (DREAMS): the band powers are computed by the model's own
+   encoder from the preprocessed EEG (they have no parameters, so they are computed once), then
+   the whole model trains on random crops with the same augmentations, with early stopping on an
+   inner validation set that the caller draws from the training subjects only.
+
+Class imbalance: cross-entropy weighted by inverse square-root class frequency of the training
+labels (clipped to 0.2-5 x the mean weight), in both phases.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rtsleep.data.errors import DataError
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.data.recording import Modality, Stage
+from rtsleep.models.heads import HeadsConfig
+from rtsleep.models.sleepnet import SleepNet, SleepNetConfig
+from rtsleep.models.spectral import SpectralConfig, SpectralEncoder, sleep_edf_band_log_power
+from rtsleep.models.temporal import TemporalConfig
+
+log = logging.getLogger(__name__)
+
+N_CLASSES = 5
+SEDF_BAND_COLUMNS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (9, 10, 11, 12))
+"""Sleep-EDF feature columns of the four bands: Fpz-Cz, then Pz-Oz."""
+
+_SEDF_NAME = re.compile(r"^SC4(\d\d)(\d)E0\.npz$")
+
+
+def spectral_model_config(spec: PreprocessSpec | None = None) -> SleepNetConfig:
+    """The shipped spectral model: 32-wide embedding, 2 Mamba layers of width 32, linear head.
+
+    The encoder's ``input_scale_uv`` is the EEG scale of ``spec`` (default spec when None), so
+    band powers come out in µV²/Hz whatever the preprocessing gain.
+    """
+    eeg = (spec or PreprocessSpec.default()).for_modality(Modality.EEG)
+    return SleepNetConfig(
+        encoder="spectral",
+        spectral=SpectralConfig(
+            sfreq=eeg.sfreq, n_times=eeg.n_times(), input_scale_uv=eeg.scale, hidden=64,
+            d_model=32, dropout=0.1,
+        ),
+        temporal=TemporalConfig(d_model=32, n_layers=2, d_state=16),
+        heads=HeadsConfig(hidden=0),
+    )
+
+
+@dataclass
+class Sequence:
+    """One labelled sequence in the band-power domain.
+
+    ``log_power`` float32 ``(n, C, n_bands)`` (``C`` alternative channels, one drawn per crop),
+    ``stages`` int64 ``(n,)`` (-1 = unscored, ignored by the loss).
+    """
+
+    id: str
+    subject: str
+    log_power: Tensor
+    stages: Tensor
+
+
+def load_sleep_edf_features(folder: Path, wake_margin_epochs: int = 60) -> list[Sequence]:
+    """Sleep-EDF nights from ``features/SC4ssnE0.npz`` files (sorted), trimmed to the sleep period
+    plus ``wake_margin_epochs`` on each side. Subject = the two digits ``ss``."""
+    folder = Path(folder)
+    files = [(p, _SEDF_NAME.match(p.name)) for p in sorted(folder.rglob("*.npz"))]
+    matched = [(p, m) for p, m in files if m is not None]
+    if not matched:
+        raise DataError(folder, "no Sleep-EDF feature files (SC4ssnE0.npz)")
+    out: list[Sequence] = []
+    for path, m in matched:
+        with np.load(path) as d:
+            x, y = np.asarray(d["X"], dtype=np.float64), np.asarray(d["y"], dtype=np.int64)
+        if x.ndim != 2 or x.shape[1] < 13 or len(y) != len(x):
+            raise DataError(path, f"expected X (n, 72) and y (n,), got {x.shape} and {y.shape}")
+        sleep = np.flatnonzero(y != int(Stage.W))
+        if sleep.size == 0:
+            continue
+        lo = max(0, int(sleep[0]) - wake_margin_epochs)
+        hi = min(len(y), int(sleep[-1]) + 1 + wake_margin_epochs)
+        cols = torch.from_numpy(x[lo:hi])
+        lp = torch.stack(
+            [sleep_edf_band_log_power(cols[:, list(c)]) for c in SEDF_BAND_COLUMNS], dim=1
+        )  # (n, 2, 4)
+        out.append(
+            Sequence(
+                id=path.stem, subject=m.group(1), log_power=lp,
+                stages=torch.from_numpy(y[lo:hi].copy()),
+            )
+        )
+    return out
+
+
+@dataclass
+class TrainConfig:
+    """One training phase. Lengths in epochs (30 s)."""
+
+    steps: int = 1500
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    min_len: int = 20
+    max_len: int = 240
+    #: Per-sequence gain offset: uniform in ``±gain_log`` on the natural-log power scale.
+    gain_log: float = 1.0
+    #: Per-sequence, per-band offset std (log power).
+    band_log_std: float = 0.3
+    #: Per-epoch, per-band noise std (log power).
+    noise_std: float = 0.1
+    eval_every: int = 100
+    seed: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def class_weights(sequences: list[Sequence]) -> Tensor:
+    """Inverse square-root frequency weights ``(5,)``, mean 1, clipped to ``[0.2, 5]``."""
+    y = torch.cat([s.stages for s in sequences])
+    counts = torch.bincount(y[y >= 0], minlength=N_CLASSES).double().clamp_min(1.0)
+    w = counts.rsqrt()
+    w = w / w.mean()
+    return w.clamp(0.2, 5.0).float()
+
+
+def _sample_batch(
+    seqs: list[Sequence], cfg: TrainConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Random crops (one length per batch): ``lp (B, L, n_bands)``, ``y (B, L)``."""
+    max_len = min(cfg.max_len, min(len(s.stages) for s in seqs))
+    min_len = min(cfg.min_len, max_len)
+    length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
+    lps, ys = [], []
+    for _ in range(cfg.batch):
+        s = seqs[int(torch.randint(len(seqs), (1,), generator=gen))]
+        n = len(s.stages)
+        start = int(torch.randint(n - length + 1, (1,), generator=gen))
+        ch = int(torch.randint(s.log_power.shape[1], (1,), generator=gen))
+        lps.append(s.log_power[start : start + length, ch])  # (L, n_bands)
+        ys.append(s.stages[start : start + length])
+    lp = torch.stack(lps)  # (B, L, n_bands)
+    b, _, nb = lp.shape
+    gain = (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * cfg.gain_log  # (B, 1, 1)
+    band = torch.randn(b, 1, nb, generator=gen) * cfg.band_log_std  # (B, 1, n_bands)
+    noise = torch.randn(lp.shape, generator=gen) * cfg.noise_std  # (B, L, n_bands)
+    return lp + gain + band + noise, torch.stack(ys)
+
+
+def spectral_encoder(model: SleepNet) -> SpectralEncoder:
+    """The model's :class:`SpectralEncoder` (``TypeError`` for another encoder)."""
+    enc = model.encoder
+    if not isinstance(enc, SpectralEncoder):
+        raise TypeError(f"expected a spectral model, got encoder {model.cfg.encoder!r}")
+    return enc
+
+
+def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
+    """The model's stage logits for band log powers ``(B, T, n_bands) -> (B, T, 5)``, state from
+    zero (the same computation as ``SleepNet.forward`` after the Welch step)."""
+    emb = spectral_encoder(model).embed(log_power)  # (B, T, D)
+    y, _ = model.temporal(model.input_proj(model.input_norm(emb)))  # (B, T, d_model)
+    return model.heads(y).stage_logits
+
+
+@torch.no_grad()
+def sequence_loss(model: SleepNet, seqs: list[Sequence], weights: Tensor) -> tuple[float, float]:
+    """Weighted CE and accuracy over whole sequences (first channel, no augmentation)."""
+    was = model.training
+    model.eval()
+    tot, n, correct = 0.0, 0, 0
+    for s in seqs:
+        logits = stage_logits_from_log_power(model, s.log_power[None, :, 0])[0]  # (T, 5)
+        ok = s.stages >= 0
+        if not bool(ok.any()):
+            continue
+        tot += float(F.cross_entropy(logits[ok], s.stages[ok], weight=weights, reduction="sum"))
+        n += int(ok.sum())
+        correct += int((logits[ok].argmax(-1) == s.stages[ok]).sum())
+    model.train(was)
+    return tot / max(n, 1), correct / max(n, 1)
+
+
+def train_phase(
+    model: SleepNet,
+    train: list[Sequence],
+    val: list[Sequence] | None,
+    cfg: TrainConfig,
+    name: str,
+) -> tuple[SleepNet, int]:
+    """Train ``model`` in place on random crops of ``train``; every ``eval_every`` steps score
+    ``val`` (also before the first step) and keep the best weights (lowest weighted CE).
+    Returns (best model, best step);
+    without ``val`` the final weights and ``cfg.steps``. Losses go to ``cfg.history``."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    weights = class_weights(train)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.steps // 10)
+
+    def lr_factor(i: int) -> float:  # linear warm-up over 10 % of the steps, then cosine to 0
+        if i < warm:
+            return (i + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, cfg.steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    hist = cfg.history
+    for key in ("step", "train_loss", "val_loss", "val_acc"):
+        hist.setdefault(f"{name}_{key}", [])
+    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
+    if val:  # step 0 is a candidate too: training may not help at all
+        vl, va = sequence_loss(model, val, weights)
+        best = (vl, 0, best[2])
+        log.info("%s step 0: val %.3f acc %.3f", name, vl, va)
+    model.train()
+    running = 0.0
+    for step in range(1, cfg.steps + 1):
+        lp, y = _sample_batch(train, cfg, gen)
+        logits = stage_logits_from_log_power(model, lp)  # (B, L, 5)
+        ok = y >= 0
+        loss = F.cross_entropy(logits[ok], y[ok], weight=weights)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running += float(loss.detach())
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            k = cfg.eval_every if step % cfg.eval_every == 0 else step % cfg.eval_every
+            hist[f"{name}_step"].append(float(step))
+            hist[f"{name}_train_loss"].append(running / k)
+            running = 0.0
+            if val:
+                vl, va = sequence_loss(model, val, weights)
+                hist[f"{name}_val_loss"].append(vl)
+                hist[f"{name}_val_acc"].append(va)
+                if vl < best[0]:
+                    best = (vl, step, copy.deepcopy(model.state_dict()))
+                log.info("%s step %d: train %.3f val %.3f acc %.3f", name, step,
+                         hist[f"{name}_train_loss"][-1], vl, va)
+            else:
+                log.info("%s step %d: train %.3f", name, step, hist[f"{name}_train_loss"][-1])
+    model.eval()
+    if val:
+        model.load_state_dict(best[2])
+        return model, best[1]
+    return model, cfg.steps
+
+
+@torch.no_grad()
+def raw_sequence(model: SleepNet, rec_id: str, subject: str, x: np.ndarray, mask: np.ndarray,
+                 stages: np.ndarray) -> Sequence:
+    """Band log powers of a recording's EEG through the model's own encoder (``x (n, M, S)``)."""
+    if not bool(mask[0]):
+        raise DataError(rec_id, "no EEG channel; the spectral model needs EEG")
+    eeg = torch.from_numpy(np.ascontiguousarray(x[:, 0]))  # (n, S)
+    lp = spectral_encoder(model).band_log_power(eeg)  # (n, n_bands)
+    return Sequence(
+        id=rec_id, subject=subject, log_power=lp[:, None, :].float(),
+        stages=torch.as_tensor(np.asarray(stages), dtype=torch.int64),
+    )
+
+
+def fit_standardisation(model: SleepNet, seqs: list[Sequence]) -> None:
+    """Set the encoder's feature standardisation from every channel of ``seqs``."""
+    lp = torch.cat([s.log_power.reshape(-1, s.log_power.shape[-1]) for s in seqs])
+    spectral_encoder(model).fit_standardisation(lp)
+
+
+def pretrain_sleep_edf(
+    nights: list[Sequence], cfg: TrainConfig, val_subjects: tuple[str, ...] = ("07",)
+) -> tuple[SleepNet, int]:
+    """Phase 1: a fresh spectral model trained on Sleep-EDF feature nights; the nights of
+    ``val_subjects`` are the validation set (model selection)."""
+    torch.manual_seed(cfg.seed)
+    model = SleepNet(spectral_model_config())
+    train = [s for s in nights if s.subject not in val_subjects]
+    val = [s for s in nights if s.subject in val_subjects]
+    if not train:
+        raise ValueError("pretrain: no training nights left after removing validation subjects")
+    fit_standardisation(model, train)
+    return train_phase(model, train, val or None, cfg, "pretrain")
+
+
+def finetune(
+    model: SleepNet, train: list[Sequence], val: list[Sequence] | None, cfg: TrainConfig
+) -> tuple[SleepNet, int]:
+    """Phase 2 on a copy of ``model``."""
+    return train_phase(copy.deepcopy(model), train, val, cfg, "finetune")
+
+
+__all__ = [
+    "SEDF_BAND_COLUMNS",
+    "Sequence",
+    "TrainConfig",
+    "class_weights",
+    "finetune",
+    "fit_standardisation",
+    "load_sleep_edf_features",
+    "pretrain_sleep_edf",
+    "raw_sequence",
+    "sequence_loss",
+    "spectral_encoder",
+    "spectral_model_config",
+    "stage_logits_from_log_power",
+    "train_phase",
+]
