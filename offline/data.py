@@ -253,10 +253,6 @@ class StoreIndex:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def subset(self, keep: Sequence[RecordingSource]) -> list[RecordingSource]:
-        """``keep`` as a list (helper for typed call sites)."""
-        return list(keep)
-
     def cached_row_group(self, src: RecordingSource, rg: int, n_times: int) -> np.ndarray:
         """Row group ``rg`` of ``src`` through the LRU cache."""
         key = (src.key, rg)
@@ -423,7 +419,7 @@ class WindowSampler:
 
 @dataclass
 class SequenceDataConfig:
-    """Sequence training: chunk lengths in epochs, label fraction and look-ahead handling."""
+    """Sequence training: chunk lengths in epochs, label fraction, row-group cache size."""
 
     #: Random chunk length per step, uniform in ``[min_len, max_len]`` epochs.
     min_len: int = 20
