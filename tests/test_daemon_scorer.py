@@ -6,6 +6,8 @@ restored state continues exactly, indices never repeat or skip.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,16 @@ def test_fill_nonfinite_holds_last_good_value() -> None:
     x = np.array([np.nan, 1.0, 2.0, np.nan, np.inf, 5.0])
     assert fill_nonfinite(x).tolist() == [1.0, 1.0, 2.0, 2.0, 2.0, 5.0]
     assert fill_nonfinite(np.full(3, np.nan)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_late_stream_gets_its_primary_channel_when_it_appears(model: SleepNet) -> None:
+    sc = make_scorer(model, "b")
+    eps = blocks("b", synthetic_channels(6))
+    first = dataclasses.replace(eps[0], channels=tuple(
+        c for c in eps[0].channels if c.modality != Modality.EEG))  # EEG stream not there yet
+    (res,) = sc.score([first])
+    assert Modality.EEG not in res.used
+    more = sc.score(eps[1:])
+    assert all(r.scored and Modality.EEG in r.used for r in more)
+    assert sc.beds["b"].primary == {Modality.EEG: "C3-A2", Modality.EOG: "E1-M2",
+                                    Modality.EMG: "Chin1-Chin2"}

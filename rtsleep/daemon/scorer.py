@@ -3,8 +3,9 @@
 Per bed it keeps what carries context from epoch to epoch:
 
 - one :class:`~rtsleep.data.preprocessing.ChannelPipeline` per primary channel (EEG, EOG, EMG,
-  ECG; chosen once per bed from the channel labels by the alias table's preference order), fed the
-  raw samples of every epoch in order, scorable or not, so that filters never see a time jump;
+  ECG; chosen once per bed and modality, when the modality's channels first appear, from the
+  labels by the alias table's preference order), fed the raw samples of every epoch in order,
+  scorable or not, so that filters never see a time jump;
 - the model's recurrent state (batch 1, on the model's device), which only a **scorable** epoch
   advances: an unscorable epoch is reported with its reason and leaves the state untouched;
 - the next epoch index: an epoch already published is skipped (restart dedupe), a skipped index is
@@ -197,10 +198,6 @@ class Scorer:
         """The bed's anchor time (epoch 0 start), once known."""
         return self.beds[bed].anchor
 
-    def set_anchor(self, bed: str, anchor: float) -> None:
-        """Record the bed's anchor (persisted with the state)."""
-        self.beds[bed].anchor = float(anchor)
-
     def counters(self, bed: str) -> tuple[int, int]:
         """``(epochs scored, epochs unscorable)`` of ``bed`` (across restarts)."""
         b = self.beds[bed]
@@ -248,12 +245,12 @@ class Scorer:
         """``x (M, S)`` float32, ``mask (M,)`` bool and an unscorable reason (or ``None``)."""
         if b.primary is None:
             b.primary = {}
-            for m in EXG_MODALITIES:
+        for m in EXG_MODALITIES:  # chosen once per modality, when its channels first appear
+            if m not in b.primary:
                 ch = choose_primary(ep.channels, m)
                 if ch is not None:
                     b.primary[m] = ch.label
-            log.info("bed %s: primary channels %s", b.bed,
-                     {str(m): lbl for m, lbl in b.primary.items()} or "none")
+                    log.info("bed %s: primary %s channel %s", b.bed, m, ch.label)
         by_label = {c.label: c for c in ep.channels}
         usable = {c.label for c in ep.quality.channels if c.usable}
         x = np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32)
