@@ -25,6 +25,7 @@ from offline.config import ModelSection, load_config
 from offline.data import DataSelection, SequenceDataConfig, StoreIndex, WindowSampler
 from offline.finetune import FinetuneConfig, finetune
 from offline.pretrain.common import nt_xent, random_token_mask
+from offline.pretrain.neuronet import encode_visible
 from offline.pretrain.run import PretrainConfig, pretrain
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
 from offline.train_loop import LoopConfig
@@ -280,3 +281,16 @@ def test_augmentation_keeps_shapes_masks_some_modalities_and_changes_the_signal(
     expect = signal[:, :, 200:6200].reshape(6, 4, 2, 3000).permute(0, 2, 1, 3)
     assert torch.equal(plain[:, :, :3], expect[:, :, :3])
     assert not torch.allclose(x[m], plain[m])
+
+
+def test_encoding_only_visible_frames_equals_the_key_masked_encoder() -> None:
+    torch.manual_seed(0)
+    enc = SleepNet(SleepNetConfig.tiny()).encoder.encoders["EEG"].eval()
+    feats = enc.frame_features(torch.randn(5, 3000))  # (5, F, C)
+    hide = random_token_mask(5, feats.shape[1], 0.6, feats.device)
+    with torch.no_grad():
+        fast = encode_visible(enc, feats, hide)
+        full = enc.encode_features(feats, hide)
+    keep = torch.cat([torch.ones(5, 1, dtype=torch.bool), ~hide], dim=1)
+    assert torch.allclose(fast[keep], full[keep], atol=1e-5)
+    assert not fast[~keep].any()
