@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -358,3 +359,10 @@ def test_multitask_training_fits_every_head_in_one_checkpoint(tmp_path: Path) ->
     )
     with pytest.raises(ValueError, match="joined by"):
         FinetuneConfig(task="stage+snoring")
+
+
+def test_resume_with_another_config_is_refused(run_a: Path, store: Path, tmp_path: Path) -> None:
+    shutil.copytree(run_a / "train", tmp_path / "train")
+    other = _cfg(loop=dataclasses.replace(LOOP, lr=1e-2))
+    with pytest.raises(ValueError, match="different config"):
+        finetune(other, store, tmp_path, resume=True)

@@ -182,6 +182,9 @@ def test_config_rejects_unknown_keys_naming_the_file(tmp_path: Path) -> None:
     bad.write_text("[loop]\nstepz = 3\n")
     with pytest.raises(ValueError, match=r"bad\.toml.*stepz"):
         load_config(PretrainConfig, bad)
+    bad.write_text('[loop]\nsteps = "many"\n')
+    with pytest.raises(ValueError, match=r"bad\.toml: loop: steps: expected an integer"):
+        load_config(PretrainConfig, bad)
 
 
 @pytest.fixture(scope="module")
