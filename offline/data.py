@@ -69,7 +69,11 @@ RESPIRATORY_EVENTS = (
 
 @dataclass
 class DataSelection:
-    """Which recordings of a store to use (empty tuples = no restriction)."""
+    """Which recordings of a store to use (empty tuples = no restriction).
+
+    Subjects may be given as ``"<subject>"`` or, where ids repeat across datasets, as
+    ``"<dataset>/<subject>"``.
+    """
 
     datasets: tuple[str, ...] = ()
     subjects: tuple[str, ...] = ()
@@ -81,9 +85,10 @@ class DataSelection:
         """True when a recording passes every filter."""
         if self.datasets and dataset not in self.datasets:
             return False
-        if self.subjects and subject not in self.subjects:
+        keys = {subject, f"{dataset}/{subject}"}
+        if self.subjects and not keys & set(self.subjects):
             return False
-        if subject in self.exclude_subjects:
+        if keys & set(self.exclude_subjects):
             return False
         if self.recordings and recording not in self.recordings:
             return False
@@ -98,7 +103,6 @@ class RecordingSource:
         self.meta = stored.meta
         self.key = key
         self._index = index
-        self._file: pq.ParquetFile | None = None
         mods = set(stored.meta.modalities)
         #: ``(M,)`` bool, which ExG modalities the recording has.
         self.mask = np.array([str(m) in mods for m in EXG_MODALITIES], dtype=bool)
@@ -127,16 +131,22 @@ class RecordingSource:
         return self.meta.subject
 
     @property
+    def subject_key(self) -> str:
+        """``"<dataset>/<subject>"``: the unit of subject-wise splits (ids may repeat across
+        datasets)."""
+        return f"{self.meta.dataset}/{self.meta.subject}"
+
+    @property
     def n_epochs(self) -> int:
         return int(self.meta.n_epochs)
 
     def labels(self) -> dict[str, np.ndarray]:
         """Label columns (``stage`` int8, flags bool), each ``(n_epochs,)``; cached."""
         if self._labels is None:
-            pf = self._parquet()
-            names = [n for n in pf.schema_arrow.names if not n.startswith("x:")]
-            names = [n for n in names if n not in ("beat_t", "beat_hr")]
-            table = pf.read(columns=names)
+            with self._parquet() as pf:
+                names = [n for n in pf.schema_arrow.names if not n.startswith("x:")]
+                names = [n for n in names if n not in ("beat_t", "beat_hr")]
+                table = pf.read(columns=names)
             self._labels = {
                 n: np.asarray(table.column(n).to_numpy(zero_copy_only=False)) for n in names
             }
@@ -148,21 +158,20 @@ class RecordingSource:
         return any(int(counts.get(k, 0)) > 0 for k in RESPIRATORY_EVENTS)
 
     def _parquet(self) -> pq.ParquetFile:
-        if self._file is None:
-            try:
-                self._file = pq.ParquetFile(self.path)
-            except (OSError, pa.ArrowException) as err:
-                raise DataError(self.path, f"not a readable Parquet file ({err})") from err
-        return self._file
+        """A fresh handle (not kept: a store may hold more files than the open-file limit)."""
+        try:
+            return pq.ParquetFile(self.path)
+        except (OSError, pa.ArrowException) as err:
+            raise DataError(self.path, f"not a readable Parquet file ({err})") from err
 
     def read_row_group(self, rg: int, n_times: int) -> np.ndarray:
         """Row group ``rg`` as float32 ``(rows, M, S)`` (zeros for missing modalities)."""
-        pf = self._parquet()
         rows = int(self._rg_start[rg + 1] - self._rg_start[rg])
         out = np.zeros((rows, len(EXG_MODALITIES), n_times), dtype=np.float32)
         if not self.columns:
             return out
-        table = pf.read_row_group(rg, columns=list(self.columns.values()))
+        with self._parquet() as pf:
+            table = pf.read_row_group(rg, columns=list(self.columns.values()))
         for j, col in self.columns.items():
             if self.n_times[j] != n_times:
                 raise DataError(
@@ -282,11 +291,11 @@ def label_fraction_subset(
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     if fraction >= 1.0:
         return list(sources)
-    subjects = sorted({s.subject for s in sources})
+    subjects = sorted({s.subject_key for s in sources})
     k = max(1, math.ceil(fraction * len(subjects)))
     rng = np.random.default_rng(seed)
     chosen = {subjects[i] for i in rng.permutation(len(subjects))[:k]}
-    out = [s for s in sources if s.subject in chosen]
+    out = [s for s in sources if s.subject_key in chosen]
     log.info(
         "label fraction %.3g: %d of %d subjects, %d recordings",
         fraction, k, len(subjects), len(out),
@@ -306,7 +315,7 @@ def split_subjects(
         raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0.0:
         return list(sources), []
-    subjects = sorted({s.subject for s in sources})
+    subjects = sorted({s.subject_key for s in sources})
     if len(subjects) < 2:
         raise DataError(
             sources[0].path if sources else "store",
@@ -315,7 +324,10 @@ def split_subjects(
     k = min(len(subjects) - 1, max(1, round(val_fraction * len(subjects))))
     rng = np.random.default_rng([seed, 1])
     val = {subjects[i] for i in rng.permutation(len(subjects))[:k]}
-    return [s for s in sources if s.subject not in val], [s for s in sources if s.subject in val]
+    return (
+        [s for s in sources if s.subject_key not in val],
+        [s for s in sources if s.subject_key in val],
+    )
 
 
 def _margin_samples(aug: AugmentConfig, index: StoreIndex) -> int:

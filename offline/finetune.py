@@ -387,7 +387,7 @@ def _finetune(
     evaluator = None
     if val_sources:
         log.info("validation on %d recordings of subjects %s", len(val_sources),
-                 sorted({s.subject for s in val_sources}))
+                 sorted({s.subject_key for s in val_sources}))
 
         def evaluator(obj: nn.Module) -> dict[str, float]:
             return validation_metrics(net, val_sources, primary, index.n_times)
@@ -423,7 +423,7 @@ def _finetune(
                 "store": str(store),
                 "init": cfg.init or None,
                 "recordings": [s.id for s in stream.sources],
-                "subjects": sorted({s.subject for s in stream.sources}),
+                "subjects": sorted({s.subject_key for s in stream.sources}),
                 "class_counts": {t: c.tolist() for t, c in counts.items()},
                 "validation_recordings": [s.id for s in val_sources],
                 "selected_step": result.best_step,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic_psg import synthetic_store
+from synthetic_psg import synthetic_recording, synthetic_store
 from typer.testing import CliRunner
 
 from offline.augment import AugmentConfig
@@ -27,11 +27,13 @@ from offline.data import (
     SequenceStream,
     StoreIndex,
     label_fraction_subset,
+    split_subjects,
     task_targets,
 )
 from offline.finetune import FinetuneConfig, SequenceObjective, class_weights, finetune
 from offline.train_loop import LoopConfig
 from offline.validation import predict_source, validation_metrics
+from rtsleep.data.store import write_recording
 from rtsleep.models import SleepNet, load_checkpoint_meta, load_model, save_model
 
 LOOP = LoopConfig(
@@ -366,3 +368,15 @@ def test_resume_with_another_config_is_refused(run_a: Path, store: Path, tmp_pat
     other = _cfg(loop=dataclasses.replace(LOOP, lr=1e-2))
     with pytest.raises(ValueError, match="different config"):
         finetune(other, store, tmp_path, resume=True)
+
+
+def test_subjects_are_told_apart_by_dataset_in_selections_and_splits(tmp_path: Path) -> None:
+    for dataset in ("a", "b"):
+        rec = synthetic_recording(f"{dataset}_night", "s1", 2, seed=1)
+        write_recording(dataclasses.replace(rec, dataset=dataset), tmp_path)
+    index = StoreIndex(tmp_path)
+    train, val = split_subjects(index.sources, 0.5, seed=0)
+    assert len(train) == len(val) == 1 and train[0].subject == val[0].subject == "s1"
+    only_b = StoreIndex(tmp_path, DataSelection(subjects=("b/s1",)))
+    assert [s.meta.dataset for s in only_b.sources] == ["b"]
+    assert len(StoreIndex(tmp_path, DataSelection(subjects=("s1",))).sources) == 2
