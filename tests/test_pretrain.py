@@ -25,7 +25,7 @@ from offline.config import ModelSection, load_config
 from offline.data import DataSelection, SequenceDataConfig, StoreIndex, WindowSampler
 from offline.finetune import FinetuneConfig, finetune
 from offline.pretrain.common import nt_xent, random_token_mask
-from offline.pretrain.neuronet import encode_visible
+from offline.pretrain.neuronet import NeuroNetConfig, NeuroNetObjective, encode_visible
 from offline.pretrain.run import PretrainConfig, pretrain
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
 from offline.train_loop import LoopConfig
@@ -297,3 +297,16 @@ def test_encoding_only_visible_frames_equals_the_key_masked_encoder() -> None:
     keep = torch.cat([torch.ones(5, 1, dtype=torch.bool), ~hide], dim=1)
     assert torch.allclose(fast[keep], full[keep], atol=1e-5)
     assert not fast[~keep].any()
+
+
+def test_a_batch_with_nothing_to_contrast_gives_a_zero_loss_that_backpropagates() -> None:
+    torch.manual_seed(0)
+    obj = NeuroNetObjective(SleepNet(SleepNetConfig.tiny()), NeuroNetConfig())
+    x = torch.randn(2, 1, 4, 3000)
+    mask = torch.zeros(2, 1, 4, dtype=torch.bool)
+    mask[0, 0, 0] = mask[1, 0, 1] = True  # one EEG epoch, one EOG epoch
+    loss, metrics = obj(x, mask)
+    loss.backward()
+    assert float(loss) == 0.0 and float(metrics["recon"]) == 0.0
+    grads = [p.grad for p in obj.parameters() if p.grad is not None]
+    assert grads and all(not g.any() for g in grads)

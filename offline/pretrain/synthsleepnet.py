@@ -19,6 +19,7 @@ Missing modalities (``mask`` False) take part in nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -35,6 +36,8 @@ from offline.pretrain.common import (
 )
 from rtsleep.models.fusion import MultimodalFusion
 from rtsleep.models.sleepnet import SleepNet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,7 +136,11 @@ class SynthSleepNetObjective(nn.Module):
             con_sum = con_sum + nt_xent(z_fused[rows], z_mod, self.cfg.tau)
             used += 1
         if used == 0:
-            raise ValueError("synthsleepnet: no modality has 2 or more epochs in this batch")
+            # Nothing to contrast (every modality has < 2 epochs here): a zero loss that still
+            # reaches every parameter, so DDP ranks stay in step.
+            log.warning("synthsleepnet: no modality has 2 or more epochs in this batch; skipped")
+            zero = sum((p.sum() for p in self.parameters() if p.requires_grad), x.new_zeros(()))
+            return zero * 0.0, {"recon": x.new_zeros(()), "contrastive": x.new_zeros(())}
         recon_mean, con_mean = recon_sum / used, con_sum / used
         loss = recon_mean + self.cfg.contrastive_weight * con_mean
         return loss, {"recon": recon_mean.detach(), "contrastive": con_mean.detach()}
