@@ -10,6 +10,7 @@ Margins: over two seeds, the mean loss of the last 10 of 40 steps was 0.53-0.56 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from offline.config import ModelSection, load_config
 from offline.data import DataSelection, SequenceDataConfig, StoreIndex, WindowSampler
 from offline.finetune import FinetuneConfig, finetune
 from offline.pretrain.common import nt_xent, random_token_mask
+from offline.pretrain.lora import LoRALinear
 from offline.pretrain.neuronet import NeuroNetConfig, NeuroNetObjective, encode_visible
 from offline.pretrain.run import PretrainConfig, pretrain
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
@@ -310,3 +312,32 @@ def test_a_batch_with_nothing_to_contrast_gives_a_zero_loss_that_backpropagates(
     assert float(loss) == 0.0 and float(metrics["recon"]) == 0.0
     grads = [p.grad for p in obj.parameters() if p.grad is not None]
     assert grads and all(not g.any() for g in grads)
+
+
+def test_lora_synthsleepnet_keeps_base_encoder_weights_and_merges_adapters_on_export(
+    neuronet_run: Path, store: Path, tmp_path: Path
+) -> None:
+    init = neuronet_run / "model.safetensors"
+    synth = SynthSleepNetConfig(encoder_lr_scale=0.0, lora_rank=2)
+    cfg = PretrainConfig(method="synthsleepnet", init=str(init), synthsleepnet=synth,
+                         loop=dataclasses.replace(LOOP, steps=4))
+    path = pretrain(cfg, store, tmp_path)
+    before, after = load_model(init).state_dict(), load_model(path).state_dict()
+    assert set(before) == set(after)  # merged: the usual names, no adapter tensors
+    enc = [k for k in before if k.startswith("encoder.encoders.")]
+    attn = [k for k in enc if ".attn." in k and k.endswith("weight")]
+    assert attn and all(not torch.equal(before[k], after[k]) for k in attn)
+    assert all(torch.equal(before[k], after[k]) for k in enc if ".attn." not in k)
+    assert not torch.equal(before["encoder.transformer.blocks.0.attn.qkv.weight"],
+                           after["encoder.transformer.blocks.0.attn.qkv.weight"])
+
+
+def test_merged_lora_layer_computes_the_adapted_function() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4)
+    lora = LoRALinear(layer, rank=2, alpha=4.0)
+    with torch.no_grad():
+        lora.lora_b.normal_()
+    x = torch.randn(3, 6)
+    assert torch.allclose(lora(x), lora.merged()(x), atol=1e-6)
+    assert not torch.allclose(lora(x), layer(x))

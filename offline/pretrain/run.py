@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from offline.augment import AugmentConfig
 from offline.config import ModelSection, config_to_json
 from offline.data import DataSelection, StoreIndex, WindowSampler
+from offline.pretrain.lora import merge_lora
 from offline.pretrain.mc2 import MC2Config, MC2Objective
 from offline.pretrain.neuronet import NeuroNetConfig, NeuroNetObjective
 from offline.pretrain.synthsleepnet import SynthSleepNetConfig, SynthSleepNetObjective
@@ -206,6 +207,9 @@ def _pretrain(
         desc=f"pretrain {cfg.method}",
     )
     path = out / MODEL_FILE
+    n_merged = merge_lora(net)
+    if n_merged:
+        log.info("merged %d LoRA adapters into the encoder weights", n_merged)
     if dist.is_main:
         net.eval()
         card = {

@@ -1,9 +1,10 @@
 """SynthSleepNet multimodal pretraining: per-modality token masking through the shared fusion
 Transformer, one decoder per modality, and a fused-versus-modality contrastive loss.
 
-Starts from NeuroNet-pretrained frame encoders (``--init`` a neuronet checkpoint); the paper keeps
-them frozen apart from LoRA adapters, here they train at ``encoder_lr_scale`` times the learning
-rate (0 = frozen).
+Starts from NeuroNet-pretrained frame encoders (``--init`` a neuronet checkpoint). The paper keeps
+them frozen apart from LoRA adapters (``lora_rank`` 4, ``lora_alpha`` 16, with
+``encoder_lr_scale`` 0; merged into the weights on export); by default they instead train at
+``encoder_lr_scale`` times the learning rate.
 
 1. Every modality's frame encoder encodes the whole epoch; ``MultimodalFusion`` hides a random
    ``mask_ratio`` (40 %) of each present modality's frame tokens from the shared Transformer.
@@ -34,6 +35,7 @@ from offline.pretrain.common import (
     nt_xent,
     random_token_mask,
 )
+from offline.pretrain.lora import add_lora
 from rtsleep.models.fusion import MultimodalFusion
 from rtsleep.models.sleepnet import SleepNet
 
@@ -54,10 +56,17 @@ class SynthSleepNetConfig:
     contrastive_weight: float = 1.0
     #: Learning-rate multiplier of the per-modality frame encoders (0 = frozen).
     encoder_lr_scale: float = 0.1
+    #: LoRA rank on the frame encoders' attention projections (0 = none; the paper: 4). Needs
+    #: ``encoder_lr_scale = 0``: the base weights stay frozen, the adapters train and are merged
+    #: into the exported weights.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0 or self.tau <= 0 or self.encoder_lr_scale < 0:
             raise ValueError("mask_ratio in (0, 1), tau > 0 and encoder_lr_scale >= 0 required")
+        if self.lora_rank < 0 or (self.lora_rank > 0 and self.encoder_lr_scale != 0):
+            raise ValueError("lora_rank must be >= 0, and LoRA needs encoder_lr_scale = 0")
 
 
 class SynthSleepNetObjective(nn.Module):
@@ -92,6 +101,8 @@ class SynthSleepNetObjective(nn.Module):
         if cfg.encoder_lr_scale == 0:
             for p in net.encoder.encoders.parameters():
                 p.requires_grad_(False)
+        if cfg.lora_rank > 0:
+            add_lora(net.encoder.encoders, cfg.lora_rank, cfg.lora_alpha)
 
     def train(self, mode: bool = True) -> SynthSleepNetObjective:
         """Like ``nn.Module.train``, but frozen encoders stay in eval mode (BatchNorm stats)."""
@@ -105,8 +116,9 @@ class SynthSleepNetObjective(nn.Module):
         return cast(MultimodalFusion, self.net.encoder)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """The per-modality frame encoders' parameters (trained at ``encoder_lr_scale``)."""
-        return list(self.fusion.encoders.parameters())
+        """The per-modality frame encoders' own parameters (trained at ``encoder_lr_scale``;
+        LoRA adapters are not among them, they train at the full rate)."""
+        return [p for n, p in self.fusion.encoders.named_parameters() if "lora_" not in n]
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``x (B, T, M, S)``, ``mask (B, T, M)`` -> ``(loss, metrics)``."""
