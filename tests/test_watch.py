@@ -167,6 +167,12 @@ def test_bed_filter_ignores_other_beds_and_subscribes_with_delimiters() -> None:
     assert topics([]) == ["stage/", "alert/", "status/"]
 
 
+def test_a_new_state_is_not_stalled_before_stall_s() -> None:
+    st = WatchState(stall_s=5.0)
+    assert not st.stalled(time.monotonic())
+    assert "waiting for the daemon" in render(st, time.monotonic())
+
+
 def test_foreign_messages_are_counted_not_shown() -> None:
     st = WatchState(started=0.0)
     assert st.update("stage/b/", {"schema": "other/1", "bed": "b", "epoch": 1}, 1.0) is False

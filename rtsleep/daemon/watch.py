@@ -68,10 +68,12 @@ class WatchState:
 
     ``beds``: only these beds are kept (empty: every bed seen). ``history``: hypnogram length in
     epochs. ``stall_s``: heartbeat silence after which the daemon is shown as stalled.
+    ``started``: when watching began (``time.monotonic()``; default now), the reference for
+    "stalled" before the first heartbeat.
     """
 
     def __init__(self, beds: Sequence[str] = (), history: int = 120, stall_s: float = 15.0,
-                 started: float = 0.0, seen_max: int = 4096) -> None:
+                 started: float | None = None, seen_max: int = 4096) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1 epoch, got {history}")
         if not stall_s > 0:
@@ -79,7 +81,7 @@ class WatchState:
         self.only = tuple(beds)
         self.history = history
         self.stall_s = stall_s
-        self.started = started
+        self.started = time.monotonic() if started is None else started
         self.beds: dict[str, BedView] = {b: BedView(b) for b in self.only}
         self.daemon: dict[str, Any] | None = None
         self.last_heartbeat: float | None = None
