@@ -121,3 +121,4 @@ def test_example_config_loads_with_the_daemon_loader() -> None:
     assert cfg.daemon.log_format == "journal"
     assert [b.id for b in cfg.beds] == ["bed1", "bed2"]
     assert cfg.zmq.curve_enabled is False
+    assert cfg.model.threads == 1
