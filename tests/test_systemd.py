@@ -76,6 +76,14 @@ def test_unit_runs_the_documented_command() -> None:
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
 
 
+def test_unit_keeps_proc_cpuinfo_visible_for_torch() -> None:
+    """ProcSubset=pid hides /proc/cpuinfo, and torch then drops to its slow DEFAULT kernels."""
+    for path in (UNIT, GPU_DROPIN):
+        settings = [ln.split("=", 1)[1].strip() for ln in path.read_text().splitlines()
+                    if ln.startswith("ProcSubset=")]
+        assert all(v == "all" for v in settings), (path.name, settings)
+
+
 @pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu-dropin"])
 def test_unit_verifies_without_warnings(tmp_path: Path, gpu: bool) -> None:
     exe = _systemd_analyze()
