@@ -39,9 +39,10 @@ def predict_source(
             out, state = net(x, mask, state)
             idx = out.epoch_index[0].cpu().numpy()  # (T,)
             ok = (idx >= 0) & (idx < n)
-            stage[idx[ok]] = out.stage_probs[0][torch.from_numpy(ok)].float().cpu().numpy()
-            apnea[idx[ok]] = out.apnea_prob[0][torch.from_numpy(ok)].float().cpu().numpy()
-            hypopnea[idx[ok]] = out.hypopnea_prob[0][torch.from_numpy(ok)].float().cpu().numpy()
+            sel = torch.from_numpy(ok).to(device)
+            stage[idx[ok]] = out.stage_probs[0][sel].float().cpu().numpy()
+            apnea[idx[ok]] = out.apnea_prob[0][sel].float().cpu().numpy()
+            hypopnea[idx[ok]] = out.hypopnea_prob[0][sel].float().cpu().numpy()
     return {"stage_probs": stage, "apnea_prob": apnea, "hypopnea_prob": hypopnea}
 
 
