@@ -17,7 +17,9 @@ Measured, after every stream is connected (from the ``status/`` heartbeats) and 
   epoch's last sample returned (both ``time.monotonic()``, one machine), p50 / p99 / max; and
   the daemon's own ``latency_ms`` field (poll that found the epoch complete -> publish call).
 - **CPU**: the daemon's user + system time (all threads, ``/proc/PID/stat``) over the window,
-  as a percentage of one core; per bed in real-time terms = CPU / (N * speed).
+  as a percentage of one core; per bed in real-time terms = CPU / (N * speed); per epoch = CPU
+  time / epochs closed (includes the idle polling); and idle = 5 s with every stream open but no
+  data yet (the cost of polling N inlets), measured before the feed starts.
 - **RSS**: the daemon's ``VmRSS`` at the end of the window; per added bed = the slope against
   the 1-bed run.
 - **sustained**: every epoch that closed in the window (except the last 3 s) was published,
@@ -215,6 +217,10 @@ class RunResult:
     e2e_ms: dict[str, float] = field(default_factory=dict)
     daemon_ms: dict[str, float] = field(default_factory=dict)
     cpu_pct: float = 0.0
+    #: Daemon CPU with every stream open but no data (polling, heartbeats), % of one core.
+    idle_cpu_pct: float = 0.0
+    #: Daemon CPU time per published epoch in the window (idle polling included), ms.
+    cpu_ms_per_epoch: float = 0.0
     cpu_pct_per_bed_rt: float = 0.0
     rss_mb: float = 0.0
     rss_start_mb: float = 0.0
@@ -236,7 +242,8 @@ def _pcts(values: list[float]) -> dict[str, float]:
 
 def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, tick_s: float,
             poll_s: float, daemon_cpus: str, startup_limit_s: float, torch_threads: int,
-            log_dir: Path | None = None, inlet_buflen_s: int = 0) -> RunResult:
+            log_dir: Path | None = None, inlet_buflen_s: int = 0,
+            idle_s: float = 5.0) -> RunResult:
     """One bed count: feeder outlets, then the daemon; once every stream is connected, play
     for one epoch period of warm-up plus ``seconds`` and measure the window."""
     import zmq
@@ -292,6 +299,12 @@ def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, t
                 connected = len(beds) == n_beds and all(
                     b.get("streams_connected") == b.get("streams_total") for b in beds.values())
         res.startup_s = time.monotonic() - t_launch
+        # idle cost: every stream open, no data yet (polling N inlets, heartbeats)
+        c0, w0 = _proc_cpu_s(daemon.pid), time.monotonic()
+        while time.monotonic() - w0 < idle_s:
+            if sub.poll(100):
+                sub.recv_multipart()
+        res.idle_cpu_pct = 100.0 * (_proc_cpu_s(daemon.pid) - c0) / (time.monotonic() - w0)
         start_at = time.monotonic() + 0.5
         t_meas0 = start_at + EPOCH_S / speed  # one epoch period of warm-up: every bed has begun
         t_stop = t_meas0 + seconds
@@ -339,6 +352,8 @@ def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, t
         raise RuntimeError("measurement window not reached")
     res.cpu_pct = 100.0 * (cpu1 - cpu0) / (t_cpu1 - t_cpu0)
     res.cpu_pct_per_bed_rt = res.cpu_pct / (n_beds * speed)
+    epochs_per_s = n_beds * speed / EPOCH_S
+    res.cpu_ms_per_epoch = 10.0 * res.cpu_pct / epochs_per_s  # (% / 100) s/s / (epochs/s) in ms
     res.feeder_max_lag_s = float(feed["max_lag_s"])
     _score_latency(res, feed["closes"], stage_msgs, t_meas0, t_stop, tick_s)
     return res
@@ -415,9 +430,10 @@ def _fmt(d: dict[str, float], key: str) -> str:
 def table(results: list[RunResult], rss_base: float | None) -> str:
     lines = [
         "| beds | speed | epochs in window | published | scored | close->publish p50 / p99 / "
-        "max ms | daemon latency_ms p50 / p99 | CPU % (one core) | CPU % per bed, real time | "
+        "max ms | daemon latency_ms p50 / p99 | CPU % (one core) | idle CPU % | CPU ms per epoch | "
+        "CPU % per bed, real time | "
         "RSS MB | RSS per added bed MB | sustained | feeder max lag s | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         per_bed = ("--" if rss_base is None or r.n_beds == 1 else
@@ -426,6 +442,7 @@ def table(results: list[RunResult], rss_base: float | None) -> str:
             f"| {r.n_beds} | {r.speed:g}x | {r.n_closed} | {r.n_published} | {r.n_scored} | "
             f"{_fmt(r.e2e_ms, 'p50')} / {_fmt(r.e2e_ms, 'p99')} / {_fmt(r.e2e_ms, 'max')} | "
             f"{_fmt(r.daemon_ms, 'p50')} / {_fmt(r.daemon_ms, 'p99')} | {r.cpu_pct:.1f} | "
+            f"{r.idle_cpu_pct:.1f} | {r.cpu_ms_per_epoch:.0f} | "
             f"{r.cpu_pct_per_bed_rt:.3f} | {r.rss_mb:.0f} | {per_bed} | "
             f"{'yes' if r.sustained else 'NO'}{' (' + '; '.join(r.notes) + ')' if r.notes else ''}"
             f" | {r.feeder_max_lag_s:.2f} | {r.load[0]:.0f}-{r.load[1]:.0f} |"
