@@ -24,8 +24,6 @@ import pytest
 import torch
 import zmq
 
-from rtsleep.daemon.commands import check_config
-from rtsleep.daemon.config import load_config
 from rtsleep.daemon.messages import decode
 from rtsleep.daemon.replay import Player, PlayerConfig
 from rtsleep.daemon.state import load_state
@@ -306,7 +304,9 @@ def test_stream_killed_mid_epoch_flags_epochs_and_scoring_resumes(
         players[0].start(timeout_s=60)
         sub.pump(lambda: bool(sub.stages) and sub.stages[-1]["epoch"] >= 9, 60, daemon)
         # rtsleep check: the config is valid, the model loads and every stream is there
-        assert check_config(load_config(cfg)) == []
+        chk = subprocess.run(rtsleep("check", "--config", str(cfg)), env=child_env(),
+                             capture_output=True, text=True, timeout=120)
+        assert chk.returncode == 0 and chk.stdout.startswith("ok: "), chk.stderr
         players[0].kill()
         # same source ids and timeline, resuming at 450 s (epoch 15): a 135-s outage; the
         # daemon's inlets reconnect by themselves (recover=True)
