@@ -44,8 +44,13 @@ class TrainConfig:
 
 
 def _stats(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over all windows, NaN skipped (an all-NaN feature: 0 and 1)."""
     allf = np.concatenate(feats)  # (N, F)
-    return np.nanmean(allf, axis=0), np.nanstd(allf, axis=0)
+    seen = np.isfinite(allf).any(axis=0)  # (F,)
+    mean, std = np.zeros(allf.shape[1]), np.ones(allf.shape[1])
+    mean[seen] = np.nanmean(allf[:, seen], axis=0)
+    std[seen] = np.nanstd(allf[:, seen], axis=0)
+    return mean, std
 
 
 def train_variant(
