@@ -52,12 +52,22 @@ class AlertThresholds:
 class BedAlerts:
     """The alert state machines and AHI counters of one bed (see the module docstring)."""
 
-    def __init__(self, bed: str, thresholds: AlertThresholds, model_id: str = "") -> None:
+    def __init__(self, bed: str, thresholds: AlertThresholds, model_id: str = "",
+                 source: str = "model", sensor: str = "model",
+                 events: tuple[str, ...] = EVENTS,
+                 names: dict[str, str] | None = None) -> None:
+        """``events``: which probabilities of the results to follow (``apnea``, ``hypopnea``);
+        ``names``: the event name published for each (default: the same); ``source``/``sensor``
+        go into the messages."""
         self.bed = bed
         self.t = thresholds
         self.model_id = model_id
+        self.source = source
+        self.sensor = sensor
+        self.events = tuple(events)
+        self.names = {e: e for e in self.events} | dict(names or {})
         self.active: dict[str, dict[str, Any]] = {}
-        self.n_events: dict[str, int] = {e: 0 for e in EVENTS}
+        self.n_events: dict[str, int] = {e: 0 for e in self.events}
         self.sleep_s = 0.0
 
     def _threshold(self, event: str) -> float:
@@ -67,11 +77,12 @@ class BedAlerts:
              utc_offset: float | None) -> dict[str, Any]:
         onset = ev["onset_lsl"]
         return alert_message(
-            bed=self.bed, epoch=res.index, event=event, state=state, onset_lsl=onset,
+            bed=self.bed, epoch=res.index, event=self.names[event], state=state,
+            onset_lsl=onset,
             onset_utc=None if (onset is None or utc_offset is None) else onset + utc_offset,
-            duration_s=ev["n_epochs"] * EPOCH_S, source="model",
+            duration_s=ev["n_epochs"] * EPOCH_S, source=self.source,
             probability=ev["max_prob"], rule=f"p>={self._threshold(event):g} per 30-s epoch",
-            sensor="model", model_id=self.model_id,
+            sensor=self.sensor, model_id=self.model_id,
         )
 
     def update(self, res: EpochResult, utc_offset: float | None = None) -> list[dict[str, Any]]:
@@ -84,7 +95,7 @@ class BedAlerts:
         if asleep:
             self.sleep_s += EPOCH_S
         out: list[dict[str, Any]] = []
-        for event in EVENTS:
+        for event in self.events:
             prob = res.apnea_prob if event == "apnea" else res.hypopnea_prob
             counts = (res.scored and prob is not None and prob >= self._threshold(event)
                       and (asleep or not self.t.gate_wake))
@@ -130,5 +141,5 @@ class BedAlerts:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self.active = {str(k): dict(v) for k, v in state.get("active", {}).items()}
-        self.n_events = {e: int(state.get("n_events", {}).get(e, 0)) for e in EVENTS}
+        self.n_events = {e: int(state.get("n_events", {}).get(e, 0)) for e in self.events}
         self.sleep_s = float(state.get("sleep_s", 0.0))

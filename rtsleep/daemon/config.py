@@ -28,6 +28,7 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     gate_wake = true                   # no alerts during epochs scored as wake
     aasm = true                        # AASM events from airflow/effort/SpO2 when a bed has them
     hypopnea_rule = "1A"               # 1A (>= 3 % desaturation) or 1B (>= 4 %)
+    ecg = false                        # ECG apnea model alerts (about 50 ms CPU per bed-epoch)
 
     [[beds]]
     id = "bed1"                        # [A-Za-z0-9_.-]+ (used in topics and file names)
@@ -119,6 +120,7 @@ class AlertsSection:
     gate_wake: bool = True
     aasm: bool = True
     hypopnea_rule: str = "1A"
+    ecg: bool = False
 
 
 @dataclass

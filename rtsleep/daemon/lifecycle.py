@@ -38,6 +38,7 @@ import torch
 from rtsleep.daemon import sdnotify
 from rtsleep.daemon.alerts import AlertThresholds, BedAlerts
 from rtsleep.daemon.config import BedConfig, Config
+from rtsleep.daemon.ecg_apnea import BedEcgApnea
 from rtsleep.daemon.epocher import EpochBlock, default_modality
 from rtsleep.daemon.ingest import BedIngest
 from rtsleep.daemon.inlet import ChannelSpec, StreamLayout, StreamSelector
@@ -111,6 +112,7 @@ class Daemon:
         self.ingests: dict[str, BedIngest] = {}
         self.alerts: dict[str, BedAlerts] = {}
         self.respiration: dict[str, BedRespiration] = {}
+        self.ecg: dict[str, BedEcgApnea] = {}
         #: Per bed, epochs cut but not scored yet, with the time they became complete.
         self.backlog: dict[str, deque[tuple[EpochBlock, float]]] = {}
         self.model_id = ""
@@ -162,6 +164,14 @@ class Daemon:
             raise StartupError(str(err)) from None
         thresholds = AlertThresholds(cfg.alerts.apnea_prob, cfg.alerts.hypopnea_prob,
                                      cfg.alerts.gate_wake)
+        ecg_model = None
+        if cfg.alerts.ecg:
+            from rtsleep.apnea.ecg_model import load_ecg_model
+
+            try:
+                ecg_model = load_ecg_model()
+            except (OSError, ValueError) as err:
+                raise StartupError(f"alerts.ecg: {err}") from None
         for bed in cfg.beds:
             saved = load_state(cfg.daemon.state_dir, bed.id, model_id,
                                cfg.daemon.state_max_age_s)
@@ -178,6 +188,8 @@ class Daemon:
             if cfg.alerts.aasm:
                 self.respiration[bed.id] = BedRespiration(bed.id, cfg.alerts.hypopnea_rule,
                                                           model_id)
+            if ecg_model is not None:
+                self.ecg[bed.id] = BedEcgApnea(bed.id, ecg_model, thresholds, model_id)
             self.ingests[bed.id] = BedIngest(
                 bed.id, selectors(bed),
                 anchor=self.scorer.anchor(bed.id),
@@ -210,12 +222,24 @@ class Daemon:
             resp = self.respiration.get(res.bed)
             if resp is not None:
                 alerts += resp.on_result(res, self.scorer.anchor(res.bed), self.utc_offset)
+            ecg = self.ecg.get(res.bed)
+            if ecg is not None:
+                alerts += ecg.on_result(res, self.utc_offset)
             for alert in alerts:
                 pub.publish(alert_topic(res.bed), alert)
 
     def _respiration(self, blocks: list[EpochBlock]) -> None:
-        """Feed the AASM detectors (before scoring); publish what they decide."""
+        """Feed the AASM detectors and ECG apnea streams (before scoring); publish what the
+        detectors decide."""
         for blk in blocks:
+            ecg = self.ecg.get(blk.bed)
+            if ecg is not None:
+                try:
+                    ecg.on_block(blk)
+                except Exception:  # noqa: BLE001 - the alert pathway never stops scoring
+                    log.exception("bed %s epoch %d: ECG apnea stream failed; disabled",
+                                  blk.bed, blk.index)
+                    del self.ecg[blk.bed]
             resp = self.respiration.get(blk.bed)
             if resp is None or self.publisher is None:
                 continue
@@ -239,8 +263,13 @@ class Daemon:
             nxt = self.scorer.next_epoch(bed_id)
             scored, unscorable = self.scorer.counters(bed_id)
             resp = self.respiration.get(bed_id)
-            summary = (resp.summary() if resp is not None and resp.active
-                       else self.alerts[bed_id].summary())
+            ecg = self.ecg.get(bed_id)
+            if resp is not None and resp.active:  # airflow: AASM events
+                summary = resp.summary()
+            elif ecg is not None and ecg.active:
+                summary = ecg.summary()
+            else:
+                summary = self.alerts[bed_id].summary()
             beds[bed_id] = {
                 "last_epoch": nxt - 1 if nxt > 0 else None,
                 "streams_connected": sum(1 for h in ingest.streams if h.inlet is not None),

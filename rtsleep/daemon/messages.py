@@ -166,9 +166,10 @@ def alert_message(
 ) -> dict[str, Any]:
     """An alert: ``event`` apnea/hypopnea/..., ``state`` provisional/confirmed/retracted/ended.
 
-    ``source`` is ``"model"`` (per-epoch probability over the configured threshold) or
-    ``"aasm"`` (respiratory-signal detector); ``rule``/``sensor`` name the detector's criteria;
-    ``desaturation_pct`` (SpO2 drop, % points) and ``reason`` (why retracted) are optional.
+    ``source`` is ``"model"`` (per-epoch probability over the configured threshold), ``"ecg"``
+    (the ECG apnea model's per-epoch probability) or ``"aasm"`` (respiratory-signal detector);
+    ``rule``/``sensor`` name the criteria; ``desaturation_pct`` (SpO2 drop, % points) and
+    ``reason`` (why retracted) are optional.
     """
     return {
         "schema": ALERT_SCHEMA,
