@@ -1,0 +1,75 @@
+"""Subject-wise cross-validation: fixed recorded split, no test-subject leakage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import offline.cv as cv
+from offline.spectral_train import Sequence, TrainConfig, spectral_model_config
+from offline.stage_data import StageRecording
+from rtsleep.models.sleepnet import SleepNet
+
+
+def _recs() -> list[StageRecording]:
+    rng = np.random.default_rng(0)
+    out = []
+    for sub in ("c", "a", "d", "b"):
+        x = np.zeros((6, 4, 3000), dtype=np.float32)
+        x[:, 0] = rng.normal(size=(6, 3000)).astype(np.float32)
+        out.append(StageRecording(f"rec_{sub}", sub, "synthetic", x,
+                                  np.array([1, 0, 0, 0], bool), rng.integers(0, 5, 6)))
+    return out
+
+
+def test_loso_split_is_sorted_fixed_and_keeps_test_out_of_training() -> None:
+    folds = cv.loso_split(["c", "a", "d", "b", "a"], seed=3)
+    assert [f["test"] for f in folds] == ["a", "b", "c", "d"]
+    assert folds == cv.loso_split(["d", "c", "b", "a"], seed=3)
+    for f in folds:
+        assert f["test"] not in f["train"] and f["test"] != f["val"]
+        assert f["val"] not in f["train"]
+        assert sorted([*f["train"], f["val"], f["test"]]) == ["a", "b", "c", "d"]
+
+
+def test_loso_split_needs_three_subjects() -> None:
+    with pytest.raises(ValueError, match=">= 3 subjects"):
+        cv.loso_split(["a", "b"], seed=0)
+
+
+def test_run_loso_never_shows_the_test_subject_to_training_or_selection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def fake_finetune(model: SleepNet, train: list[Sequence], val: list[Sequence] | None,
+                      cfg: TrainConfig) -> tuple[SleepNet, int]:
+        seen.append(({s.subject for s in train}, {s.subject for s in val or []}))
+        return model, 0
+
+    monkeypatch.setattr(cv, "finetune", fake_finetune)
+    torch.manual_seed(0)
+    evals, folds = cv.run_loso(SleepNet(spectral_model_config()).eval(), _recs(), seed=1)
+    assert len(seen) == 4
+    for (train, val), fold in zip(seen, folds, strict=True):
+        assert fold["test"] not in train | val
+        assert val == {fold["val"]}
+    assert sorted(ev.rec.subject for ev in evals) == ["a", "b", "c", "d"]
+
+
+def test_write_cv_records_split_seed_and_both_modes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SleepNet(spectral_model_config()).eval()
+    evals, folds = cv.run_loso(model, _recs(), seed=2, steps=2)
+    res = cv.write_cv(evals, folds, tmp_path, seed=2, steps=2)
+    saved = json.loads((tmp_path / "cv.json").read_text())
+    assert saved["seed"] == 2 and saved["folds"] == "loso"
+    assert [f["test"] for f in saved["split"]] == ["a", "b", "c", "d"]
+    assert all(0 <= f["best_step"] <= 2 for f in saved["split"])
+    assert set(saved["modes"]) == {"offline", "streaming"}
+    assert saved["pooled"]["n_epochs"] == 24 == res["pooled"]["n_epochs"]
+    assert (tmp_path / "report.json").is_file()

@@ -1,0 +1,83 @@
+"""The shipped default stage model: loads, matches the preprocessing, streams as it scores
+offline on real EEG, and ``evaluate`` writes its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from offline.stage_data import load_raw
+from offline.stage_eval import default_model_path, run_offline, run_streaming
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.models.checkpoint import load_checkpoint_meta, load_model
+
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def test_bundled_model_loads_with_the_default_preprocessing() -> None:
+    path = default_model_path()
+    assert path.stat().st_size <= MAX_BYTES
+    model = load_model(path, expected_preprocess=PreprocessSpec.default())
+    assert model.cfg.encoder == "spectral"
+    assert model.cfg.lookahead_epochs == 0  # the daemon streams it without delay
+    meta = load_checkpoint_meta(path)
+    assert not PreprocessSpec.default().mismatches(meta.preprocess)
+    assert meta.card is not None
+    licences = " ".join(d["licence"] for d in meta.card["training_data"])
+    assert "ODC-By" in licences
+
+
+def _excerpt_folder(shared_data: Path, tmp_path: Path, n: int) -> Path:
+    src = shared_data / "dreams-spindles"
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
+        (folder / name).symlink_to(src / name)
+    return folder
+
+
+def test_bundled_model_streams_exactly_as_offline_on_real_eeg(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    model = load_model(default_model_path())
+    (rec,) = load_raw("dreams", _excerpt_folder(shared_data, tmp_path, 1), PreprocessSpec.default())
+    off, stream = run_offline(model, rec), run_streaming(model, rec)
+    assert len(off.epochs) == rec.n_epochs == 60
+    np.testing.assert_allclose(off.probs, stream.probs, atol=1e-5)
+    np.testing.assert_array_equal(off.probs.argmax(-1), stream.probs.argmax(-1))
+
+
+def test_evaluate_command_writes_report_for_the_bundled_model(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    from offline.cli import app
+
+    torch.set_num_threads(1)
+    data = _excerpt_folder(shared_data, tmp_path, 5)
+    out = tmp_path / "REPORT"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--dataset", "dreams",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in res.output and "kappa" in res.output and "identical" in res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pooled"]["n_epochs"] == 60
+    assert rep["streaming_matches_offline"] is True
+    assert rep["modes"]["streaming"]["pooled"] == rep["modes"]["offline"]["pooled"]
+    assert (out / "hypnogram_excerpt5.png").is_file()
+    assert (out / "confusion_offline.png").is_file()
+    assert rep["pooled"]["accuracy"] > 0.4  # a trained model, not chance (5 classes)
+
+
+def test_evaluate_command_fails_cleanly_on_a_missing_folder(tmp_path: Path) -> None:
+    from offline.cli import app
+
+    missing = "nope"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / missing), "--dataset",
+                                   "dreams", "--out", str(tmp_path / "R")])
+    assert res.exit_code != 0
+    assert missing in res.output

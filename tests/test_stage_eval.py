@@ -1,0 +1,117 @@
+"""Stage evaluation: metrics, offline vs streaming runs, report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
+
+from offline.spectral_train import spectral_model_config
+from offline.stage_data import StageRecording, is_store
+from offline.stage_eval import (
+    build_report,
+    confusion,
+    evaluate_model,
+    metrics_from_confusion,
+    run_offline,
+    run_streaming,
+    stage_metrics,
+    write_report,
+)
+from rtsleep.models.sleepnet import SleepNet
+
+
+def _recording(rid: str, n: int, seed: int) -> StageRecording:
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 4, 3000), dtype=np.float32)
+    x[:, 0] = rng.normal(size=(n, 3000)).astype(np.float32) * rng.uniform(0.5, 3, size=(n, 1))
+    stages = rng.integers(0, 5, size=n)
+    stages[1] = -1
+    return StageRecording(rid, f"s{rid}", "synthetic", x, np.array([1, 0, 0, 0], bool), stages)
+
+
+@pytest.fixture(scope="module")
+def model() -> SleepNet:
+    torch.manual_seed(0)
+    return SleepNet(spectral_model_config()).eval()
+
+
+def test_metrics_equal_sklearn_on_random_labels() -> None:
+    rng = np.random.default_rng(1)
+    yt, yp = rng.integers(0, 5, 400), rng.integers(0, 5, 400)
+    yp[:200] = yt[:200]
+    m = stage_metrics(yt, yp)
+    assert m["accuracy"] == pytest.approx(accuracy_score(yt, yp))
+    assert m["macro_f1"] == pytest.approx(f1_score(yt, yp, average="macro"))
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(yt, yp))
+    assert m["n_epochs"] == 400
+
+
+def test_confusion_rows_are_truth_and_absent_class_f1_is_null() -> None:
+    cm = confusion(np.array([0, 0, 2]), np.array([0, 2, 2]))
+    assert cm[0, 2] == 1 and cm[2, 0] == 0
+    m = metrics_from_confusion(cm)
+    assert m["per_class_f1"]["N1"] is None
+    assert m["per_class_f1"]["W"] == pytest.approx(2 / 3)
+    # macro-F1 averages the classes present in truth or prediction only (W and N2)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_confusion_rejects_out_of_range_labels() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        confusion(np.array([0, 5]), np.array([0, 1]))
+
+
+def test_streaming_run_equals_offline_run(model: SleepNet) -> None:
+    rec = _recording("a", 12, 0)
+    off, stream = run_offline(model, rec), run_streaming(model, rec)
+    np.testing.assert_array_equal(off.epochs, np.arange(12))
+    np.testing.assert_array_equal(off.epochs, stream.epochs)
+    np.testing.assert_allclose(off.probs, stream.probs, atol=1e-5)
+
+
+def test_lookahead_outputs_are_aligned_to_their_epoch() -> None:
+    cfg = spectral_model_config()
+    cfg.lookahead_epochs = 2
+    m = SleepNet(cfg).eval()
+    rec = _recording("b", 9, 1)
+    for res in (run_offline(m, rec), run_streaming(m, rec)):
+        np.testing.assert_array_equal(res.epochs, np.arange(7))  # last 2 epochs never emitted
+
+
+def test_report_pools_recordings_and_skips_unscored(model: SleepNet) -> None:
+    recs = [_recording("a", 10, 0), _recording("b", 6, 2)]
+    rep = build_report(evaluate_model(model, recs))
+    assert rep["pooled"]["n_epochs"] == 9 + 5  # one unscored epoch each
+    assert set(rep["modes"]) == {"offline", "streaming"}
+    assert rep["modes"]["offline"]["recordings"]["b"]["n_epochs"] == 5
+    assert rep["streaming_matches_offline"] is True
+    total = np.sum([np.asarray(rep["modes"]["offline"]["recordings"][r]["confusion"])
+                    for r in ("a", "b")], axis=0)
+    assert total.tolist() == rep["modes"]["offline"]["pooled"]["confusion"]
+
+
+def test_write_report_writes_json_and_figures(model: SleepNet, tmp_path: Path) -> None:
+    recs = [_recording("a", 8, 0)]
+    history = {"pretrain_step": [1.0, 2.0], "pretrain_train_loss": [1.5, 1.2],
+               "pretrain_val_loss": [1.6, 1.4]}
+    rep = write_report(evaluate_model(model, recs), tmp_path / "R", history=history)
+    saved = json.loads((tmp_path / "R" / "report.json").read_text())
+    assert set(saved["pooled"]) == {"accuracy", "macro_f1", "kappa", "n_epochs"}
+    assert saved["pooled"] == rep["pooled"]
+    for name in ("hypnogram_a.png", "confusion_offline.png", "confusion_streaming.png",
+                 "training_curves.png"):
+        assert (tmp_path / "R" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_is_store_tells_store_from_raw_folder(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "excerpt1.txt").write_text("[C3-A1]\n1\n")
+    (tmp_path / "st" / "dreams").mkdir(parents=True)
+    (tmp_path / "st" / "dreams" / "excerpt1.parquet").write_bytes(b"")
+    assert not is_store(tmp_path / "raw")
+    assert is_store(tmp_path / "st")
