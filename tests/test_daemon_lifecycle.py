@@ -1,0 +1,114 @@
+"""The serve loop in-process: epochs injected into the backlog go through scoring, every alert
+pathway, publishing, persistence and the heartbeat; SIGTERM only sets a flag."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from rtsleep.daemon.config import load_config
+from rtsleep.daemon.epocher import BedEpocher, EpochBlock
+from rtsleep.daemon.inlet import StreamLayout
+from rtsleep.daemon.lifecycle import Daemon
+from rtsleep.daemon.messages import decode
+from rtsleep.daemon.replay import load_channels, plan_outlets, stream_info
+from rtsleep.daemon.state import load_state
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.models import SleepNet, SleepNetConfig, save_model
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "rtsleep" / "schemas"
+                     / "messages.schema.json").read_text())
+N = 12
+
+
+def excerpt3_blocks(shared_data: Path) -> list[EpochBlock]:
+    path = shared_data / "dreams-spindles" / "excerpt3.edf"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    plans = plan_outlets(path.name, load_channels(path))
+    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
+    ep = BedEpocher("bed1", [lay.key for lay in layouts])
+    for p, lay in zip(plans, layouts, strict=True):
+        ep.attach(lay.key, lay)
+        n = int(N * 30 * p.sfreq)
+        ep.push(lay.key, p.data[:n], 500.0 + np.arange(n) / p.sfreq)
+    return ep.pop_ready()
+
+
+def test_loop_scores_publishes_alerts_persists_and_beats(shared_data: Path,
+                                                         tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "m.safetensors"
+    save_model(SleepNet(SleepNetConfig.default()).eval(), model, PreprocessSpec.default())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f"""
+[daemon]
+state_dir = "{tmp_path / 'state'}"
+heartbeat_s = 0.1
+[model]
+path = "{model}"
+device = "cpu"
+[zmq]
+endpoints = ["tcp://127.0.0.1:{port}"]
+[alerts]
+apnea_prob = 0.01
+ecg = true
+[[beds]]
+id = "bed1"
+streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
+""")
+    blocks = excerpt3_blocks(shared_data)
+    daemon = Daemon(load_config(cfg_path, env={}))
+    ctx: zmq.Context[Any] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    got: list[tuple[str, dict[str, Any]]] = []
+    try:
+        daemon.start()
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        sub.setsockopt_string(zmq.SUBSCRIBE, "")
+        deadline = time.monotonic() + 10
+        while daemon.publisher is not None and not daemon.publisher.poll(0.05):
+            assert time.monotonic() < deadline, "no subscription"
+        daemon.backlog["bed1"] = deque((b, time.perf_counter()) for b in blocks)
+        n = sum(daemon.step() for _ in range(N + 2))
+        daemon.heartbeat()
+        daemon.request_stop(signal.SIGTERM)
+        assert daemon.stop_requested
+        assert daemon.run() == 0  # finishes at once: the flag is set
+        while sub.poll(500):
+            topic, payload = sub.recv_multipart()
+            got.append((topic.decode(), decode(payload)))
+    finally:
+        sub.close(0)
+        ctx.term()
+    assert n == N
+    for _, msg in got:
+        jsonschema.validate(msg, SCHEMA)
+    stages = [m for t, m in got if t == "stage/bed1/"]
+    assert [m["epoch"] for m in stages] == list(range(N))
+    assert all(m["status"] == "scored" for m in stages)
+    sources = {m["source"] for t, m in got if t == "alert/bed1/"}
+    assert {"model", "aasm", "ecg"} <= sources  # every alert pathway ran
+    status = [m for t, m in got if t == "status/"]
+    assert status[-1]["state"] == "stopping"
+    assert status[-1]["beds"]["bed1"]["last_epoch"] == N - 1
+    assert status[-1]["beds"]["bed1"]["epochs_scored"] == N
+    saved = load_state(tmp_path / "state", "bed1", stages[0]["model_id"], 3600)
+    assert saved is not None and saved.next_epoch == N
+    assert saved.anchor_lsl == pytest.approx(500.0)
+    assert "alerts" in saved.extra
