@@ -49,6 +49,8 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
     assert cfg.beds[0].streams[1].name == "amp1-ecg"
     assert cfg.beds[0].channels == {"C3-A2": Modality.EEG, "X1": Modality.EMG}
     assert not cfg.zmq.curve_enabled
+    assert cfg.model.threads == 1
+    assert (cfg.alerts.aasm, cfg.alerts.hypopnea_rule, cfg.alerts.ecg) == (True, "1A", False)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,10 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
         (("\"X1\" = \"EMG\"", "\"X1\" = \"EMGX\""), "beds[0].channels.X1", "unknown modality"),
         (("{ name = \"b2\" }", "{ nme = \"b2\" }"), "beds[1].streams[0].nme", "unknown key"),
         (("[daemon]", "[demon]"), "demon", "unknown section"),
+        (("device = \"cpu\"", "device = \"cpu\"\nthreads = -1"), "model.threads", ">= 0"),
+        (("[zmq]", "[alerts]\nhypopnea_rule = \"2C\"\n[zmq]"), "alerts.hypopnea_rule",
+         "expected '1A' or '1B'"),
+        (("[zmq]", "[alerts]\necg = 1\n[zmq]"), "alerts.ecg", "expected true or false"),
     ],
 )
 def test_bad_values_raise_one_line_error_naming_file_and_key(
