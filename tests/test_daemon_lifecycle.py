@@ -50,7 +50,8 @@ def test_loop_scores_publishes_alerts_persists_and_beats(shared_data: Path,
                                                          tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = tmp_path / "m.safetensors"
-    save_model(SleepNet(SleepNetConfig.default()).eval(), model, PreprocessSpec.default())
+    save_model(SleepNet(SleepNetConfig.default()).eval(), model, PreprocessSpec.default(),
+               card={"training": {"trained_heads": ["stage", "apnea", "hypopnea"]}})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -102,6 +103,7 @@ streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
     stages = [m for t, m in got if t == "stage/bed1/"]
     assert [m["epoch"] for m in stages] == list(range(N))
     assert all(m["status"] == "scored" for m in stages)
+    assert all(m["apnea_prob"] is not None for m in stages)  # the card says it was trained
     sources = {m["source"] for t, m in got if t == "alert/bed1/"}
     assert {"model", "aasm", "ecg"} <= sources  # every alert pathway ran
     status = [m for t, m in got if t == "status/"]

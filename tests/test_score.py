@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from rtsleep.cli import app
 from rtsleep.daemon.replay import load_channels
 from rtsleep.daemon.score import iter_results, score_file
-from rtsleep.daemon.scorer import Scorer, load_scoring_model
+from rtsleep.daemon.scorer import Scorer, load_scoring_model, trained_heads
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.models import SleepNet, SleepNetConfig, save_model
 
@@ -45,7 +45,9 @@ def test_score_writes_one_valid_line_per_epoch_equal_to_the_scorer(
     edf = excerpt3(shared_data)
     net, spec, model_id, dev = load_scoring_model(model_path, "cpu")
     out = tmp_path / "s.jsonl"
-    msgs = score_file(edf, out, Scorer(net, spec, model_id, dev, max_batch=1))
+    assert trained_heads(model_path) == {"stage"}
+    msgs = score_file(edf, out, Scorer(net, spec, model_id, dev, max_batch=1,
+                                       heads=trained_heads(model_path)))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines == msgs and len(lines) == 60
     assert [m["epoch"] for m in lines] == list(range(60))
@@ -54,7 +56,10 @@ def test_score_writes_one_valid_line_per_epoch_equal_to_the_scorer(
         jsonschema.validate(m, SCHEMA)
         assert m["model_id"] == model_id and m["latency_ms"] is None
         assert m["start_lsl"] == 30.0 * m["epoch"]  # offline: seconds from the start
-    again = list(iter_results(Scorer(net, spec, model_id, dev), str(edf), load_channels(edf)))
+        # the card does not say the apnea/hypopnea heads were trained: not reported
+        assert m["apnea_prob"] is None and m["hypopnea_prob"] is None
+    again = list(iter_results(Scorer(net, spec, model_id, dev, heads=trained_heads(model_path)),
+                              str(edf), load_channels(edf)))
     assert [r.probs for r in again] == [
         None if m["probs"] is None else [m["probs"][k] for k in ("W", "N1", "N2", "N3", "R")]
         for m in lines

@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from rtsleep.daemon.score import plot_hypnogram, score_file
-        from rtsleep.daemon.scorer import Scorer, load_scoring_model
+        from rtsleep.daemon.scorer import Scorer, load_scoring_model, trained_heads
         from rtsleep.data.errors import DataError
 
         if threads:
@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
             net, spec, model_id, dev = load_scoring_model(model, device)
         except (OSError, ValueError, KeyError) as err:
             raise _fail("score", f"model: {err}") from None
-        scorer = Scorer(net, spec, model_id, device=dev, max_batch=1)
+        scorer = Scorer(net, spec, model_id, device=dev, max_batch=1, heads=trained_heads(model))
         try:
             messages = score_file(file, out, scorer, dataset=dataset)
         except DataError as err:

@@ -45,7 +45,13 @@ from rtsleep.daemon.inlet import ChannelSpec, StreamLayout, StreamSelector
 from rtsleep.daemon.messages import STATUS_TOPIC, alert_topic, stage_topic, status_message
 from rtsleep.daemon.publisher import Publisher, PublisherError
 from rtsleep.daemon.respiration import BedRespiration
-from rtsleep.daemon.scorer import EpochResult, Scorer, load_scoring_model, result_message
+from rtsleep.daemon.scorer import (
+    EpochResult,
+    Scorer,
+    load_scoring_model,
+    result_message,
+    trained_heads,
+)
 from rtsleep.daemon.state import load_state, save_state
 from rtsleep.data.recording import EPOCH_S, Modality
 
@@ -144,8 +150,11 @@ class Daemon:
         except (OSError, ValueError, KeyError) as err:
             raise StartupError(f"model: {err}") from None
         self.model_id = model_id
-        self.scorer = Scorer(model, spec, model_id, device=device, max_batch=cfg.model.max_batch)
-        log.info("model %s on %s", model_id[:12], device)
+        heads = trained_heads(cfg.model.path)
+        self.scorer = Scorer(model, spec, model_id, device=device, max_batch=cfg.model.max_batch,
+                             heads=heads)
+        log.info("model %s on %s (trained heads: %s)", model_id[:12], device,
+                 ", ".join(sorted(heads)))
         try:
             cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
             probe = cfg.daemon.state_dir / ".write-test"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,8 @@ class Scorer:
 
     ``model`` must provide ``step(x (B, M, S), mask (B, M), state) -> output`` with
     ``stage_probs (B, 5)``, ``apnea_prob (B,)``, ``hypopnea_prob (B,)`` and
-    ``init_state(batch) -> dict[str, Tensor]`` (``rtsleep.models.SleepNet``).
+    ``init_state(batch) -> dict[str, Tensor]`` (``rtsleep.models.SleepNet``). ``heads``: the
+    heads to report (see :func:`trained_heads`); the others' probabilities are ``None``.
     """
 
     def __init__(
@@ -148,8 +149,11 @@ class Scorer:
         model_id: str,
         device: torch.device | str = "cpu",
         max_batch: int = 256,
+        heads: Collection[str] = ("stage", "apnea", "hypopnea"),
     ) -> None:
         self.device = torch.device(device)
+        #: Heads whose outputs are reported; an untrained head's output is ``None``.
+        self.heads = frozenset(heads)
         self.model = model.to(self.device).eval()
         self.spec = spec
         self.model_id = model_id
@@ -378,8 +382,9 @@ class Scorer:
                     continue
                 for (_, _, _, _, res), (p, a, h) in zip(chunk, outs, strict=True):
                     res.probs = p
-                    res.apnea_prob = a if math.isfinite(a) else None
-                    res.hypopnea_prob = h if math.isfinite(h) else None
+                    res.apnea_prob = a if "apnea" in self.heads and math.isfinite(a) else None
+                    res.hypopnea_prob = (h if "hypopnea" in self.heads and math.isfinite(h)
+                                         else None)
         return results
 
     def fail(self, block: EpochBlock, reason: str, ready_at: float) -> list[EpochResult]:
@@ -430,6 +435,23 @@ def load_scoring_model(
         raise ValueError(f"{p}: model has a look-ahead of {lookahead} epoch(s); the daemon "
                          "streams causal models only")
     return model, meta.preprocess, meta.model_id, dev
+
+
+def trained_heads(path: str | Path) -> frozenset[str]:
+    """The heads a checkpoint's card says were trained (``card.training.trained_heads``).
+
+    A checkpoint that does not say (the interim default model, hand-made ones) counts as a stage
+    model: its apnea/hypopnea heads keep their initialisation and are not reported.
+    """
+    from rtsleep.models.checkpoint import load_checkpoint_meta
+
+    p = Path(path) if path else default_model_path()
+    card = load_checkpoint_meta(p).card or {}
+    training = card.get("training") if isinstance(card, dict) else None
+    heads = training.get("trained_heads") if isinstance(training, dict) else None
+    if not isinstance(heads, list):
+        return frozenset({"stage"})
+    return frozenset(str(h) for h in heads) | {"stage"}
 
 
 def result_message(res: EpochResult, model_id: str, utc_offset: float | None,
