@@ -115,7 +115,7 @@ def cross_validate(
             net = train_variant(
                 [feats[i] for i in tr],
                 [labels[i] for i in tr],
-                EcgApneaConfig(bidirectional=v == "noncausal"),
+                EcgApneaConfig(n_features=feats[0].shape[1], bidirectional=v == "noncausal"),
                 cfg,
             )
             with torch.no_grad():
