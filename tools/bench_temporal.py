@@ -5,6 +5,7 @@ Measures, for ``MambaTemporal`` (``--d-model``, ``--n-layers``, d_state 16, d_co
 - forward over ``--steps`` tokens for ``--batch`` sequences (no grad), and one training step
   (forward + backward of a mean loss), with the sequential scan and with the chunked scan at
   several chunk sizes;
+- with ``--parts scan``: one layer's selective scan alone (same shapes), both scans;
 - one recurrent ``step`` for 1 stream and for 64 streams (median and p99 over ``--step-repeats``);
 - recurrent state bytes per stream (fp32).
 
@@ -21,11 +22,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
 
+from rtsleep.models.mamba import selective_scan_chunked, selective_scan_sequential
 from rtsleep.models.temporal import MambaTemporal, TemporalConfig
 
 
@@ -53,24 +55,23 @@ def _build(d_model: int, n_layers: int, scan: str, chunk_size: int | None) -> Ma
     return model
 
 
-def main(
-    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
-    d_model: Annotated[int, typer.Option(help="model width")] = 128,
-    n_layers: Annotated[int, typer.Option(help="Mamba blocks")] = 2,
-    batch: Annotated[int, typer.Option(help="sequences per training batch")] = 16,
-    steps: Annotated[int, typer.Option(help="tokens (epochs) per sequence")] = 1000,
-    repeats: Annotated[int, typer.Option(help="timed repeats per scan case")] = 3,
-    chunk_sizes: Annotated[str, typer.Option(help="comma-separated chunk sizes")] = "16,32,64",
-    step_repeats: Annotated[int, typer.Option(help="timed recurrent steps")] = 500,
-) -> None:
-    """Print the temporal-module benchmark as a Markdown table."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    sizes = [int(s) for s in chunk_sizes.split(",") if s]
-    rows: list[tuple[str, str, str]] = []
-    cases: list[tuple[str, str, int | None]] = [("sequential", "sequential", None)]
-    cases += [(f"chunked K={k}", "chunked", k) for k in sizes]
-    x = torch.randn(batch, steps, d_model)
+Row = tuple[str, str, str]
+
+
+def _timed_row(name: str, fn: Callable[[], object], repeats: int) -> Row:
+    wall, cpu = _time(fn, repeats)
+    return (name, f"{statistics.median(wall):.3f} s", f"{statistics.median(cpu):.3f} s")
+
+
+def _module_rows(
+    d_model: int,
+    n_layers: int,
+    x: torch.Tensor,
+    cases: list[tuple[str, str, int | None]],
+    repeats: int,
+) -> list[Row]:
+    """Whole MambaTemporal: forward (no grad) and forward + backward, per scan case."""
+    rows = []
     for label, scan, size in cases:
         model = _build(d_model, n_layers, scan, size)
 
@@ -84,16 +85,51 @@ def main(
             y.square().mean().backward()
             return None
 
-        for name, fn in (("forward", forward), ("forward + backward", train_step)):
-            wall, cpu = _time(fn, repeats)
-            rows.append(
-                (
-                    f"{name}, {label}",
-                    f"{statistics.median(wall):.3f} s",
-                    f"{statistics.median(cpu):.3f} s",
-                )
-            )
+        rows.append(_timed_row(f"module forward, {label}", forward, repeats))
+        rows.append(_timed_row(f"module forward + backward, {label}", train_step, repeats))
+    return rows
 
+
+def _scan_rows(
+    batch: int, steps: int, d_inner: int, cases: list[tuple[str, str, int | None]], repeats: int
+) -> list[Row]:
+    """One selective scan alone (one layer's shapes), forward and forward + backward."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "u": torch.randn(batch, steps, d_inner, generator=gen),
+        "delta": torch.randn(batch, steps, d_inner, generator=gen),
+        "A": -torch.exp(torch.randn(d_inner, 16, generator=gen)),
+        "B": torch.randn(batch, steps, 16, generator=gen),
+        "C": torch.randn(batch, steps, 16, generator=gen),
+        "D": torch.randn(d_inner, generator=gen),
+        "z": torch.randn(batch, steps, d_inner, generator=gen),
+        "delta_bias": torch.randn(d_inner, generator=gen),
+    }
+    rows = []
+    for label, scan, size in cases:
+
+        def run(scan: str = scan, size: int | None = size, **tensors: Any) -> torch.Tensor:
+            if scan == "chunked":
+                return selective_scan_chunked(**tensors, chunk_size=size)[0]
+            return selective_scan_sequential(**tensors)[0]
+
+        def forward(run: Callable[..., torch.Tensor] = run) -> object:
+            with torch.no_grad():
+                return run(**inputs)
+
+        def train_step(run: Callable[..., torch.Tensor] = run) -> object:
+            leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+            run(**leaves).square().mean().backward()
+            return None
+
+        rows.append(_timed_row(f"scan only, forward, {label}", forward, repeats))
+        rows.append(_timed_row(f"scan only, forward + backward, {label}", train_step, repeats))
+    return rows
+
+
+def _step_rows(d_model: int, n_layers: int, step_repeats: int) -> list[Row]:
+    """One recurrent step for 1 and 64 streams, and the state size."""
+    rows = []
     model = MambaTemporal(TemporalConfig(d_model=d_model, n_layers=n_layers)).eval()
     for n_streams in (1, 64):
         state = model.init_state(n_streams)
@@ -114,6 +150,38 @@ def main(
             )
         )
     rows.append(("recurrent state per stream (fp32)", f"{model.state_nbytes(1):,} bytes", ""))
+    return rows
+
+
+def main(
+    threads: Annotated[int, typer.Option(help="torch threads")] = 2,
+    d_model: Annotated[int, typer.Option(help="model width")] = 128,
+    n_layers: Annotated[int, typer.Option(help="Mamba blocks")] = 2,
+    batch: Annotated[int, typer.Option(help="sequences per training batch")] = 16,
+    steps: Annotated[int, typer.Option(help="tokens (epochs) per sequence")] = 1000,
+    repeats: Annotated[int, typer.Option(help="timed repeats per scan case")] = 3,
+    chunk_sizes: Annotated[str, typer.Option(help="comma-separated chunk sizes")] = "16,32,64",
+    step_repeats: Annotated[int, typer.Option(help="timed recurrent steps")] = 500,
+    parts: Annotated[str, typer.Option(help="comma-separated: module, scan, step")] = "module,step",
+) -> None:
+    """Print the temporal-module benchmark as a Markdown table."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    chosen = {p.strip() for p in parts.split(",") if p.strip()}
+    unknown = chosen - {"module", "scan", "step"}
+    if unknown:
+        raise typer.BadParameter(f"unknown parts {sorted(unknown)}", param_hint="--parts")
+    sizes = [int(s) for s in chunk_sizes.split(",") if s]
+    cases: list[tuple[str, str, int | None]] = [("sequential", "sequential", None)]
+    cases += [(f"chunked K={k}", "chunked", k) for k in sizes]
+    rows: list[Row] = []
+    if "module" in chosen:
+        x = torch.randn(batch, steps, d_model)
+        rows += _module_rows(d_model, n_layers, x, cases, repeats)
+    if "scan" in chosen:
+        rows += _scan_rows(batch, steps, 2 * d_model, cases, repeats)
+    if "step" in chosen:
+        rows += _step_rows(d_model, n_layers, step_repeats)
 
     typer.echo(
         f"d_model {d_model}, d_state 16, d_conv 4, expand 2, {n_layers} layers, batch {batch}, "
