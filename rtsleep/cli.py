@@ -6,17 +6,7 @@ them, so adding a command never touches another command's code.
 
 from __future__ import annotations
 
-import importlib
-import logging
-
-import typer
-
-app = typer.Typer(
-    name="rtsleep",
-    help="Real-time sleep scoring: serve, check, replay, watch, score.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+from rtsleep.cliapp import command_app
 
 #: Modules that define commands, each with ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -25,21 +15,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rtsleep.daemon.watch",
 )
 
-
-def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(app)
-
-
-@app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-_register_all()
+app = command_app(
+    "rtsleep",
+    "Real-time sleep scoring: serve, check, replay, watch, score.",
+    COMMAND_MODULES,
+)
 
 
 def main() -> None:
