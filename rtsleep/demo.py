@@ -40,9 +40,14 @@ log = logging.getLogger("rtsleep.demo")
 
 DEFAULT_REL = Path("dreams-spindles") / "excerpt3.edf"
 FALLBACK_RECORD = "SC4001"
+#: The demo's own LSL setup: this machine only, its own session and port block (so other LSL
+#: programs on the machine, or a full default port block, cannot interfere).
 LSL_CONFIG = """\
 [ports]
 IPv6 = disable
+MulticastPort = BASE
+BasePort = BASE1
+PortRange = 32
 [multicast]
 ResolveScope = machine
 [lab]
@@ -50,7 +55,8 @@ KnownPeers = {127.0.0.1}
 SessionID = rtsleep-demo-PID
 [log]
 level = -2
-""".replace("PID", str(os.getpid()))
+""".replace("PID", str(os.getpid())).replace("BASE1", str(24001 + (os.getpid() % 400) * 40)) \
+    .replace("BASE", str(24000 + (os.getpid() % 400) * 40))
 
 
 class DemoError(RuntimeError):
