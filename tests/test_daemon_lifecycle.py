@@ -1,5 +1,6 @@
 """The serve loop in-process: epochs injected into the backlog go through scoring, every alert
-pathway, publishing, persistence and the heartbeat; SIGTERM only sets a flag."""
+pathway, publishing, persistence and the heartbeat; a bed without streams stops nothing; SIGTERM
+only sets a flag; journal log lines carry syslog priorities."""
 
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ ecg = true
 [[beds]]
 id = "bed1"
 streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
+
+[[beds]]
+id = "bed2"
+streams = [{{ source_id = "rtsleep-test-absent-{port}" }}]
 """)
     blocks = excerpt3_blocks(shared_data)
     daemon = Daemon(load_config(cfg_path, env={}))
@@ -110,7 +115,22 @@ streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
     assert status[-1]["state"] == "stopping"
     assert status[-1]["beds"]["bed1"]["last_epoch"] == N - 1
     assert status[-1]["beds"]["bed1"]["epochs_scored"] == N
+    # a bed whose streams never appear stops nothing
+    assert status[-1]["beds"]["bed2"] == {
+        "last_epoch": None, "streams_connected": 0, "streams_total": 1, "epochs_scored": 0,
+        "epochs_unscorable": 0, "ahi": None, "severity": None}
     saved = load_state(tmp_path / "state", "bed1", stages[0]["model_id"], 3600)
     assert saved is not None and saved.next_epoch == N
     assert saved.anchor_lsl == pytest.approx(500.0)
     assert "alerts" in saved.extra
+
+
+def test_journal_format_prefixes_syslog_priority() -> None:
+    import logging
+
+    from rtsleep.daemon.lifecycle import JournalFormatter
+
+    fmt = JournalFormatter("%(message)s")
+    rec = logging.LogRecord("rtsleep.x", logging.WARNING, __file__, 1, "bed %s\nlost", ("b1",),
+                            None)
+    assert fmt.format(rec) == "<4>rtsleep.x: bed b1 | lost"
