@@ -5,11 +5,15 @@ Shapes: ``N`` samples, ``L`` tokens, ``D`` widths.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rtsleep.models.transformer import TransformerStack, sincos_positions
+
+log = logging.getLogger(__name__)
 
 
 def nt_xent(a: Tensor, b: Tensor, tau: float) -> Tensor:
@@ -104,6 +108,31 @@ class MaskedDecoder(nn.Module):
         h = torch.where(hide[..., None], self.mask_token.to(h.dtype), h)
         h = h + self.positions.to(h.dtype)
         return self.out(self.transformer(h))  # (n, L, d_out)
+
+
+def mean_modality_loss(
+    objective: nn.Module,
+    terms: list[tuple[Tensor, Tensor]],
+    contrastive_weight: float,
+    like: Tensor,
+    method: str,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(loss, metrics)`` of a per-modality objective from its ``(reconstruction, contrastive)``
+    scalar losses, one pair per modality that took part: loss = mean reconstruction +
+    ``contrastive_weight`` x mean contrastive.
+
+    With no modality taking part (``terms`` empty: none had 2 or more epochs in the batch) the
+    loss is a zero that still reaches every trainable parameter of ``objective``, so DDP ranks
+    stay in step; ``like`` gives its dtype and device, ``method`` names it in the warning.
+    """
+    if not terms:
+        log.warning("%s: no modality has 2 or more epochs in this batch; skipped", method)
+        zero = sum((p.sum() for p in objective.parameters() if p.requires_grad), like.new_zeros(()))
+        return zero * 0.0, {"recon": like.new_zeros(()), "contrastive": like.new_zeros(())}
+    recon_mean = sum((r for r, _ in terms), like.new_zeros(())) / len(terms)
+    con_mean = sum((c for _, c in terms), like.new_zeros(())) / len(terms)
+    loss = recon_mean + contrastive_weight * con_mean
+    return loss, {"recon": recon_mean.detach(), "contrastive": con_mean.detach()}
 
 
 def feature_target(features: Tensor) -> Tensor:

@@ -16,7 +16,6 @@ exported checkpoint.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -29,14 +28,13 @@ from offline.pretrain.common import (
     Projector,
     feature_target,
     masked_mean,
+    mean_modality_loss,
     nt_xent,
     random_token_mask,
 )
 from rtsleep.models.frame_encoder import FrameEncoder
 from rtsleep.models.fusion import MultimodalFusion
 from rtsleep.models.sleepnet import SleepNet
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,23 +137,10 @@ class NeuroNetObjective(nn.Module):
         b, t, m, s = x.shape
         flat = x.reshape(b * t, m, s)  # (N, M, S)
         present = mask.reshape(b * t, m)  # (N, M)
-        recon_sum = x.new_zeros(())
-        con_sum = x.new_zeros(())
-        used = 0
+        terms = []
         for j, name in enumerate(self.modalities):
             rows = present[:, j].nonzero().squeeze(1)  # (n,)
             if rows.numel() < 2:
                 continue
-            recon, con = self.modality_loss(name, flat.index_select(0, rows)[:, j])
-            recon_sum = recon_sum + recon
-            con_sum = con_sum + con
-            used += 1
-        if used == 0:
-            # Nothing to contrast (every modality has < 2 epochs here): a zero loss that still
-            # reaches every parameter, so DDP ranks stay in step.
-            log.warning("neuronet: no modality has 2 or more epochs in this batch; skipped")
-            zero = sum((p.sum() for p in self.parameters() if p.requires_grad), x.new_zeros(()))
-            return zero * 0.0, {"recon": x.new_zeros(()), "contrastive": x.new_zeros(())}
-        recon_mean, con_mean = recon_sum / used, con_sum / used
-        loss = recon_mean + self.cfg.contrastive_weight * con_mean
-        return loss, {"recon": recon_mean.detach(), "contrastive": con_mean.detach()}
+            terms.append(self.modality_loss(name, flat.index_select(0, rows)[:, j]))
+        return mean_modality_loss(self, terms, self.cfg.contrastive_weight, x, "neuronet")

@@ -20,7 +20,6 @@ Missing modalities (``mask`` False) take part in nothing.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -32,14 +31,13 @@ from offline.pretrain.common import (
     Projector,
     feature_target,
     masked_mean,
+    mean_modality_loss,
     nt_xent,
     random_token_mask,
 )
 from offline.pretrain.lora import add_lora
 from rtsleep.models.fusion import MultimodalFusion
 from rtsleep.models.sleepnet import SleepNet
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,9 +130,7 @@ class SynthSleepNetObjective(nn.Module):
         out = self.fusion(flat, present, hide)
         target = feature_target(out.encoder_tokens)  # (N, M, L, Df)
         z_fused = self.fused_projector(out.embedding)  # (N, P)
-        recon_sum = x.new_zeros(())
-        con_sum = x.new_zeros(())
-        used = 0
+        terms = []
         for j, name in enumerate(self.modalities):
             rows = present[:, j].nonzero().squeeze(1)  # (r,)
             if rows.numel() < 2:
@@ -143,16 +139,6 @@ class SynthSleepNetObjective(nn.Module):
             h = hide[rows, j]  # (r, L)
             pred = self.decoders[name](tokens, h)  # (r, L, Df)
             err = F.mse_loss(pred, target[rows, j], reduction="none").mean(dim=-1)  # (r, L)
-            recon_sum = recon_sum + masked_mean(err, h)
             z_mod = self.modality_projectors[name](out.modality_pooled[rows, j])  # (r, P)
-            con_sum = con_sum + nt_xent(z_fused[rows], z_mod, self.cfg.tau)
-            used += 1
-        if used == 0:
-            # Nothing to contrast (every modality has < 2 epochs here): a zero loss that still
-            # reaches every parameter, so DDP ranks stay in step.
-            log.warning("synthsleepnet: no modality has 2 or more epochs in this batch; skipped")
-            zero = sum((p.sum() for p in self.parameters() if p.requires_grad), x.new_zeros(()))
-            return zero * 0.0, {"recon": x.new_zeros(()), "contrastive": x.new_zeros(())}
-        recon_mean, con_mean = recon_sum / used, con_sum / used
-        loss = recon_mean + self.cfg.contrastive_weight * con_mean
-        return loss, {"recon": recon_mean.detach(), "contrastive": con_mean.detach()}
+            terms.append((masked_mean(err, h), nt_xent(z_fused[rows], z_mod, self.cfg.tau)))
+        return mean_modality_loss(self, terms, self.cfg.contrastive_weight, x, "synthsleepnet")
