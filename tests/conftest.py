@@ -14,7 +14,7 @@ import pytest
 LSL_TEST_CONFIG = """\
 [ports]
 IPv6 = disable
-# Many outlets at once (players, benchmarks) exhaust liblsl's default 32 discovery ports.
+; Many outlets at once (players, benchmarks) exhaust liblsl's default 32 discovery ports.
 PortRange = 1024
 [multicast]
 ResolveScope = machine
