@@ -20,7 +20,7 @@ from offline.config import load_config
 from offline.data import TASKS
 from offline.finetune import FinetuneConfig, finetune
 from offline.pretrain.run import METHODS, PretrainConfig, pretrain
-from offline.train_loop import shutdown_distributed
+from offline.train_loop import LoopConfig, shutdown_distributed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue OUT/train if
 
 def _split(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+def _with_overrides(loop: LoopConfig, steps: int | None, seed: int | None) -> LoopConfig:
+    """``loop`` with ``--steps`` and ``--seed`` applied where given."""
+    if steps is not None:
+        loop = dataclasses.replace(loop, steps=steps)
+    if seed is not None:
+        loop = dataclasses.replace(loop, seed=seed)
+    return loop
 
 
 def _fail(err: Exception) -> None:
@@ -57,11 +66,7 @@ def pretrain_command(
     """Self-supervised pretraining of the epoch encoder on every epoch of a store."""
     try:
         cfg = load_config(PretrainConfig, config)
-        loop = cfg.loop
-        if steps is not None:
-            loop = dataclasses.replace(loop, steps=steps)
-        if seed is not None:
-            loop = dataclasses.replace(loop, seed=seed)
+        loop = _with_overrides(cfg.loop, steps, seed)
         cfg = dataclasses.replace(cfg, method=method, loop=loop, init=init or cfg.init)
         path = pretrain(cfg, store, out, resume=resume)
     except (ValueError, OSError) as err:
@@ -89,11 +94,7 @@ def _downstream(
 ) -> None:
     try:
         cfg = load_config(FinetuneConfig, config)
-        loop, data, select = cfg.loop, cfg.data, cfg.select
-        if steps is not None:
-            loop = dataclasses.replace(loop, steps=steps)
-        if seed is not None:
-            loop = dataclasses.replace(loop, seed=seed)
+        loop, data, select = _with_overrides(cfg.loop, steps, seed), cfg.data, cfg.select
         if label_fraction is not None:
             data = dataclasses.replace(data, label_fraction=label_fraction)
         if subjects:
