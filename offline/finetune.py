@@ -69,18 +69,18 @@ from offline.train_loop import (
     DistInfo,
     LoopConfig,
     StepHook,
+    export_model,
     init_distributed,
     seeded,
     train_loop,
 )
 from offline.validation import validation_metrics
 from rtsleep.data.errors import DataError
-from rtsleep.models import SleepNet, SleepNetConfig, load_model, save_model
+from rtsleep.models import SleepNet, SleepNetConfig, load_model
 from rtsleep.models.sleepnet import N_EPOCHS_KEY, SleepNetOutput
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
 MODES = ("finetune", "probe")
 
 
@@ -411,31 +411,23 @@ def _finetune(
         objective.load_state_dict(result.best_state)
         log.info("exporting the weights after %d steps (validation %s)", result.best_step,
                  result.best_metrics)
-    path = out / MODEL_FILE
-    if dist.is_main:
-        net.eval()
-        card = {
-            "training": {
-                "stage": mode,
-                "task": cfg.task,
-                "trained_heads": list(tasks),
-                "steps": result.steps,
-                "store": str(store),
-                "init": cfg.init or None,
-                "recordings": [s.id for s in stream.sources],
-                "subjects": sorted({s.subject_key for s in stream.sources}),
-                "class_counts": {t: c.tolist() for t, c in counts.items()},
-                "validation_recordings": [s.id for s in val_sources],
-                "selected_step": result.best_step,
-                "validation": result.best_metrics,
-                "final_loss": result.final_loss,
-                "config": json.loads(config_to_json(cfg)),
-            }
+    config = json.loads(config_to_json(cfg))
+    card = {
+        "training": {
+            "stage": mode,
+            "task": cfg.task,
+            "trained_heads": list(tasks),
+            "steps": result.steps,
+            "store": str(store),
+            "init": cfg.init or None,
+            "recordings": [s.id for s in stream.sources],
+            "subjects": sorted({s.subject_key for s in stream.sources}),
+            "class_counts": {t: c.tolist() for t, c in counts.items()},
+            "validation_recordings": [s.id for s in val_sources],
+            "selected_step": result.best_step,
+            "validation": result.best_metrics,
+            "final_loss": result.final_loss,
+            "config": config,
         }
-        save_model(net.cpu(), path, index.preprocess, card=card)
-        (out / "config.json").write_text(
-            json.dumps({"mode": mode, **json.loads(config_to_json(cfg))}, indent=2)
-        )
-        log.info("wrote %s", path)
-    dist.barrier()
-    return path
+    }
+    return export_model(net, out, index.preprocess, card, {"mode": mode, **config}, dist)

@@ -49,6 +49,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.models import SleepNet, save_model
+
 log = logging.getLogger(__name__)
 
 TRAIN_DIR = "train"
@@ -495,6 +498,31 @@ def train_loop(
         config_json=config_json,
     )
     return run.run(start)
+
+
+MODEL_FILE = "model.safetensors"
+"""File name of a run's exported model in ``OUT``."""
+
+
+def export_model(
+    net: SleepNet,
+    out: Path,
+    preprocess: PreprocessSpec,
+    card: dict[str, Any],
+    config: dict[str, Any],
+    dist: DistInfo,
+) -> Path:
+    """The end of a training run: rank 0 writes ``OUT/model.safetensors`` (``save_model``, ``net``
+    in eval mode on the CPU, with ``card``) and ``OUT/config.json`` (``config``); every rank then
+    waits at the barrier. Returns the model's path."""
+    path = out / MODEL_FILE
+    if dist.is_main:
+        net.eval()
+        save_model(net.cpu(), path, preprocess, card=card)
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        log.info("wrote %s", path)
+    dist.barrier()
+    return path
 
 
 @dataclass

@@ -31,16 +31,16 @@ from offline.train_loop import (
     DistInfo,
     LoopConfig,
     StepHook,
+    export_model,
     init_distributed,
     seeded,
     train_loop,
 )
-from rtsleep.models import SleepNet, load_model, save_model
+from rtsleep.models import SleepNet, load_model
 
 log = logging.getLogger(__name__)
 
 METHODS = ("neuronet", "synthsleepnet", "mc2")
-MODEL_FILE = "model.safetensors"
 
 
 def _pretrain_loop() -> LoopConfig:
@@ -206,26 +206,19 @@ def _pretrain(
         hooks=list(hooks),
         desc=f"pretrain {cfg.method}",
     )
-    path = out / MODEL_FILE
     n_merged = merge_lora(net)
     if n_merged:
         log.info("merged %d LoRA adapters into the encoder weights", n_merged)
-    if dist.is_main:
-        net.eval()
-        card = {
-            "training": {
-                "stage": "pretrain",
-                "method": cfg.method,
-                "steps": result.steps,
-                "store": str(store),
-                "recordings": [s.id for s in sampler.sources],
-                "final_loss": result.final_loss,
-                "config": json.loads(config_json),
-            }
+    config = json.loads(config_json)
+    card = {
+        "training": {
+            "stage": "pretrain",
+            "method": cfg.method,
+            "steps": result.steps,
+            "store": str(store),
+            "recordings": [s.id for s in sampler.sources],
+            "final_loss": result.final_loss,
+            "config": config,
         }
-        save_model(net.cpu(), path, index.preprocess, card=card)
-        (out / "config.json").write_text(json.dumps(json.loads(config_json), indent=2))
-        log.info("wrote %s", path)
-    dist.barrier()
-    return path
-
+    }
+    return export_model(net, out, index.preprocess, card, config, dist)
