@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rtsleep.models.frame_encoder import whole_samples
+from rtsleep.models.frame_encoder import conv_bn_act, whole_samples
 from rtsleep.models.transformer import TransformerStack, sincos_positions
 
 
@@ -81,14 +81,6 @@ class DualBranchOutput:
     spec_tokens: Tensor
 
 
-def _conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm1d(c_out),
-        nn.GELU(),
-    )
-
-
 class DualBranchEncoder(nn.Module):
     """``x (B, n_times)`` single-channel epochs -> :class:`DualBranchOutput`."""
 
@@ -98,10 +90,10 @@ class DualBranchEncoder(nn.Module):
     def __init__(self, cfg: DualBranchConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        layers = [_conv_bn_act(1, cfg.raw_stem_channels, cfg.raw_stem_kernel, cfg.raw_stem_stride)]
+        layers = [conv_bn_act(1, cfg.raw_stem_channels, cfg.raw_stem_kernel, cfg.raw_stem_stride)]
         c_in = cfg.raw_stem_channels
         for c_out in cfg.raw_channels:
-            layers.append(_conv_bn_act(c_in, c_out, cfg.raw_kernel, 4))
+            layers.append(conv_bn_act(c_in, c_out, cfg.raw_kernel, 4))
             c_in = c_out
         self.raw_cnn = nn.Sequential(*layers)
         self.raw_proj = nn.Linear(c_in, cfg.d_model)

@@ -106,6 +106,16 @@ def whole_samples(seconds: float, sfreq: float, name: str) -> int:
     return int(round(n))
 
 
+def conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
+    """Conv1d (``kernel`` samples, ``stride``, half-kernel padding, no bias) -> BatchNorm -> GELU:
+    ``(N, c_in, L) -> (N, c_out, ceil(L / stride))`` for odd ``kernel``."""
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.GELU(),
+    )
+
+
 class SqueezeExcite(nn.Module):
     """Channel re-weighting from the time-averaged activations."""
 
@@ -153,18 +163,7 @@ class FrameCNN(nn.Module):
 
     def __init__(self, cfg: FrameEncoderConfig) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv1d(
-                1,
-                cfg.stem_channels,
-                cfg.stem_kernel,
-                stride=cfg.stem_stride,
-                padding=cfg.stem_kernel // 2,
-                bias=False,
-            ),
-            nn.BatchNorm1d(cfg.stem_channels),
-            nn.GELU(),
-        )
+        self.stem = conv_bn_act(1, cfg.stem_channels, cfg.stem_kernel, cfg.stem_stride)
         blocks = []
         c_in = cfg.stem_channels
         for c_out in cfg.stage_channels:
