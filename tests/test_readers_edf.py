@@ -191,6 +191,13 @@ def test_registry_rejects_unknown_dataset_and_missing_path(tmp_path: Path) -> No
         list_sources("edf", tmp_path / "nothing")
 
 
+def test_every_dataset_has_a_reader_that_lists_an_empty_folder_as_no_sources(
+    tmp_path: Path,
+) -> None:
+    for dataset in DATASETS:
+        assert list_sources(dataset, tmp_path) == [], dataset
+
+
 def test_edf_sources_in_a_folder_are_sorted(tmp_path: Path) -> None:
     live = np.random.default_rng(0).normal(0, 20, 3000)
     for name in ("b.edf", "a.EDF", "c.txt"):

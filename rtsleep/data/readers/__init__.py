@@ -8,6 +8,7 @@ table (ucddb ``epochs.csv``) are written ``<file>#<record id>``. Every failure o
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,50 +16,33 @@ from rtsleep.data.channels import ChannelMap
 from rtsleep.data.errors import DataError
 from rtsleep.data.recording import Recording
 
-DATASETS: tuple[str, ...] = ("sleep-edf", "shhs", "dreams", "ucddb", "slpdb", "apnea-ecg", "edf")
+_READERS: dict[str, tuple[str, str, str]] = {
+    "sleep-edf": ("sleepedf", "list_sleepedf_sources", "read_sleepedf"),
+    "shhs": ("nsrr", "list_nsrr_sources", "read_nsrr"),
+    "dreams": ("dreams", "list_dreams_sources", "read_dreams"),
+    "ucddb": ("ucddb", "list_ucddb_sources", "read_ucddb"),
+    "slpdb": ("slpdb", "list_slpdb_sources", "read_slpdb"),
+    "apnea-ecg": ("apnea_ecg", "list_apnea_ecg_sources", "read_apnea_ecg"),
+    "edf": ("edf", "list_edf_sources", "read_edf"),
+}
+"""Dataset name -> (reader module in this package, its source lister, its reader)."""
+
+DATASETS: tuple[str, ...] = tuple(_READERS)
 """Dataset names accepted by :func:`list_sources` and :func:`read_recording`."""
 
 _Lister = Callable[[Path], list[Path]]
 _Reader = Callable[[Path, ChannelMap | None], Recording]
 
 
-def _check_dataset(dataset: str, path: Path) -> None:
-    if dataset not in DATASETS:
+def _registry(dataset: str, path: Path) -> tuple[_Lister, _Reader]:
+    """The lister and reader of ``dataset``; ``DataError`` naming ``path`` if it is unknown."""
+    if dataset not in _READERS:
         expected = ", ".join(DATASETS)
         raise DataError(path, f"unknown dataset {dataset!r} (expected one of {expected})")
-
-
-def _registry(dataset: str) -> tuple[_Lister, _Reader]:
+    module_name, lister, reader = _READERS[dataset]
     # Imported lazily so that reading one format never imports the others' dependencies.
-    if dataset == "sleep-edf":
-        from rtsleep.data.readers import sleepedf
-
-        return sleepedf.list_sleepedf_sources, sleepedf.read_sleepedf
-    if dataset == "dreams":
-        from rtsleep.data.readers import dreams
-
-        return dreams.list_dreams_sources, dreams.read_dreams
-    if dataset == "shhs":
-        from rtsleep.data.readers import nsrr
-
-        return nsrr.list_nsrr_sources, nsrr.read_nsrr
-    if dataset == "ucddb":
-        from rtsleep.data.readers import ucddb
-
-        return ucddb.list_ucddb_sources, ucddb.read_ucddb
-    if dataset == "slpdb":
-        from rtsleep.data.readers import slpdb
-
-        return slpdb.list_slpdb_sources, slpdb.read_slpdb
-    if dataset == "apnea-ecg":
-        from rtsleep.data.readers import apnea_ecg
-
-        return apnea_ecg.list_apnea_ecg_sources, apnea_ecg.read_apnea_ecg
-    if dataset == "edf":
-        from rtsleep.data.readers import edf
-
-        return edf.list_edf_sources, edf.read_edf
-    raise DataError(dataset, "no reader yet for this dataset")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, lister), getattr(module, reader)
 
 
 def list_sources(dataset: str, path: Path) -> list[Path]:
@@ -67,10 +51,9 @@ def list_sources(dataset: str, path: Path) -> list[Path]:
     Raises ``DataError`` for an unknown dataset or a path that does not exist.
     """
     path = Path(path)
-    _check_dataset(dataset, path)
+    lister, _ = _registry(dataset, path)
     if not path.exists():
         raise DataError(path, "no such file or folder")
-    lister, _ = _registry(dataset)
     return lister(path)
 
 
@@ -79,8 +62,7 @@ def read_recording(
 ) -> Recording:
     """Read one recording of ``dataset`` from ``source`` (a path from :func:`list_sources`)."""
     source = Path(source)
-    _check_dataset(dataset, source)
-    _, reader = _registry(dataset)
+    _, reader = _registry(dataset, source)
     return reader(source, channel_map)
 
 
