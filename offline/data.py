@@ -117,9 +117,8 @@ class RecordingSource:
             if self.mask[j]
         }
         sizes = stored.row_group_sizes()
-        self._rg_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         #: First epoch of each row group, then ``n_epochs``: ``(n_row_groups + 1,)``.
-        self.row_group_starts = self._rg_start
+        self.row_group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._labels: dict[str, np.ndarray] | None = None
 
     @property
@@ -166,7 +165,7 @@ class RecordingSource:
 
     def read_row_group(self, rg: int, n_times: int) -> np.ndarray:
         """Row group ``rg`` as float32 ``(rows, M, S)`` (zeros for missing modalities)."""
-        rows = int(self._rg_start[rg + 1] - self._rg_start[rg])
+        rows = int(self.row_group_starts[rg + 1] - self.row_group_starts[rg])
         out = np.zeros((rows, len(EXG_MODALITIES), n_times), dtype=np.float32)
         if not self.columns:
             return out
@@ -190,11 +189,11 @@ class RecordingSource:
         lo, hi = max(start, 0), min(stop, self.n_epochs)
         if lo >= hi:
             return out
-        first = int(np.searchsorted(self._rg_start, lo, side="right") - 1)
-        last = int(np.searchsorted(self._rg_start, hi - 1, side="right") - 1)
+        first = int(np.searchsorted(self.row_group_starts, lo, side="right") - 1)
+        last = int(np.searchsorted(self.row_group_starts, hi - 1, side="right") - 1)
         for rg in range(first, last + 1):
             block = self._index.cached_row_group(self, rg, n_times)  # (rows, M, S)
-            b0 = int(self._rg_start[rg])
+            b0 = int(self.row_group_starts[rg])
             a, b = max(lo, b0), min(hi, b0 + block.shape[0])
             out[a - start : b - start] = block[a - b0 : b - b0]
         return out
