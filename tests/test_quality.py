@@ -114,13 +114,14 @@ def test_required_modalities_are_configurable() -> None:
     assert epoch_quality([eeg], config=cfg).reason == "no EOG channel"
 
 
-def test_to_dict_is_json_safe() -> None:
+def test_to_dict_is_json_safe_and_reports_the_nan_samples() -> None:
     import json
 
     x = _eeg()
     x[:10] = np.nan
     eq = epoch_quality([_q(x)])
-    json.dumps(eq.to_dict(), allow_nan=False)
+    text = json.dumps(eq.to_dict(), allow_nan=False)  # raises on any NaN/inf value
+    assert json.loads(text)["channels"][0]["nan"] == 10
 
 
 def test_real_eeg_clean_and_real_saturation_found(shared_data: Path) -> None:
