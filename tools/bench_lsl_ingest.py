@@ -35,8 +35,9 @@ if "LSLAPICFG" not in os.environ:  # the spawned player inherits the parent's co
 
 import numpy as np  # noqa: E402
 import pylsl  # noqa: E402
+import typer  # noqa: E402
 
-from rtsleep.daemon.epocher import BedEpocher  # noqa: E402
+from rtsleep.daemon.epocher import BedEpocher, EpochBlock  # noqa: E402
 from rtsleep.daemon.ingest import BedIngest  # noqa: E402
 from rtsleep.daemon.inlet import (  # noqa: E402
     ChannelSpec,
@@ -128,7 +129,7 @@ def bench_latency(sfreq: float, n_epochs: int, chunk_s: float, poll_ms: float) -
             time.sleep(poll_ms / 1000.0)
         outlet.push_chunk(x[body:], timestamp=t0 + (first + per_epoch - 1) / sfreq)
         pushed = time.perf_counter()
-        blocks = []
+        blocks: list[EpochBlock] = []
         while not blocks:
             time.sleep(poll_ms / 1000.0)
             blocks = ingest.poll()
@@ -171,31 +172,31 @@ def main() -> None:
     parser.add_argument("--latency-epochs", type=int, default=30)
     args = parser.parse_args()
 
-    print(f"load average before: {os.getloadavg()[0]:.1f}\n")
-    print("| rate Hz | channels | samples/chunk | µs CPU per chunk (incl. epoch emission) | "
+    typer.echo(f"load average before: {os.getloadavg()[0]:.1f}\n")
+    typer.echo("| rate Hz | channels | samples/chunk | µs CPU per chunk (incl. epoch emission) | "
           "CPU ms per bed-second (6 such streams, 20 chunks/s) |")
-    print("|---|---|---|---|---|")
+    typer.echo("|---|---|---|---|---|")
     for sfreq, n_chans, chunk in ((50.0, 3, 3), (100.0, 4, 5), (256.0, 8, 13)):
         us = bench_cpu(sfreq, n_chans, chunk, 20000)
-        print(f"| {sfreq:g} | {n_chans} | {chunk} | {us:.1f} | {us * 6 * 20 / 1000:.2f} |")
+        typer.echo(f"| {sfreq:g} | {n_chans} | {chunk} | {us:.1f} | {us * 6 * 20 / 1000:.2f} |")
 
-    print("\n| rate Hz | max_buflen_s | MB RSS per inlet |")
-    print("|---|---|---|")
+    typer.echo("\n| rate Hz | max_buflen_s | MB RSS per inlet |")
+    typer.echo("|---|---|---|")
     for sfreq, buflen in ((50.0, 60), (50.0, 1800), (256.0, 60), (256.0, 360), (256.0, 1800)):
-        print(f"| {sfreq:g} | {buflen} | {bench_rss(sfreq, buflen):.2f} |")
+        typer.echo(f"| {sfreq:g} | {buflen} | {bench_rss(sfreq, buflen):.2f} |")
 
     lat = sorted(bench_latency(100.0, args.latency_epochs, 0.05, args.poll_ms))
     p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
-    print(f"\ningest latency (push of the closing chunk -> EpochBlock), {len(lat)} epochs, "
+    typer.echo(f"\ningest latency (push of the closing chunk -> EpochBlock), {len(lat)} epochs, "
           f"poll {args.poll_ms:g} ms: p50 {statistics.median(lat):.1f} ms, p99 {p99:.1f} ms, "
           f"max {lat[-1]:.1f} ms")
 
     path = args.file or data_dir() / "dreams-spindles" / "excerpt3.edf"
     if path.is_file():
         got, wall = bench_replay(path)
-        print(f"replay {path.name} at max speed: {got} epochs in {wall:.2f} s after the first "
+        typer.echo(f"replay {path.name} at max speed: {got} epochs in {wall:.2f} s after the first "
               f"({got / max(wall, 1e-9):.0f} epochs/s)")
-    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+    typer.echo(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
