@@ -97,12 +97,6 @@ class LoopConfig:
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
 
 
-class Objective(Protocol):
-    """What :func:`train_loop` trains (an ``nn.Module``; see the module doc)."""
-
-    def __call__(self, **batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]: ...
-
-
 class BatchStream(Protocol):
     """Where :func:`train_loop` gets batches from."""
 
