@@ -59,6 +59,8 @@ SHHS_HELP = (
 
 
 class FetchDataset(enum.StrEnum):
+    """Databases ``rtsleep-train fetch`` knows (``shhs`` only prints how to get it from NSRR)."""
+
     sleep_edf = "sleep-edf"
     apnea_ecg = "apnea-ecg"
     ucddb = "ucddb"

@@ -310,6 +310,7 @@ class Player:
         return self._proc.pid
 
     def is_alive(self) -> bool:
+        """Whether the player process is still running."""
         return self._proc.is_alive()
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -149,6 +149,7 @@ class StoreMeta:
     format_version: int = STORE_FORMAT_VERSION
 
     def to_json(self) -> str:
+        """Canonical JSON (sorted keys) as stored in the Parquet file metadata."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
