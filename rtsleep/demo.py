@@ -151,6 +151,23 @@ def summary_line(n_scored: int, agree: float | None, p99_ms: float | None) -> st
            f"p99 latency {lat} ms"
 
 
+def inlet_buffer_s(n_epochs: int, speed: str) -> int:
+    """``daemon.inlet_buffer_s`` for a replay of ``n_epochs`` at ``speed`` (a factor or "max").
+
+    The daemon pulls everything each round, so liblsl's queue must only cover a stall of the
+    loop: 10 wall seconds at the replay speed (600 s of data at 60x), at most the whole night;
+    at max speed the whole night arrives at once. The config default (60 s) is for live beds.
+    """
+    night_s = int(n_epochs * EPOCH_S) + 60
+    try:
+        factor = float(speed)
+    except ValueError:  # "max"
+        return night_s
+    if not 0.0 < factor < 1e6:  # nonsense (nan, inf): rtsleep replay rejects it anyway
+        return night_s
+    return min(night_s, int(factor * 10.0) + 60)
+
+
 def _say(out: Any, text: str) -> None:
     out.write(text + "\n")
     out.flush()
@@ -190,7 +207,9 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
         cfg = tmp / "rtsleep.toml"
         cfg.write_text(
             f'[daemon]\nstate_dir = "{tmp / "state"}"\nheartbeat_s = 1.0\n'
-            f'epoch_timeout_s = 5.0\npoll_s = 0.01\n\n[model]\npath = "{model_path}"\n\n'
+            f'epoch_timeout_s = 5.0\npoll_s = 0.01\n'
+            f'inlet_buffer_s = {inlet_buffer_s(n_epochs, speed)}\n\n'
+            f'[model]\npath = "{model_path}"\n\n'
             f'[zmq]\nendpoints = ["tcp://127.0.0.1:{port}"]\n\n'
             f'[[beds]]\nid = "demo"\nstreams = [{streams}]\n'
         )

@@ -51,6 +51,7 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
     assert not cfg.zmq.curve_enabled
     assert cfg.model.threads == 1
     assert (cfg.alerts.aasm, cfg.alerts.hypopnea_rule, cfg.alerts.ecg) == (True, "1A", False)
+    assert cfg.daemon.inlet_buffer_s == 60  # live beds: twice the unit's WatchdogSec
 
 
 @pytest.mark.parametrize(
@@ -71,6 +72,11 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
         (("[zmq]", "[alerts]\nhypopnea_rule = \"2C\"\n[zmq]"), "alerts.hypopnea_rule",
          "expected '1A' or '1B'"),
         (("[zmq]", "[alerts]\necg = 1\n[zmq]"), "alerts.ecg", "expected true or false"),
+        (("heartbeat_s = 2", "inlet_buffer_s = 0"), "daemon.inlet_buffer_s", "must be in 1..86400"),
+        (("heartbeat_s = 2", "inlet_buffer_s = 100000"), "daemon.inlet_buffer_s",
+         "must be in 1..86400"),
+        (("heartbeat_s = 2", "inlet_buffer_s = 1.5"), "daemon.inlet_buffer_s",
+         "expected an integer"),
     ],
 )
 def test_bad_values_raise_one_line_error_naming_file_and_key(
@@ -111,6 +117,7 @@ def test_environment_overrides_section_keys(tmp_path: Path) -> None:
         "RTSLEEP_DAEMON_HEARTBEAT_S": "0.5",
         "RTSLEEP_ZMQ_ENDPOINTS": "tcp://127.0.0.1:7000, ipc:///tmp/x",
         "RTSLEEP_ALERTS_GATE_WAKE": "false",
+        "RTSLEEP_DAEMON_INLET_BUFFER_S": "1800",
         "UNRELATED": "1",
     }
     cfg = load_config(write(tmp_path, GOOD), env=env)
@@ -119,6 +126,7 @@ def test_environment_overrides_section_keys(tmp_path: Path) -> None:
     assert cfg.daemon.heartbeat_s == 0.5
     assert cfg.zmq.endpoints == ["tcp://127.0.0.1:7000", "ipc:///tmp/x"]
     assert cfg.alerts.gate_wake is False
+    assert cfg.daemon.inlet_buffer_s == 1800
 
 
 def test_environment_override_is_validated(tmp_path: Path) -> None:
@@ -126,6 +134,8 @@ def test_environment_override_is_validated(tmp_path: Path) -> None:
         load_config(write(tmp_path, GOOD), env={"RTSLEEP_DAEMON_HEARTBEAT_S": "soon"})
     with pytest.raises(ConfigError, match="model.device"):
         load_config(write(tmp_path, GOOD), env={"RTSLEEP_MODEL_DEVICE": "gpu"})
+    with pytest.raises(ConfigError, match="daemon.inlet_buffer_s: must be in 1..86400"):
+        load_config(write(tmp_path, GOOD), env={"RTSLEEP_DAEMON_INLET_BUFFER_S": "0"})
 
 
 def test_check_endpoint_accepts_wildcard_and_rejects_garbage() -> None:

@@ -48,3 +48,10 @@ def test_missing_model_fails_with_a_clear_message(tmp_path: Path,
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("demo: error: ") and "no trained model installed" in err[-1]
+
+
+def test_inlet_buffer_covers_a_loop_stall_at_the_replay_speed_at_most_the_night() -> None:
+    assert demo.inlet_buffer_s(60, "max") == 1860  # the whole night arrives at once
+    assert demo.inlet_buffer_s(60, "60") == 660  # 10 wall seconds at 60x, plus a margin
+    assert demo.inlet_buffer_s(60, "1000") == 1860  # never more than the night
+    assert demo.inlet_buffer_s(60, "nan") == 1860

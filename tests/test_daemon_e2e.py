@@ -9,175 +9,40 @@ resumes; SIGTERM exits 0 after persisting; config errors exit non-zero with one 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import torch
 import zmq
+from daemon_helpers import (
+    N_EPOCHS,
+    Daemon,
+    Sub,
+    child_env,
+    confined_lsl,
+    excerpt3,
+    free_port,
+    rtsleep,
+    tiny_model,
+    write_config,
+)
 
-from rtsleep.daemon.messages import decode
 from rtsleep.daemon.replay import Player, PlayerConfig
 from rtsleep.daemon.state import load_state
-from rtsleep.data.preprocessing import PreprocessSpec
-from rtsleep.models import SleepNet, SleepNetConfig, save_model
-
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "rtsleep" / "schemas" / "messages.schema.json").read_text())
-MODALITIES = ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
-N_EPOCHS = 60
-
-
-def excerpt3(shared_data: Path) -> Path:
-    path = shared_data / "dreams-spindles" / "excerpt3.edf"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", autouse=True)
 def lsl_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The conftest LSL confinement, on a port block of our own.
-
-    Other LSL users of this machine (a 256-outlet benchmark, parallel test runs) can fill the
-    default port block (multicast 16571, outlets 16572-16603), and then streams of this test
-    resolve slowly or not at all. Children (serve, replay, players) inherit ``LSLAPICFG``.
-    """
-    base = 20000 + (os.getpid() % 500) * 40
-    cfg = tmp_path_factory.mktemp("lsl") / "lsl.cfg"
-    cfg.write_text(
-        "[ports]\nIPv6 = disable\n"
-        f"MulticastPort = {base}\nBasePort = {base + 1}\nPortRange = 32\n"
-        "[multicast]\nResolveScope = machine\n"
-        f"[lab]\nKnownPeers = {{127.0.0.1}}\nSessionID = rtsleep-e2e-{os.getpid()}\n"
-        "[log]\nlevel = -2\n"
-    )
-    old = os.environ.get("LSLAPICFG")
-    os.environ["LSLAPICFG"] = str(cfg)
-    yield
-    if old is None:
-        os.environ.pop("LSLAPICFG", None)
-    else:
-        os.environ["LSLAPICFG"] = old
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"  # 2 shared cores; also the same threading in serve and score
-    env.pop("NOTIFY_SOCKET", None)
-    return env
-
-
-def rtsleep(*args: str) -> list[str]:
-    return [sys.executable, "-m", "rtsleep.cli", *args]
+    """LSL on a port block and session of this module (see ``daemon_helpers.confined_lsl``)."""
+    yield from confined_lsl(tmp_path_factory, "e2e")
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(SleepNet(SleepNetConfig.default()).eval(), path, PreprocessSpec.default())
-    return path
-
-
-def write_config(tmp: Path, model: Path, file_name: str, port: int, **daemon: Any) -> Path:
-    streams = ", ".join(
-        f'{{ source_id = "rtsleep-replay:{file_name}:{m}" }}' for m in MODALITIES
-    )
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in daemon.items())
-    text = f"""
-[daemon]
-state_dir = "{tmp / 'state'}"
-heartbeat_s = 0.5
-epoch_timeout_s = 3.0
-poll_s = 0.01
-{extra}
-[model]
-path = "{model}"
-device = "cpu"
-
-[zmq]
-endpoints = ["tcp://127.0.0.1:{port}"]
-
-[[beds]]
-id = "bed1"
-streams = [{streams}]
-"""
-    path = tmp / "rtsleep.toml"
-    path.write_text(text)
-    return path
-
-
-class Daemon:
-    """``rtsleep serve`` in a subprocess (stderr to a file for the assertions)."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen(rtsleep("serve", "--config", str(config)),
-                                     env=child_env(), stdout=self._fh, stderr=self._fh)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(5)
-        self._fh.close()
-        return code
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-class Sub:
-    """A SUB socket collecting stage and status messages, dropping LVC repeats by (run, seq)."""
-
-    def __init__(self, ctx: zmq.Context[Any], port: int) -> None:
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(f"tcp://127.0.0.1:{port}")
-        for topic in ("stage/bed1/", "status/"):
-            self.sock.setsockopt_string(zmq.SUBSCRIBE, topic)
-        self.seen: set[tuple[str, int]] = set()
-        self.stages: list[dict[str, Any]] = []
-        self.status: list[dict[str, Any]] = []
-
-    def pump(self, until: Any, timeout_s: float, alive: Daemon | None = None) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not until():
-            if time.monotonic() > deadline:
-                tail = alive.text()[-3000:] if alive is not None else ""
-                raise TimeoutError(f"gave up after {timeout_s} s; {len(self.stages)} stages, "
-                                   f"last {self.stages[-1]['epoch'] if self.stages else None}"
-                                   f"\n{tail}")
-            if alive is not None and alive.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {alive.proc.returncode}:\n{alive.text()}")
-            if self.sock.poll(100):
-                topic, payload = self.sock.recv_multipart()
-                msg = decode(payload)
-                jsonschema.validate(msg, SCHEMA)
-                key = (msg["run"], msg["seq"])
-                if key in self.seen:
-                    continue
-                self.seen.add(key)
-                (self.stages if topic.startswith(b"stage/") else self.status).append(msg)
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 @pytest.fixture
@@ -238,6 +103,7 @@ def test_replay_max_speed_gives_60_epochs_equal_to_score(
     saved = load_state(tmp_path / "state", "bed1", live[0]["model_id"], max_age_s=3600)
     assert saved is not None and saved.next_epoch == N_EPOCHS
     assert "stopped" in daemon.text()
+    assert "queue full" not in daemon.text()  # the replay's inlet buffer held every sample
 
 
 @pytest.mark.slow

@@ -130,3 +130,26 @@ def test_example_config_loads_with_the_daemon_loader() -> None:
     assert [b.id for b in cfg.beds] == ["bed1", "bed2"]
     assert cfg.zmq.curve_enabled is False
     assert cfg.model.threads == 1
+    assert cfg.daemon.inlet_buffer_s == 60
+
+
+def test_example_config_shows_every_key_of_every_section_with_its_default() -> None:
+    import dataclasses
+    import tomllib
+
+    from rtsleep.daemon.config import Config
+
+    data = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    defaults = Config()
+    # the example's comments say where it differs on purpose: journald, listening on all hosts
+    not_default = {("daemon", "log_format"), ("zmq", "endpoints")}
+    for f in dataclasses.fields(Config):
+        section = getattr(defaults, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        shown = data.get(f.name, {})
+        assert set(shown) == {k.name for k in dataclasses.fields(section)}, f.name
+        for key, value in shown.items():
+            default = getattr(section, key)
+            if (f.name, key) not in not_default:
+                assert value == (str(default) if isinstance(default, Path) else default), key

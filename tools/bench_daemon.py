@@ -21,7 +21,8 @@ Measured, after every stream is connected (from the ``status/`` heartbeats) and 
   time / epochs closed (includes the idle polling); and idle = 5 s with every stream open but no
   data yet (the cost of polling N inlets), measured before the feed starts.
 - **RSS**: the daemon's ``VmRSS`` at the end of the window; per added bed = the slope against
-  the 1-bed run.
+  the 1-bed run. liblsl preallocates each inlet's queue (``daemon.inlet_buffer_s``, the config
+  default unless ``--inlet-buflen`` is given), so that key sets most of the per-bed figure.
 - **sustained**: every epoch that closed in the window (except the last 3 s) was published,
   in order and once, and the worst close -> publish latency stays below one epoch period
   (no backlog builds). The feeder's worst lag behind its schedule is reported beside it: a late
@@ -178,7 +179,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(tmp: Path, model: Path, n_beds: int, port: int, poll_s: float) -> Path:
+def write_config(tmp: Path, model: Path, n_beds: int, port: int, poll_s: float,
+                 inlet_buffer_s: int = 0) -> Path:
+    """The daemon's TOML config; ``inlet_buffer_s`` 0 keeps the config default."""
+    buffer_line = f"inlet_buffer_s = {inlet_buffer_s}\n" if inlet_buffer_s > 0 else ""
     beds = "".join(
         f'\n[[beds]]\nid = "bed{b:03d}"\nstreams = [{{ source_id = "{_source_id(b, n_beds)}" }}]\n'
         for b in range(n_beds)
@@ -188,7 +192,7 @@ state_dir = "{tmp / f'state-{n_beds}'}"
 heartbeat_s = 1.0
 epoch_timeout_s = 10.0
 poll_s = {poll_s}
-
+{buffer_line}
 [model]
 path = "{model}"
 device = "cpu"
@@ -250,17 +254,12 @@ def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, t
 
     res = RunResult(n_beds=n_beds, speed=speed, window_s=seconds)
     port = _free_port()
-    cfg = write_config(tmp, model, n_beds, port, poll_s)
+    cfg = write_config(tmp, model, n_beds, port, poll_s, inlet_buflen_s)
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
     if torch_threads > 0:
         env["OMP_NUM_THREADS"] = str(torch_threads)
     cmd = [sys.executable, "-m", "rtsleep.cli", "serve", "--config", str(cfg)]
-    if inlet_buflen_s > 0:  # what-if: a shorter liblsl queue per inlet (no config key for it)
-        boot = ("import sys, rtsleep.daemon.inlet as m; "
-                f"m.Inlet.__init__.__kwdefaults__['max_buflen_s'] = {int(inlet_buflen_s)}; "
-                "from rtsleep.cli import main; sys.argv[0] = 'rtsleep'; main()")
-        cmd = [sys.executable, "-c", boot, "serve", "--config", str(cfg)]
     if daemon_cpus:
         cmd = ["taskset", "-c", daemon_cpus, *cmd]
     log_path = (log_dir or tmp) / f"daemon-{n_beds}.log"
@@ -470,7 +469,8 @@ def main(
         help="OMP_NUM_THREADS of the daemon (0: torch's default, one per core).")] = 1,
     log_dir: Annotated[str, typer.Option(help="Keep the daemon logs here.")] = "",
     inlet_buflen: Annotated[int, typer.Option(
-        help="What-if: liblsl queue per inlet in s (0: the daemon's default).")] = 0,
+        help="daemon.inlet_buffer_s, liblsl's queue per inlet in s (0: the config default)."
+    )] = 0,
     json_out: Annotated[str, typer.Option("--json", help="Write raw results here.")] = "",
 ) -> None:
     """Run the daemon benchmark and print a Markdown table."""
@@ -500,8 +500,12 @@ def main(
             log.info("%d bed(s): %s", n, res)
             results.append(res)
     base = next((r.rss_mb for r in results if r.n_beds == 1), None)
+    from rtsleep.daemon.config import DaemonSection
+
+    buffer_s = inlet_buflen if inlet_buflen > 0 else DaemonSection().inlet_buffer_s
     header = (f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
-              f"{platform.python_version()}, model: {how}; load average "
+              f"{platform.python_version()}, model: {how}, daemon.inlet_buffer_s {buffer_s} "
+              f"({'given' if inlet_buflen > 0 else 'config default'}); load average "
               f"{os.getloadavg()[0]:.1f} at the end")
     typer.echo(header)
     typer.echo(table(results, base))

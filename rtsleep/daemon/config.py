@@ -1,6 +1,6 @@
 """Daemon configuration: TOML file -> validated dataclasses, with environment overrides.
 
-Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtsleep.example.toml``)::
+Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtsleep.toml.example``)::
 
     [daemon]
     state_dir = "/var/lib/rtsleep"     # per-bed state files (StateDirectory= under systemd)
@@ -9,6 +9,7 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     epoch_timeout_s = 10.0             # a stream this late past an epoch end is flagged missing
     poll_s = 0.02                      # main-loop idle sleep
     log_format = "text"                # "text" or "journal" (no timestamps: journald adds them)
+    inlet_buffer_s = 60                # liblsl queue per stream (s of data; oldest dropped beyond)
 
     [model]
     path = ""                          # empty: the bundled rtsleep/assets/default.safetensors
@@ -62,6 +63,8 @@ BED_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TCP_RE = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 _IPC_RE = re.compile(r"^ipc://.+$")
 _INPROC_RE = re.compile(r"^inproc://[A-Za-z0-9_.\-]+$")
+#: Upper bound of ``daemon.inlet_buffer_s``: one day of data per stream.
+MAX_INLET_BUFFER_S = 86400
 
 
 class ConfigError(ValueError):
@@ -85,6 +88,12 @@ class DaemonSection:
     epoch_timeout_s: float = 10.0
     poll_s: float = 0.02
     log_format: str = "text"
+    #: Seconds of data liblsl queues per inlet while the loop is busy (whole seconds; liblsl
+    #: preallocates it: ~0.6 MB per 4-channel 256-Hz stream for 60 s). Beyond it the oldest
+    #: samples are dropped. 60 s is twice the unit's WatchdogSec=30: a loop stalled longer is
+    #: restarted by systemd and its queues are lost anyway. Replays faster than real time
+    #: need at least the backlog they can build (the recording's length at ``--speed max``).
+    inlet_buffer_s: int = 60
 
 
 @dataclass
@@ -313,6 +322,9 @@ def validate(cfg: Config) -> None:
                    ("daemon.state_max_age_s", d.state_max_age_s)):
         if not v > 0:
             raise ConfigError(src, key, f"must be > 0, got {v}")
+    if not 1 <= d.inlet_buffer_s <= MAX_INLET_BUFFER_S:
+        raise ConfigError(src, "daemon.inlet_buffer_s", f"must be in 1..{MAX_INLET_BUFFER_S} s, "
+                          f"got {d.inlet_buffer_s}")
     if d.log_format not in ("text", "journal"):
         raise ConfigError(src, "daemon.log_format", f"expected 'text' or 'journal', got "
                           f"{d.log_format!r}")

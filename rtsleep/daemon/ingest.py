@@ -1,11 +1,14 @@
 """A bed's ingest: its LSL streams (``StreamHandle``) feeding its ``BedEpocher``.
 
 Public API (stable): ``BedIngest(bed, selectors, *, anchor=None, next_index=0, timeout_s=5.0,
-quality=None, modality_of=None, inlet_kwargs=None)``; ``poll(now=None) -> list[EpochBlock]`` pulls
-what every stream has (non-blocking, bounded per call), cuts epochs and returns the complete
-ones; ``epocher`` exposes ``anchor`` / ``next_index`` to persist; ``streams`` the handles;
-``close()``. A stream that is not found, vanishes or fails to open never raises here: it is
-retried in the background and its channels are flagged missing in the epochs.
+quality=None, modality_of=None, inlet_buffer_s=None, inlet_kwargs=None)``;
+``poll(now=None) -> list[EpochBlock]`` pulls what every stream has (non-blocking, bounded per
+call), cuts epochs and returns the complete ones; ``epocher`` exposes ``anchor`` /
+``next_index`` to persist; ``streams`` the handles; ``close()``. A stream that is not found,
+vanishes or fails to open never raises here: it is retried in the background and its channels
+are flagged missing in the epochs. ``inlet_buffer_s`` sizes liblsl's queue of every stream
+(whole seconds of data; the daemon passes ``daemon.inlet_buffer_s``; ``None`` keeps ``Inlet``'s
+default, sized for replays at max speed).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class BedIngest:
         timeout_s: float = 5.0,
         quality: QualityConfig | None = None,
         modality_of: ModalityResolver | None = None,
+        inlet_buffer_s: int | None = None,
         inlet_kwargs: dict[str, object] | None = None,
         max_samples_per_poll: int = 100_000,
     ) -> None:
@@ -46,6 +50,12 @@ class BedIngest:
         )
         # the dejitter's gap rule is the quality rule: Δt > gap_factor / fs
         kwargs: dict[str, object] = {"gap_factor": self.epocher.quality.gap_factor}
+        if inlet_buffer_s is not None:
+            if isinstance(inlet_buffer_s, bool) or not isinstance(inlet_buffer_s, int):
+                raise TypeError(f"inlet_buffer_s must be an int (s), got {inlet_buffer_s!r}")
+            if inlet_buffer_s < 1:
+                raise ValueError(f"inlet_buffer_s must be >= 1 s, got {inlet_buffer_s}")
+            kwargs["max_buflen_s"] = inlet_buffer_s
         kwargs.update(inlet_kwargs or {})
         self.streams = [StreamHandle(s, inlet_kwargs=kwargs) for s in selectors]
         self._attached: set[str] = set()

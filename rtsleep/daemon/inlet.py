@@ -14,9 +14,11 @@ Public API (stable):
   across them, so a gap of ``m`` samples shows up as a step of ``(m + 1) / fs`` and uneven chunk
   timestamps still cut sample-exact epochs. Slow clock drift becomes an occasional one-sample
   slip (logged), never a false gap.
-- ``Inlet(info, ...)``: one opened ``pylsl.StreamInlet(recover=True)``; ``pull()`` drains what
-  is available (non-blocking) in chunks into a preallocated ``RingBuffer`` of samples and
-  dejittered, clock-corrected timestamps; ``buffer.pop()`` hands them to the epocher. A stream
+- ``Inlet(info, ..., max_buflen_s=1800)``: one opened ``pylsl.StreamInlet(recover=True)`` whose
+  liblsl queue holds ``max_buflen_s`` s of data (the daemon passes ``daemon.inlet_buffer_s``; a
+  pull that finds it full warns); ``pull()`` drains what is available (non-blocking) in chunks
+  into a preallocated ``RingBuffer`` of samples and dejittered, clock-corrected timestamps;
+  ``buffer.pop()`` hands them to the epocher. A stream
   that vanishes simply stops delivering; when its outlet comes back with the same
   ``source_id`` liblsl reconnects and the outage shows up as a timestamp gap.
 - ``StreamHandle(selector, ...)``: resolves and opens in a background thread (the first
@@ -278,9 +280,12 @@ class Dejitter:
 class Inlet:
     """One open LSL stream, pulled in chunks into a ring buffer of (samples, grid timestamps).
 
-    ``max_buflen_s`` sizes liblsl's own queue (seconds of data kept while the daemon is busy:
-    make it at least the backlog a ``--speed max`` replay can build); ``buffer_s`` sizes the ring
-    buffer (pulls never take more than its free space, so nothing is overwritten).
+    ``max_buflen_s`` sizes liblsl's own queue (whole seconds of data kept while the daemon is
+    busy; liblsl preallocates it and drops the *oldest* samples beyond it, which then show up as
+    a gap). The default of 1800 s holds a 30-min ``--speed max`` replay (tools, tests); the daemon
+    passes ``daemon.inlet_buffer_s`` (60 s). A pull that finds the queue full logs a warning (at
+    most once per ``full_warn_s``). ``buffer_s`` sizes the ring buffer (pulls never take more
+    than its free space, so nothing is overwritten).
     """
 
     def __init__(
@@ -293,10 +298,12 @@ class Inlet:
         open_timeout_s: float = 2.0,
         gap_factor: float = 1.5,
         clock_refresh_s: float = 5.0,
+        full_warn_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.max_buflen_s = int(max_buflen_s)
         self._inlet = pylsl.StreamInlet(
-            info, max_buflen=int(max_buflen_s), max_chunklen=0, recover=True, processing_flags=0
+            info, max_buflen=self.max_buflen_s, max_chunklen=0, recover=True, processing_flags=0
         )
         name = key or info.source_id() or info.name()
         if self._inlet.np_dtype is None:
@@ -326,6 +333,12 @@ class Inlet:
             (min(capacity, 4096), self.layout.n_chans), dtype=self._inlet.np_dtype
         )
         self.dejitter = Dejitter(self.layout.sfreq, gap_factor=gap_factor)
+        #: liblsl's queue capacity in samples (it holds ``max_buflen_s * sfreq``).
+        self.queue_capacity = int(self.max_buflen_s * self.layout.sfreq)
+        self._full_warn_s = full_warn_s
+        self._full_warned: float | None = None
+        #: Pulls that found liblsl's queue full (older samples were most likely dropped).
+        self.n_queue_full = 0
         #: Monotonic time of the last pull that returned samples (None before any).
         self.last_data: float | None = None
         self.n_samples = 0
@@ -345,8 +358,11 @@ class Inlet:
         """Move what liblsl holds (at most ``max_samples``) into ``buffer``; never blocks."""
         self._refresh_clock()
         total = 0
-        if not self._inlet.samples_available():
+        available = int(self._inlet.samples_available())
+        if not available:
             return 0
+        if available >= self.queue_capacity:
+            self._queue_full()
         limit = self.buffer.capacity if max_samples is None else max_samples
         while total < limit:
             room = min(self._chunk.shape[0], self.buffer.capacity - len(self.buffer), limit - total)
@@ -367,6 +383,17 @@ class Inlet:
             self.n_samples += total
             self.last_data = self._clock()
         return total
+
+    def _queue_full(self) -> None:
+        self.n_queue_full += 1
+        now = self._clock()
+        if self._full_warned is None or now - self._full_warned >= self._full_warn_s:
+            self._full_warned = now
+            log.warning(
+                "%s: liblsl queue full (%d s of data): older samples were dropped; the loop fell "
+                "behind (raise daemon.inlet_buffer_s for replays faster than real time)",
+                self.key, self.max_buflen_s,
+            )
 
     def close(self) -> None:
         """Close the stream (idempotent)."""

@@ -205,6 +205,7 @@ class Daemon:
                 next_index=self.scorer.next_epoch(bed.id),
                 timeout_s=cfg.daemon.epoch_timeout_s,
                 modality_of=modality_resolver(bed),
+                inlet_buffer_s=cfg.daemon.inlet_buffer_s,
             )
         log.info("serving %d bed(s) on %s", len(cfg.beds), ", ".join(self.publisher.endpoints))
 

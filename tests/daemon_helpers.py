@@ -1,0 +1,184 @@
+"""Helpers for the daemon tests that run real processes on loopback (``rtsleep serve``,
+``rtsleep replay``, SUB sockets): a private LSL port block, the daemon config, the daemon
+subprocess and a SUB socket collector. Fixtures stay in the test modules, which wrap these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+import zmq
+
+from rtsleep.daemon.messages import decode
+from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.models import SleepNet, SleepNetConfig, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "rtsleep" / "schemas" / "messages.schema.json").read_text())
+MODALITIES = ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
+N_EPOCHS = 60
+#: liblsl queue per inlet for replays faster than real time: the whole of excerpt3 (30 min) plus
+#: a margin, so a daemon busy scoring never loses samples (the config default is for live beds).
+REPLAY_INLET_BUFFER_S = 1860
+
+
+def excerpt3(shared_data: Path) -> Path:
+    """DREAMS excerpt3.edf (30 min, 60 epochs); skips when the shared data lacks it."""
+    path = shared_data / "dreams-spindles" / "excerpt3.edf"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def confined_lsl(tmp_path_factory: pytest.TempPathFactory, tag: str) -> Iterator[None]:
+    """The conftest LSL confinement, on a port block and session of our own (a generator for a
+    module-scoped fixture).
+
+    Other LSL users of this machine (a 256-outlet benchmark, parallel test runs) can fill the
+    default port block (multicast 16571, outlets 16572-16603), and then streams of these tests
+    resolve slowly or not at all. Children (serve, replay, players) inherit ``LSLAPICFG``.
+    """
+    base = 20000 + (os.getpid() % 500) * 40
+    cfg = tmp_path_factory.mktemp("lsl") / "lsl.cfg"
+    cfg.write_text(
+        "[ports]\nIPv6 = disable\n"
+        f"MulticastPort = {base}\nBasePort = {base + 1}\nPortRange = 32\n"
+        "[multicast]\nResolveScope = machine\n"
+        f"[lab]\nKnownPeers = {{127.0.0.1}}\nSessionID = rtsleep-{tag}-{os.getpid()}\n"
+        "[log]\nlevel = -2\n"
+    )
+    old = os.environ.get("LSLAPICFG")
+    os.environ["LSLAPICFG"] = str(cfg)
+    yield
+    if old is None:
+        os.environ.pop("LSLAPICFG", None)
+    else:
+        os.environ["LSLAPICFG"] = old
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # 2 shared cores; also the same threading in serve and score
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def rtsleep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rtsleep.cli", *args]
+
+
+def tiny_model(path: Path) -> Path:
+    """A randomly initialised default ``SleepNet`` (seed 0) saved at ``path``."""
+    torch.manual_seed(0)
+    save_model(SleepNet(SleepNetConfig.default()).eval(), path, PreprocessSpec.default())
+    return path
+
+
+def write_config(tmp: Path, model: Path, file_name: str, port: int,
+                 zmq_extra: dict[str, Any] | None = None, **daemon: Any) -> Path:
+    """One bed reading the replay outlets of ``file_name``; ``daemon`` / ``zmq_extra`` add keys
+    to ``[daemon]`` / ``[zmq]`` (``inlet_buffer_s`` defaults to ``REPLAY_INLET_BUFFER_S``)."""
+    streams = ", ".join(
+        f'{{ source_id = "rtsleep-replay:{file_name}:{m}" }}' for m in MODALITIES
+    )
+    daemon.setdefault("inlet_buffer_s", REPLAY_INLET_BUFFER_S)
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in daemon.items())
+    zmq_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (zmq_extra or {}).items())
+    text = f"""
+[daemon]
+state_dir = "{tmp / 'state'}"
+heartbeat_s = 0.5
+epoch_timeout_s = 3.0
+poll_s = 0.01
+{extra}
+[model]
+path = "{model}"
+device = "cpu"
+
+[zmq]
+endpoints = ["tcp://127.0.0.1:{port}"]
+{zmq_keys}
+[[beds]]
+id = "bed1"
+streams = [{streams}]
+"""
+    path = tmp / "rtsleep.toml"
+    path.write_text(text)
+    return path
+
+
+class Daemon:
+    """``rtsleep serve`` in a subprocess (stderr to a file for the assertions)."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(rtsleep("serve", "--config", str(config)),
+                                     env=child_env(), stdout=self._fh, stderr=self._fh)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(5)
+        self._fh.close()
+        return code
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Sub:
+    """A SUB socket collecting stage and status messages, dropping LVC repeats by (run, seq)."""
+
+    def __init__(self, ctx: zmq.Context[Any], port: int) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        for topic in ("stage/bed1/", "status/"):
+            self.sock.setsockopt_string(zmq.SUBSCRIBE, topic)
+        self.seen: set[tuple[str, int]] = set()
+        self.stages: list[dict[str, Any]] = []
+        self.status: list[dict[str, Any]] = []
+
+    def pump(self, until: Callable[[], bool], timeout_s: float,
+             alive: Daemon | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            if time.monotonic() > deadline:
+                tail = alive.text()[-3000:] if alive is not None else ""
+                raise TimeoutError(f"gave up after {timeout_s} s; {len(self.stages)} stages, "
+                                   f"last {self.stages[-1]['epoch'] if self.stages else None}"
+                                   f"\n{tail}")
+            if alive is not None and alive.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {alive.proc.returncode}:\n{alive.text()}")
+            if self.sock.poll(100):
+                topic, payload = self.sock.recv_multipart()
+                msg = decode(payload)
+                jsonschema.validate(msg, SCHEMA)
+                key = (msg["run"], msg["seq"])
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                (self.stages if topic.startswith(b"stage/") else self.status).append(msg)

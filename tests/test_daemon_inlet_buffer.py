@@ -1,0 +1,101 @@
+"""``daemon.inlet_buffer_s`` sizes liblsl's queue of every inlet the daemon opens: the value goes
+from the config through ``Daemon`` and ``BedIngest`` to ``pylsl.StreamInlet``, the queue then holds
+exactly that many seconds (the oldest samples are dropped beyond), and a pull that finds the queue
+full warns. LSL runs in-process on loopback (conftest confinement)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pylsl
+import pytest
+from daemon_helpers import tiny_model
+
+from rtsleep.daemon.config import load_config
+from rtsleep.daemon.ingest import BedIngest
+from rtsleep.daemon.inlet import Inlet, StreamSelector
+from rtsleep.daemon.lifecycle import Daemon
+
+FS = 100.0
+
+
+def _outlet(source_id: str) -> pylsl.StreamOutlet:
+    info = pylsl.StreamInfo("g4-buf", "EEG", 1, FS, pylsl.cf_float32, source_id)
+    ch = info.desc().append_child("channels").append_child("channel")
+    ch.append_child_value("label", "C3-A2")
+    ch.append_child_value("unit", "uV")
+    ch.append_child_value("type", "EEG")
+    return pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
+
+
+def _wait_until_queued(inlet: Inlet, n: int, timeout_s: float = 20.0) -> None:
+    """Wait until liblsl holds ``n`` samples, then a moment more for the rest of the push."""
+    deadline = time.monotonic() + timeout_s
+    while inlet._inlet.samples_available() < n:  # noqa: SLF001 - liblsl's own counter
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"liblsl queued {inlet._inlet.samples_available()} of {n}")
+        time.sleep(0.02)
+    time.sleep(0.5)
+
+
+def test_bed_ingest_rejects_a_bad_inlet_buffer() -> None:
+    sel = [StreamSelector(source_id="g4-never")]
+    with pytest.raises(ValueError, match="inlet_buffer_s must be >= 1"):
+        BedIngest("bed1", sel, inlet_buffer_s=0)
+    with pytest.raises(TypeError, match="inlet_buffer_s must be an int"):
+        BedIngest("bed1", sel, inlet_buffer_s=2.5)  # type: ignore[arg-type]
+
+
+def test_configured_inlet_buffer_bounds_the_queue_of_the_daemons_inlets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Config ``inlet_buffer_s = 2`` -> the daemon's inlet keeps the last 2 s of a 10-s burst."""
+    source_id = f"g4-buf-{os.getpid()}-{time.monotonic_ns()}"
+    outlet = _outlet(source_id)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = tiny_model(tmp_path / "m.safetensors")
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(f"""
+[daemon]
+state_dir = "{tmp_path / 'state'}"
+inlet_buffer_s = 2
+[model]
+path = "{model}"
+device = "cpu"
+[zmq]
+endpoints = ["tcp://127.0.0.1:{port}"]
+[[beds]]
+id = "bed1"
+streams = [{{ source_id = "{source_id}" }}]
+""")
+    daemon = Daemon(load_config(cfg_path, env={}))
+    try:
+        daemon.start()
+        ingest = daemon.ingests["bed1"]
+        assert ingest.wait_open(20.0), "the daemon's inlet did not open"
+        inlet = ingest.streams[0].inlet
+        assert inlet is not None
+        assert inlet.max_buflen_s == 2 and inlet.queue_capacity == 200
+        n = int(10 * FS)
+        x = np.arange(n, dtype=np.float32)[:, None]  # (n, 1): each sample holds its index
+        t0 = pylsl.local_clock()
+        outlet.push_chunk(x, t0 + (n - 1) / FS)
+        _wait_until_queued(inlet, 200)
+        with caplog.at_level(logging.WARNING, logger="rtsleep.daemon.inlet"):
+            got = inlet.pull()
+        samples, _ = inlet.buffer.pop()
+    finally:
+        daemon.close()
+        del outlet
+    assert got == 200  # only the last 2 s survived the burst
+    # the survivors are the newest samples (liblsl drops the oldest)
+    np.testing.assert_array_equal(samples[:, 0], np.arange(800, 1000, dtype=np.float32))
+    assert inlet.n_queue_full == 1
+    assert any("liblsl queue full (2 s" in r.getMessage() for r in caplog.records)
