@@ -139,15 +139,13 @@ class MultimodalFusion(nn.Module):
         keep = mask[:, :, None].expand(b, n_mod, n_tok)  # (B, M, L)
         if token_mask is not None:
             keep = keep & ~token_mask.bool()
-        keep = torch.cat(
-            [torch.ones(b, 1, dtype=torch.bool, device=x.device), keep.reshape(b, n_mod * n_tok)],
-            dim=1,
-        )  # (B, 1+M*L)
+        keep_cls = torch.ones(b, 1, dtype=torch.bool, device=x.device)  # (B, 1)
+        keep = torch.cat([keep_cls, keep.reshape(b, n_mod * n_tok)], dim=1)  # (B, 1+M*L)
         out = self.transformer(torch.cat([cls, tok], dim=1), keep)  # (B, 1+M*L, D)
         return FusionOutput(
             embedding=out[:, 0],
             modality_pooled=pooled,
-            modality_tokens=out[:, 1:].reshape(b, n_mod, n_tok, -1),
+            modality_tokens=out[:, 1:].reshape(b, n_mod, n_tok, -1),  # (B, M, L, D)
             encoder_tokens=enc_all,
             mask=mask,
         )
