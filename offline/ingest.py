@@ -96,9 +96,7 @@ def ingest_paths(
     sources: list[Path] = []
     for path in paths:
         try:
-            if not path.exists():
-                raise DataError(path, "no such file or folder")
-            found = list_sources(dataset, path)
+            found = list_sources(dataset, path)  # DataError for a missing path
             if not found:
                 raise DataError(path, f"no {dataset} recording found")
             sources.extend(found)
