@@ -40,7 +40,7 @@ from offline.augment import AugmentConfig, augment_windows
 from rtsleep.data.errors import DataError
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.recording import EXG_MODALITIES, Modality
-from rtsleep.data.store import StoredRecording, open_store
+from rtsleep.data.store import StoredRecording, fixed_list_numpy, open_store
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,7 @@ class RecordingSource:
                     self.path,
                     f"{col} has {self.n_times[j]} samples per epoch, model needs {n_times}",
                 )
-            arr = table.column(col).combine_chunks()
-            flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-            out[:, j, :] = flat.reshape(rows, n_times)  # (rows*S,) -> (rows, S)
+            out[:, j, :] = fixed_list_numpy(table.column(col), n_times)  # (rows, S)
         return out
 
     def read_epochs(self, start: int, stop: int, n_times: int) -> np.ndarray:

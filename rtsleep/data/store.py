@@ -534,8 +534,8 @@ def _column_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False))
 
 
-def _fixed_numpy(col: pa.ChunkedArray | pa.Array, n_times: int) -> np.ndarray:
-    """fixed_size_list<float32, S> -> float32 ``(n, S)``."""
+def fixed_list_numpy(col: pa.ChunkedArray | pa.Array, n_times: int) -> np.ndarray:
+    """A signal column (fixed_size_list<float32, S>) of ``n`` epochs -> float32 ``(n, S)``."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     return flat.reshape(len(arr), n_times)  # (n*S,) -> (n, S)
@@ -598,7 +598,7 @@ class StoredRecording:
             for n in table.column_names
             if n != "epoch" and not n.startswith(SIGNAL_PREFIX) and n not in BEAT_COLUMNS
         }
-        signals = {c.label: _fixed_numpy(table.column(c.column), c.n_times) for c in chans}
+        signals = {c.label: fixed_list_numpy(table.column(c.column), c.n_times) for c in chans}
         has_beats = "beat_t" in table.column_names
         return EpochBatch(
             recording_id=self.id,
