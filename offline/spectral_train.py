@@ -187,11 +187,17 @@ def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sequence_loss(model: SleepNet, seqs: list[Sequence], weights: Tensor) -> tuple[float, float]:
-    """Weighted CE and accuracy over whole sequences (first channel, no augmentation)."""
+def sequence_loss(
+    model: SleepNet, seqs: list[Sequence], weights: Tensor
+) -> tuple[float, float, float]:
+    """Weighted CE, accuracy and macro-F1 over whole sequences (first channel, no augmentation).
+
+    Macro-F1 averages the classes present in the truth or the prediction.
+    """
     was = model.training
     model.eval()
     tot, n, correct = 0.0, 0, 0
+    cm = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.int64)  # rows truth, columns prediction
     for s in seqs:
         logits = stage_logits_from_log_power(model, s.log_power[None, :, 0])[0]  # (T, 5)
         ok = s.stages >= 0
@@ -199,9 +205,17 @@ def sequence_loss(model: SleepNet, seqs: list[Sequence], weights: Tensor) -> tup
             continue
         tot += float(F.cross_entropy(logits[ok], s.stages[ok], weight=weights, reduction="sum"))
         n += int(ok.sum())
-        correct += int((logits[ok].argmax(-1) == s.stages[ok]).sum())
+        pred = logits[ok].argmax(-1)
+        correct += int((pred == s.stages[ok]).sum())
+        cm += torch.bincount(s.stages[ok] * N_CLASSES + pred, minlength=N_CLASSES**2).view(
+            N_CLASSES, N_CLASSES
+        )
     model.train(was)
-    return tot / max(n, 1), correct / max(n, 1)
+    tp, truth, predicted = cm.diag().double(), cm.sum(1).double(), cm.sum(0).double()
+    present = (truth + predicted) > 0
+    f1 = 2 * tp[present] / (truth + predicted)[present]
+    mf1 = float(f1.mean()) if bool(present.any()) else 0.0
+    return tot / max(n, 1), correct / max(n, 1), mf1
 
 
 def train_phase(
@@ -212,7 +226,8 @@ def train_phase(
     name: str,
 ) -> tuple[SleepNet, int]:
     """Train ``model`` in place on random crops of ``train``; every ``eval_every`` steps score
-    ``val`` (also before the first step) and keep the best weights (lowest weighted CE).
+    ``val`` (also before the first step) and keep the best weights (highest macro-F1; the
+    earliest step wins a tie).
     Returns (best model, best step);
     without ``val`` the final weights and ``cfg.steps``. Losses go to ``cfg.history``."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -228,13 +243,13 @@ def train_phase(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     hist = cfg.history
-    for key in ("step", "train_loss", "val_loss", "val_acc"):
+    for key in ("step", "train_loss", "val_loss", "val_acc", "val_macro_f1"):
         hist.setdefault(f"{name}_{key}", [])
-    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
+    best = (-math.inf, 0, copy.deepcopy(model.state_dict()))
     if val:  # step 0 is a candidate too: training may not help at all
-        vl, va = sequence_loss(model, val, weights)
-        best = (vl, 0, best[2])
-        log.info("%s step 0: val %.3f acc %.3f", name, vl, va)
+        vl, va, vf = sequence_loss(model, val, weights)
+        best = (vf, 0, best[2])
+        log.info("%s step 0: val %.3f acc %.3f mf1 %.3f", name, vl, va, vf)
     model.train()
     running = 0.0
     for step in range(1, cfg.steps + 1):
@@ -254,13 +269,14 @@ def train_phase(
             hist[f"{name}_train_loss"].append(running / k)
             running = 0.0
             if val:
-                vl, va = sequence_loss(model, val, weights)
+                vl, va, vf = sequence_loss(model, val, weights)
                 hist[f"{name}_val_loss"].append(vl)
                 hist[f"{name}_val_acc"].append(va)
-                if vl < best[0]:
-                    best = (vl, step, copy.deepcopy(model.state_dict()))
-                log.info("%s step %d: train %.3f val %.3f acc %.3f", name, step,
-                         hist[f"{name}_train_loss"][-1], vl, va)
+                hist[f"{name}_val_macro_f1"].append(vf)
+                if vf > best[0]:
+                    best = (vf, step, copy.deepcopy(model.state_dict()))
+                log.info("%s step %d: train %.3f val %.3f acc %.3f mf1 %.3f", name, step,
+                         hist[f"{name}_train_loss"][-1], vl, va, vf)
             else:
                 log.info("%s step %d: train %.3f", name, step, hist[f"{name}_train_loss"][-1])
     model.eval()
