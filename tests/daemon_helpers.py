@@ -27,6 +27,11 @@ from rtsleep.models import SleepNet, SleepNetConfig, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "rtsleep" / "schemas" / "messages.schema.json").read_text())
+#: One validator, the schema checked once (``jsonschema.validate`` re-checks it per call: ~50 ms
+#: on a busy machine, slower than the daemon publishes heartbeats in some tests).
+_cls = jsonschema.validators.validator_for(SCHEMA)
+_cls.check_schema(SCHEMA)
+VALIDATOR = _cls(SCHEMA)
 MODALITIES = ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
 N_EPOCHS = 60
 #: liblsl queue per inlet for replays faster than real time: the whole of excerpt3 (30 min) plus
@@ -93,28 +98,29 @@ def tiny_model(path: Path) -> Path:
 
 
 def write_config(tmp: Path, model: Path, file_name: str, port: int,
-                 zmq_extra: dict[str, Any] | None = None, **daemon: Any) -> Path:
-    """One bed reading the replay outlets of ``file_name``; ``daemon`` / ``zmq_extra`` add keys
-    to ``[daemon]`` / ``[zmq]`` (``inlet_buffer_s`` defaults to ``REPLAY_INLET_BUFFER_S``)."""
+                 zmq_extra: dict[str, Any] | None = None, extra_endpoints: tuple[str, ...] = (),
+                 **daemon: Any) -> Path:
+    """One bed reading the replay outlets of ``file_name``, publishing on loopback ``port`` (and
+    ``extra_endpoints``); ``daemon`` / ``zmq_extra`` set keys of ``[daemon]`` / ``[zmq]``
+    (``inlet_buffer_s`` defaults to ``REPLAY_INLET_BUFFER_S``)."""
     streams = ", ".join(
         f'{{ source_id = "rtsleep-replay:{file_name}:{m}" }}' for m in MODALITIES
     )
-    daemon.setdefault("inlet_buffer_s", REPLAY_INLET_BUFFER_S)
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in daemon.items())
+    keys: dict[str, Any] = {"state_dir": str(tmp / "state"), "heartbeat_s": 0.5,
+                            "epoch_timeout_s": 3.0, "poll_s": 0.01,
+                            "inlet_buffer_s": REPLAY_INLET_BUFFER_S}
+    keys.update(daemon)
+    daemon_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
     zmq_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (zmq_extra or {}).items())
     text = f"""
 [daemon]
-state_dir = "{tmp / 'state'}"
-heartbeat_s = 0.5
-epoch_timeout_s = 3.0
-poll_s = 0.01
-{extra}
+{daemon_keys}
 [model]
 path = "{model}"
 device = "cpu"
 
 [zmq]
-endpoints = ["tcp://127.0.0.1:{port}"]
+endpoints = {json.dumps([f"tcp://127.0.0.1:{port}", *extra_endpoints])}
 {zmq_keys}
 [[beds]]
 id = "bed1"
@@ -176,7 +182,7 @@ class Sub:
             if self.sock.poll(100):
                 topic, payload = self.sock.recv_multipart()
                 msg = decode(payload)
-                jsonschema.validate(msg, SCHEMA)
+                VALIDATOR.validate(msg)
                 key = (msg["run"], msg["seq"])
                 if key in self.seen:
                     continue
