@@ -152,20 +152,19 @@ def summary_line(n_scored: int, agree: float | None, p99_ms: float | None) -> st
 
 
 def inlet_buffer_s(n_epochs: int, speed: str) -> int:
-    """``daemon.inlet_buffer_s`` for a replay of ``n_epochs`` at ``speed`` (a factor or "max").
+    """``daemon.inlet_buffer_s`` for a replay of ``n_epochs`` at ``speed`` (a factor or "max"):
+    :func:`rtsleep.daemon.replay.inlet_buffer_for` (10 wall seconds of loop stall at the replay
+    speed plus 60 s, at most the whole night; the whole night at max speed). The config default
+    (60 s) is for live beds."""
+    from rtsleep.daemon.replay import inlet_buffer_for
 
-    The daemon pulls everything each round, so liblsl's queue must only cover a stall of the
-    loop: 10 wall seconds at the replay speed (600 s of data at 60x), at most the whole night;
-    at max speed the whole night arrives at once. The config default (60 s) is for live beds.
-    """
-    night_s = int(n_epochs * EPOCH_S) + 60
     try:
-        factor = float(speed)
+        factor: float | None = float(speed)
     except ValueError:  # "max"
-        return night_s
-    if not 0.0 < factor < 1e6:  # nonsense (nan, inf): rtsleep replay rejects it anyway
-        return night_s
-    return min(night_s, int(factor * 10.0) + 60)
+        factor = None
+    if factor is not None and not 0.0 < factor < 1e6:  # nan, inf: rtsleep replay rejects it
+        factor = None
+    return inlet_buffer_for(n_epochs * EPOCH_S, factor)
 
 
 def _say(out: Any, text: str) -> None:

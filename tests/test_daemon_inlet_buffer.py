@@ -20,6 +20,7 @@ from rtsleep.daemon.config import load_config
 from rtsleep.daemon.ingest import BedIngest
 from rtsleep.daemon.inlet import Inlet, StreamSelector
 from rtsleep.daemon.lifecycle import Daemon
+from rtsleep.daemon.replay import inlet_buffer_for
 
 FS = 100.0
 
@@ -99,3 +100,10 @@ streams = [{{ source_id = "{source_id}" }}]
     np.testing.assert_array_equal(samples[:, 0], np.arange(800, 1000, dtype=np.float32))
     assert inlet.n_queue_full == 1
     assert any("liblsl queue full (2 s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_replay_faster_than_live_needs_what_arrives_during_a_stall_at_most_the_file() -> None:
+    assert inlet_buffer_for(1800.0, None) == 1860  # max speed: the whole file at once
+    assert inlet_buffer_for(1800.0, 60.0) == 660  # 10 s of stall at 60x, plus 60 s
+    assert inlet_buffer_for(1800.0, 1000.0) == 1860  # never more than the file
+    assert inlet_buffer_for(1800.0, 1.0) == 70

@@ -25,6 +25,8 @@ Public API (stable):
 - ``Player(config)``: ``play`` in a separate process (multiprocessing, spawn): ``start(timeout_s)``
   waits until the outlets exist (and have consumers when ``wait_consumers_s`` > 0), ``stop()``,
   ``kill()`` (SIGKILL, a crash), ``join()``; a context manager.
+- ``inlet_buffer_for(span_s, speed)``: the ``daemon.inlet_buffer_s`` a daemon reading a replay
+  needs so that no sample is dropped (the CLI prints it when the default is too small).
 - ``register(app)``: the ``rtsleep replay FILE [--speed N|max] [--loop]`` command.
 """
 
@@ -44,6 +46,7 @@ import numpy as np
 import pylsl
 import typer
 
+from rtsleep.daemon.config import DaemonSection
 from rtsleep.data.errors import DataError
 from rtsleep.data.recording import Channel, Modality
 
@@ -334,6 +337,19 @@ class Player:
         self.stop()
 
 
+def inlet_buffer_for(span_s: float, speed: float | None, stall_s: float = 10.0) -> int:
+    """``daemon.inlet_buffer_s`` (s) for a daemon reading ``span_s`` s of file played at ``speed``.
+
+    The daemon drains its inlets every round, so liblsl's queue only has to hold what arrives
+    while the loop is stalled: ``stall_s`` wall seconds at ``speed``, plus a 60-s margin, at most
+    the whole span (plus the margin). At max speed (``None``) the whole span arrives at once.
+    """
+    whole = int(math.ceil(span_s)) + 60
+    if speed is None:
+        return whole
+    return min(whole, int(math.ceil(speed * stall_s)) + 60)
+
+
 def parse_speed(value: str) -> float | None:
     """``"max"`` -> None, else a positive float (``"60"``, ``"60x"``)."""
     text = value.strip().lower()
@@ -386,6 +402,12 @@ def register(app: typer.Typer) -> None:
         for p in plans:
             typer.echo(f"{p.source_id}: {len(p.labels)} channels at {p.sfreq:g} Hz "
                        f"({', '.join(p.labels)})")
+        if config.speed is None or config.speed * 10.0 > DaemonSection().inlet_buffer_s:
+            span_s = max(p.n_samples / p.sfreq for p in plans) - start
+            need = inlet_buffer_for(span_s, config.speed)
+            typer.echo(f"replay: faster than live; a daemon reading it needs [daemon] "
+                       f"inlet_buffer_s >= {need} (the default, "
+                       f"{DaemonSection().inlet_buffer_s} s, is for live beds)")
         try:
             n = play(config, plans=plans)
         except KeyboardInterrupt:
