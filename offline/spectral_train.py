@@ -134,15 +134,18 @@ class TrainConfig:
     #: Per-epoch, per-band noise std (log power).
     noise_std: float = 0.1
     eval_every: int = 100
+    #: Class weights are ``frequency ** -class_weight_power`` (0.5: inverse square root).
+    class_weight_power: float = 0.5
     seed: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def class_weights(sequences: list[Sequence]) -> Tensor:
-    """Inverse square-root frequency weights ``(5,)``, mean 1, clipped to ``[0.2, 5]``."""
+def class_weights(sequences: list[Sequence], power: float = 0.5) -> Tensor:
+    """Weights ``(5,)`` proportional to ``class frequency ** -power``, mean 1, clipped to
+    ``[0.2, 5]``."""
     y = torch.cat([s.stages for s in sequences])
     counts = torch.bincount(y[y >= 0], minlength=N_CLASSES).double().clamp_min(1.0)
-    w = counts.rsqrt()
+    w = counts.pow(-power)
     w = w / w.mean()
     return w.clamp(0.2, 5.0).float()
 
@@ -232,7 +235,7 @@ def train_phase(
     without ``val`` the final weights and ``cfg.steps``. Losses go to ``cfg.history``."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    weights = class_weights(train)
+    weights = class_weights(train, cfg.class_weight_power)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 10)
 
