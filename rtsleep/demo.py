@@ -207,7 +207,7 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
         cfg.write_text(
             f'[daemon]\nstate_dir = "{tmp / "state"}"\nheartbeat_s = 1.0\n'
             f'epoch_timeout_s = 5.0\npoll_s = 0.01\n'
-            f'inlet_buffer_s = {inlet_buffer_s(n_epochs, speed)}\n\n'
+            f'inlet_buffer_s = {inlet_buffer_s(n_epochs, speed)}\ninlet_buffer_mb = 0\n\n'
             f'[model]\npath = "{model_path}"\n\n'
             f'[zmq]\nendpoints = ["tcp://127.0.0.1:{port}"]\n\n'
             f'[[beds]]\nid = "demo"\nstreams = [{streams}]\n'

@@ -34,10 +34,6 @@ _cls.check_schema(SCHEMA)
 VALIDATOR = _cls(SCHEMA)
 MODALITIES = ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
 N_EPOCHS = 60
-#: liblsl queue per inlet for replays faster than real time: the whole of excerpt3 (30 min) plus
-#: a margin, so a daemon busy scoring never loses samples (the config default is for live beds).
-REPLAY_INLET_BUFFER_S = 1860
-
 
 def excerpt3(shared_data: Path) -> Path:
     """DREAMS excerpt3.edf (30 min, 60 epochs); skips when the shared data lacks it."""
@@ -101,14 +97,13 @@ def write_config(tmp: Path, model: Path, file_name: str, port: int,
                  zmq_extra: dict[str, Any] | None = None, extra_endpoints: tuple[str, ...] = (),
                  **daemon: Any) -> Path:
     """One bed reading the replay outlets of ``file_name``, publishing on loopback ``port`` (and
-    ``extra_endpoints``); ``daemon`` / ``zmq_extra`` set keys of ``[daemon]`` / ``[zmq]``
-    (``inlet_buffer_s`` defaults to ``REPLAY_INLET_BUFFER_S``)."""
+    ``extra_endpoints``); ``daemon`` / ``zmq_extra`` set keys of ``[daemon]`` / ``[zmq]``. The
+    inlet queues keep the daemon's defaults, which must hold a max-speed replay of excerpt3."""
     streams = ", ".join(
         f'{{ source_id = "rtsleep-replay:{file_name}:{m}" }}' for m in MODALITIES
     )
     keys: dict[str, Any] = {"state_dir": str(tmp / "state"), "heartbeat_s": 0.5,
-                            "epoch_timeout_s": 3.0, "poll_s": 0.01,
-                            "inlet_buffer_s": REPLAY_INLET_BUFFER_S}
+                            "epoch_timeout_s": 3.0, "poll_s": 0.01}
     keys.update(daemon)
     daemon_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
     zmq_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (zmq_extra or {}).items())

@@ -51,7 +51,8 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
     assert not cfg.zmq.curve_enabled
     assert cfg.model.threads == 1
     assert (cfg.alerts.aasm, cfg.alerts.hypopnea_rule, cfg.alerts.ecg) == (True, "1A", False)
-    assert cfg.daemon.inlet_buffer_s == 60  # live beds: twice the unit's WatchdogSec
+    assert cfg.daemon.inlet_buffer_s == 3600  # time bound of each stream's queue
+    assert cfg.daemon.inlet_buffer_mb == 2.5  # memory bound of each stream's queue
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,8 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
          "must be in 1..86400"),
         (("heartbeat_s = 2", "inlet_buffer_s = 1.5"), "daemon.inlet_buffer_s",
          "expected an integer"),
+        (("heartbeat_s = 2", "inlet_buffer_mb = -1"), "daemon.inlet_buffer_mb",
+         "must be in 0..10000 MB"),
     ],
 )
 def test_bad_values_raise_one_line_error_naming_file_and_key(

@@ -1,7 +1,8 @@
-"""``daemon.inlet_buffer_s`` sizes liblsl's queue of every inlet the daemon opens: the value goes
-from the config through ``Daemon`` and ``BedIngest`` to ``pylsl.StreamInlet``, the queue then holds
-exactly that many seconds (the oldest samples are dropped beyond), and a pull that finds the queue
-full warns. LSL runs in-process on loopback (conftest confinement)."""
+"""``daemon.inlet_buffer_s`` and ``daemon.inlet_buffer_mb`` size liblsl's queue of every inlet the
+daemon opens: the values go from the config through ``Daemon`` and ``BedIngest`` to
+``pylsl.StreamInlet``, the queue then holds that many seconds (the oldest samples are dropped
+beyond), and a pull that finds the queue full warns. LSL runs in-process on loopback (conftest
+confinement)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from daemon_helpers import tiny_model
 
 from rtsleep.daemon.config import load_config
 from rtsleep.daemon.ingest import BedIngest
-from rtsleep.daemon.inlet import Inlet, StreamSelector
+from rtsleep.daemon.inlet import Inlet, StreamSelector, queue_seconds
 from rtsleep.daemon.lifecycle import Daemon
 from rtsleep.daemon.replay import inlet_buffer_for
 
@@ -50,6 +51,42 @@ def test_bed_ingest_rejects_a_bad_inlet_buffer() -> None:
         BedIngest("bed1", sel, inlet_buffer_s=0)
     with pytest.raises(TypeError, match="inlet_buffer_s must be an int"):
         BedIngest("bed1", sel, inlet_buffer_s=2.5)  # type: ignore[arg-type]
+
+
+def test_queue_seconds_bounds_each_stream_by_time_and_memory() -> None:
+    # 4 float32 channels at 256 Hz in 2.5 MB: 610 s of queue
+    assert queue_seconds(256.0, 4, 4, 3600, 2.5e6) == 610
+    # a replay outlet of 3 float64 channels at 50 Hz holds a whole 30-min file (needs 1860 s)
+    assert queue_seconds(50.0, 3, 8, 3600, 2.5e6) == 2083
+    # a narrow stream is bounded by time
+    assert queue_seconds(1.0, 1, 8, 3600, 2.5e6) == 3600
+    # a wide, fast stream never drops below 60 s ...
+    assert queue_seconds(1000.0, 64, 4, 3600, 2.5e6) == 60
+    # ... unless the time bound itself is lower
+    assert queue_seconds(1000.0, 64, 4, 2, 2.5e6) == 2
+    # no memory bound, or an irregular-rate stream: the time bound
+    assert queue_seconds(256.0, 4, 4, 3600, None) == 3600
+    assert queue_seconds(0.0, 4, 4, 3600, 2.5e6) == 3600
+    with pytest.raises(ValueError, match="max_s must be >= 1"):
+        queue_seconds(256.0, 4, 4, 0, None)
+
+
+def test_bed_ingest_passes_the_memory_bound_to_its_inlets() -> None:
+    """1 float32 channel at 100 Hz in 0.04 MB -> a 100-s queue (under the 3600-s time bound)."""
+    source_id = f"g4-mb-{os.getpid()}-{time.monotonic_ns()}"
+    outlet = _outlet(source_id)
+    ingest = BedIngest("bed1", [StreamSelector(source_id=source_id)], inlet_buffer_s=3600,
+                       inlet_buffer_mb=0.04)
+    try:
+        assert ingest.wait_open(20.0), "the inlet did not open"
+        inlet = ingest.streams[0].inlet
+        assert inlet is not None
+        assert inlet.max_buflen_s == 100 and inlet.queue_capacity == 10_000
+    finally:
+        ingest.close()
+        del outlet
+    with pytest.raises(ValueError, match="inlet_buffer_mb must be >= 0"):
+        BedIngest("bed1", [StreamSelector(source_id="g4-never")], inlet_buffer_mb=-1.0)
 
 
 def test_configured_inlet_buffer_bounds_the_queue_of_the_daemons_inlets(

@@ -130,7 +130,8 @@ def test_example_config_loads_with_the_daemon_loader() -> None:
     assert [b.id for b in cfg.beds] == ["bed1", "bed2"]
     assert cfg.zmq.curve_enabled is False
     assert cfg.model.threads == 1
-    assert cfg.daemon.inlet_buffer_s == 60
+    assert cfg.daemon.inlet_buffer_s == 3600
+    assert cfg.daemon.inlet_buffer_mb == 2.5
 
 
 def test_example_config_shows_every_key_of_every_section_with_its_default() -> None:

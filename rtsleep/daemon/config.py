@@ -9,7 +9,8 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     epoch_timeout_s = 10.0             # a stream this late past an epoch end is flagged missing
     poll_s = 0.02                      # main-loop idle sleep
     log_format = "text"                # "text" or "journal" (no timestamps: journald adds them)
-    inlet_buffer_s = 60                # liblsl queue per stream (s of data; oldest dropped beyond)
+    inlet_buffer_s = 3600              # liblsl queue per stream: at most this many s of data ...
+    inlet_buffer_mb = 2.5              # ... and at most what fits in this many MB (0: no bound)
 
     [model]
     path = ""                          # empty: the bundled rtsleep/assets/default.safetensors
@@ -88,12 +89,15 @@ class DaemonSection:
     epoch_timeout_s: float = 10.0
     poll_s: float = 0.02
     log_format: str = "text"
-    #: Seconds of data liblsl queues per inlet while the loop is busy (whole seconds; liblsl
-    #: preallocates it: ~0.6 MB per 4-channel 256-Hz stream for 60 s). Beyond it the oldest
-    #: samples are dropped. 60 s is twice the unit's WatchdogSec=30: a loop stalled longer is
-    #: restarted by systemd and its queues are lost anyway. Replays faster than real time
-    #: need at least the backlog they can build (the recording's length at ``--speed max``).
-    inlet_buffer_s: int = 60
+    #: Upper bound (whole s) of the data liblsl queues per inlet while the loop is busy; beyond
+    #: it the oldest samples are dropped. liblsl preallocates the queue, so it is also bounded by
+    #: ``inlet_buffer_mb`` per stream (never below 60 s, twice the unit's WatchdogSec=30: a loop
+    #: stalled longer is restarted by systemd and its queues are lost anyway). The defaults keep
+    #: a 4-channel 256-Hz bed near 2.5 MB (610 s) and hold a whole 30-min 50-Hz PSG replayed at
+    #: ``--speed max``; longer or wider replays faster than real time need larger values.
+    inlet_buffer_s: int = 3600
+    #: Memory bound (MB, 1e6 bytes) of each stream's liblsl queue; 0 = bounded by time only.
+    inlet_buffer_mb: float = 2.5
 
 
 @dataclass
@@ -325,6 +329,9 @@ def validate(cfg: Config) -> None:
     if not 1 <= d.inlet_buffer_s <= MAX_INLET_BUFFER_S:
         raise ConfigError(src, "daemon.inlet_buffer_s", f"must be in 1..{MAX_INLET_BUFFER_S} s, "
                           f"got {d.inlet_buffer_s}")
+    if not 0 <= d.inlet_buffer_mb <= 10_000:
+        raise ConfigError(src, "daemon.inlet_buffer_mb", f"must be in 0..10000 MB, "
+                          f"got {d.inlet_buffer_mb}")
     if d.log_format not in ("text", "journal"):
         raise ConfigError(src, "daemon.log_format", f"expected 'text' or 'journal', got "
                           f"{d.log_format!r}")

@@ -1,14 +1,17 @@
 """A bed's ingest: its LSL streams (``StreamHandle``) feeding its ``BedEpocher``.
 
 Public API (stable): ``BedIngest(bed, selectors, *, anchor=None, next_index=0, timeout_s=5.0,
-quality=None, modality_of=None, inlet_buffer_s=None, inlet_kwargs=None)``;
+quality=None, modality_of=None, inlet_buffer_s=None, inlet_buffer_mb=None,
+inlet_kwargs=None)``;
 ``poll(now=None) -> list[EpochBlock]`` pulls what every stream has (non-blocking, bounded per
 call), cuts epochs and returns the complete ones; ``epocher`` exposes ``anchor`` /
 ``next_index`` to persist; ``streams`` the handles; ``close()``. A stream that is not found,
 vanishes or fails to open never raises here: it is retried in the background and its channels
 are flagged missing in the epochs. ``inlet_buffer_s`` sizes liblsl's queue of every stream
-(whole seconds of data; the daemon passes ``daemon.inlet_buffer_s``; ``None`` keeps ``Inlet``'s
-default, sized for replays at max speed).
+(whole seconds of data, at most ``inlet_buffer_s`` and at most what fits in ``inlet_buffer_mb``
+MB per stream, never below 60 s unless ``inlet_buffer_s`` is lower; the daemon passes
+``daemon.inlet_buffer_s`` and ``daemon.inlet_buffer_mb``; ``None`` keeps ``Inlet``'s default,
+sized for replays at max speed).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class BedIngest:
         quality: QualityConfig | None = None,
         modality_of: ModalityResolver | None = None,
         inlet_buffer_s: int | None = None,
+        inlet_buffer_mb: float | None = None,
         inlet_kwargs: dict[str, object] | None = None,
         max_samples_per_poll: int = 100_000,
     ) -> None:
@@ -56,6 +60,12 @@ class BedIngest:
             if inlet_buffer_s < 1:
                 raise ValueError(f"inlet_buffer_s must be >= 1 s, got {inlet_buffer_s}")
             kwargs["max_buflen_s"] = inlet_buffer_s
+        if inlet_buffer_mb is not None:
+            if isinstance(inlet_buffer_mb, bool) or not isinstance(inlet_buffer_mb, int | float):
+                raise TypeError(f"inlet_buffer_mb must be a number (MB), got {inlet_buffer_mb!r}")
+            if inlet_buffer_mb < 0:
+                raise ValueError(f"inlet_buffer_mb must be >= 0 MB, got {inlet_buffer_mb}")
+            kwargs["max_buffer_bytes"] = inlet_buffer_mb * 1e6 if inlet_buffer_mb > 0 else None
         kwargs.update(inlet_kwargs or {})
         self.streams = [StreamHandle(s, inlet_kwargs=kwargs) for s in selectors]
         self._attached: set[str] = set()

@@ -277,13 +277,41 @@ class Dejitter:
             log.debug("clock drift: grid slipped %+d sample at index %d", step, self._next)
 
 
+#: Bytes per value of each liblsl channel format (``pylsl.cf_*``); strings are never scored.
+_FORMAT_BYTES = {
+    pylsl.cf_float32: 4, pylsl.cf_double64: 8, pylsl.cf_int32: 4, pylsl.cf_int16: 2,
+    pylsl.cf_int8: 1, pylsl.cf_int64: 8,
+}
+#: Floor of a memory-bounded queue (s): a loop stalled longer is restarted by the watchdog.
+MIN_QUEUE_S = 60
+
+
+def queue_seconds(
+    sfreq: float, n_chans: int, value_bytes: int, max_s: int, budget_bytes: float | None
+) -> int:
+    """Seconds of data liblsl should queue for one stream.
+
+    ``max_s`` is the upper bound (s). With a ``budget_bytes`` (bytes per stream) the queue is
+    also bounded by what fits in that memory at ``sfreq`` (Hz) x ``n_chans`` x ``value_bytes``,
+    but never below ``min(MIN_QUEUE_S, max_s)``. Irregular streams (``sfreq`` 0) get ``max_s``.
+    """
+    if max_s < 1:
+        raise ValueError(f"max_s must be >= 1 s, got {max_s}")
+    if not budget_bytes or sfreq <= 0:
+        return int(max_s)
+    fits = int(budget_bytes // (sfreq * max(n_chans, 1) * value_bytes))
+    return int(min(max_s, max(min(MIN_QUEUE_S, max_s), fits)))
+
+
 class Inlet:
     """One open LSL stream, pulled in chunks into a ring buffer of (samples, grid timestamps).
 
     ``max_buflen_s`` sizes liblsl's own queue (whole seconds of data kept while the daemon is
     busy; liblsl preallocates it and drops the *oldest* samples beyond it, which then show up as
     a gap). The default of 1800 s holds a 30-min ``--speed max`` replay (tools, tests); the daemon
-    passes ``daemon.inlet_buffer_s`` (60 s). A pull that finds the queue full logs a warning (at
+    passes ``daemon.inlet_buffer_s`` as the bound and ``daemon.inlet_buffer_mb`` as
+    ``max_buffer_bytes``, which shortens the queue of a wide or fast stream to what fits in that
+    memory (:func:`queue_seconds`). A pull that finds the queue full logs a warning (at
     most once per ``full_warn_s``). ``buffer_s`` sizes the ring buffer (pulls never take more
     than its free space, so nothing is overwritten).
     """
@@ -294,6 +322,7 @@ class Inlet:
         *,
         key: str | None = None,
         max_buflen_s: int = 1800,
+        max_buffer_bytes: float | None = None,
         buffer_s: float = 10.0,
         open_timeout_s: float = 2.0,
         gap_factor: float = 1.5,
@@ -301,7 +330,10 @@ class Inlet:
         full_warn_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_buflen_s = int(max_buflen_s)
+        self.max_buflen_s = queue_seconds(
+            info.nominal_srate(), info.channel_count(),
+            _FORMAT_BYTES.get(info.channel_format(), 8), int(max_buflen_s), max_buffer_bytes,
+        )
         self._inlet = pylsl.StreamInlet(
             info, max_buflen=self.max_buflen_s, max_chunklen=0, recover=True, processing_flags=0
         )

@@ -47,6 +47,7 @@ import pylsl
 import typer
 
 from rtsleep.daemon.config import DaemonSection
+from rtsleep.daemon.inlet import queue_seconds
 from rtsleep.data.errors import DataError
 from rtsleep.data.recording import Channel, Modality
 
@@ -402,12 +403,17 @@ def register(app: typer.Typer) -> None:
         for p in plans:
             typer.echo(f"{p.source_id}: {len(p.labels)} channels at {p.sfreq:g} Hz "
                        f"({', '.join(p.labels)})")
-        if config.speed is None or config.speed * 10.0 > DaemonSection().inlet_buffer_s:
-            span_s = max(p.n_samples / p.sfreq for p in plans) - start
-            need = inlet_buffer_for(span_s, config.speed)
+        span_s = max(p.n_samples / p.sfreq for p in plans) - start
+        need = inlet_buffer_for(span_s, config.speed)
+        live = DaemonSection()
+        budget = live.inlet_buffer_mb * 1e6 or None
+        # replay outlets carry float64 values (8 bytes)
+        if any(queue_seconds(p.sfreq, len(p.labels), 8, live.inlet_buffer_s, budget) < need
+               for p in plans):
             typer.echo(f"replay: faster than live; a daemon reading it needs [daemon] "
-                       f"inlet_buffer_s >= {need} (the default, "
-                       f"{DaemonSection().inlet_buffer_s} s, is for live beds)")
+                       f"inlet_buffer_s >= {need} and inlet_buffer_mb = 0 (the defaults, "
+                       f"{live.inlet_buffer_s} s and {live.inlet_buffer_mb:g} MB per stream, "
+                       f"do not hold this backlog)")
         try:
             n = play(config, plans=plans)
         except KeyboardInterrupt:
