@@ -6,14 +6,15 @@ saved state (restored when recent and from the same model) and its LSL ingest (s
 the background, so a missing stream never blocks startup), then ``READY=1`` to systemd.
 
 Loop (single thread, owns the ZeroMQ socket): poll every bed's ingest (non-blocking) -> score the
-oldest ready epoch of every bed in one batch (a backlog waits for the next rounds) -> publish
-stage and alert messages -> persist every bed that advanced (atomic) -> heartbeat on ``status/``
+oldest ready epoch of every bed in one batch (a backlog waits for the next rounds) -> persist
+every bed that advanced (atomic, write-ahead) -> publish stage and alert messages -> heartbeat on
+``status/``
 every ``heartbeat_s`` -> watchdog -> answer late joiners from the last-value cache -> sleep
 ``poll_s`` when idle. An exception while handling one bed's epochs is logged and that bed's epochs
 are reported unscorable; the daemon and the other beds keep going.
 
 Shutdown (uvicorn style): SIGTERM/SIGINT only set a flag; the loop finishes the round it is in
-(the current epoch is scored, published and persisted), persists every bed again, publishes a
+(the current epoch is scored, persisted and published), persists every bed again, publishes a
 ``stopping`` heartbeat, sends ``STOPPING=1`` and returns 0.
 
 Latency (``latency_ms``) runs from the start of the poll that found the epoch complete to the
@@ -206,6 +207,7 @@ class Daemon:
                 timeout_s=cfg.daemon.epoch_timeout_s,
                 modality_of=modality_resolver(bed),
                 inlet_buffer_s=cfg.daemon.inlet_buffer_s,
+                inlet_buffer_mb=cfg.daemon.inlet_buffer_mb,
             )
         log.info("serving %d bed(s) on %s", len(cfg.beds), ", ".join(self.publisher.endpoints))
 
@@ -220,22 +222,36 @@ class Daemon:
         except OSError as err:
             log.error("bed %s: cannot save state to %s: %s", bed, self.cfg.daemon.state_dir, err)
 
-    def _publish(self, results: list[EpochResult]) -> None:
+    def _alerts(self, res: EpochResult) -> list[dict[str, Any]]:
+        """Advance the bed's alert trackers with one scored epoch; the alerts it raises."""
+        if self.scorer is None:
+            return []
+        alerts = self.alerts[res.bed].update(res, self.utc_offset)
+        resp = self.respiration.get(res.bed)
+        if resp is not None:
+            alerts += resp.on_result(res, self.scorer.anchor(res.bed), self.utc_offset)
+        ecg = self.ecg.get(res.bed)
+        if ecg is not None:
+            alerts += ecg.on_result(res, self.utc_offset)
+        return alerts
+
+    def _publish_and_persist(self, results: list[EpochResult]) -> None:
+        """Write-ahead: every advanced bed is persisted *before* its messages are sent.
+
+        A SIGKILL during the (fsync'd) save then republishes nothing after the restart; only a
+        kill inside the non-blocking sends that follow can lose one epoch's messages on the wire.
+        """
+        alerts = [self._alerts(res) for res in results]
+        for bed_id in sorted({r.bed for r in results}):
+            self._persist(bed_id)
         pub = self.publisher
-        if pub is None or self.scorer is None:
+        if pub is None:
             return
-        for res in results:
+        for res, bed_alerts in zip(results, alerts, strict=True):
             latency_ms = (time.perf_counter() - res.ready_at) * 1000.0
             pub.publish(stage_topic(res.bed),
                         result_message(res, self.model_id, self.utc_offset, latency_ms))
-            alerts = self.alerts[res.bed].update(res, self.utc_offset)
-            resp = self.respiration.get(res.bed)
-            if resp is not None:
-                alerts += resp.on_result(res, self.scorer.anchor(res.bed), self.utc_offset)
-            ecg = self.ecg.get(res.bed)
-            if ecg is not None:
-                alerts += ecg.on_result(res, self.utc_offset)
-            for alert in alerts:
+            for alert in bed_alerts:
                 pub.publish(alert_topic(res.bed), alert)
 
     def _respiration(self, blocks: list[EpochBlock]) -> None:
@@ -324,9 +340,7 @@ class Daemon:
             results = []
             for blk, t in picked:
                 results.extend(scorer.fail(blk, f"scoring error: {err}", t))
-        self._publish(results)
-        for bed_id in sorted({r.bed for r in results}):
-            self._persist(bed_id)
+        self._publish_and_persist(results)
         return len(results)
 
     def run(self) -> int:
