@@ -7,7 +7,9 @@ Public API (stable):
   - ``attach(key, layout)`` once a stream's channel layout is known (``inlet.StreamLayout``).
   - ``push(key, samples (n, n_chans), timestamps (n,))``: samples in arrival order, timestamps
     on the stream's grid (``inlet.Dejitter`` output, LSL seconds).
-  - ``pop_ready(now=None) -> list[EpochBlock]``: the epochs that are complete, in index order.
+  - ``pop_ready(now=None, lsl_now=None) -> list[EpochBlock]``: the epochs that are complete, in
+    index order; with ``lsl_now`` (``pylsl.local_clock()``, the streams' corrected time base)
+    also the epochs no stream delivered by the clock rule below.
   - ``anchor`` (LSL time of sample 0 of epoch 0; the bed's first sample timestamp unless given, to
     restore after a restart) and ``next_index`` (the next epoch to emit) are what to persist.
 - ``EpochBlock``: bed, index, ``start_lsl``/``end_lsl`` (anchor + 30 k, + 30), ``channels``
@@ -28,6 +30,17 @@ Rules:
   value (0.0 before any) and are False in ``received``; quality counts them before filling.
 - Indices never repeat or skip: an epoch with no data at all (a gap over a whole epoch, downtime
   before a restart) is emitted with every channel missing, hence ``unscorable``.
+- Clock rule (every stream stopped): with ``lsl_now`` given, an epoch that no stream has passed
+  is emitted (what it holds, the rest missing: ``unscorable``, "no data from stream(s) ...") once
+  its end is older than ``timeout_s`` in the streams' time, taken as
+  ``min(lsl_now, t_last + (lsl_now - lsl_at_last))``: ``t_last`` the latest timestamp pushed and
+  ``lsl_at_last`` the ``lsl_now`` of the first ``pop_ready`` after it. The ``min`` keeps a replay
+  stamped ahead of the clock (faster than real time) from being declared empty early, and the
+  extrapolation keeps a stream stamped in the past (synthetic, offset clock) from being
+  overtaken. Nothing is emitted before the bed has an anchor; with a restored anchor and no data
+  yet, ``t_last`` starts at the end of the last emitted epoch at the first ``pop_ready`` (an
+  outage across a restart goes on at one epoch per 30 s). Data arriving later for an index
+  already emitted are dropped (``n_late``); indices continue, with no duplicate.
 """
 
 from __future__ import annotations
@@ -180,6 +193,11 @@ class BedEpocher:
         self._tracks = {k: _Track(k) for k in stream_keys}
         self._wait_since: float | None = None
         self._lagging: set[str] = set()
+        #: Latest timestamp pushed (s, LSL) and whether it is newer than the last pop_ready.
+        self._t_last: float | None = None
+        self._t_fresh = False
+        #: (latest timestamp, lsl_now when it was first seen) for the clock rule.
+        self._clock_ref: tuple[float, float] | None = None
         #: Samples dropped because their epoch was already emitted or they repeat an index.
         self.n_late = 0
 
@@ -228,6 +246,10 @@ class BedEpocher:
             )
         if ts.shape[0] == 0:
             return
+        t_end = float(ts[-1])
+        if self._t_last is None or t_end > self._t_last:
+            self._t_last = t_end
+        self._t_fresh = True
         if self.anchor is None:
             self.anchor = float(ts[0])
             log.info("bed %s: anchored at LSL time %.6f (stream %s)", self.bed, self.anchor, key)
@@ -293,16 +315,41 @@ class BedEpocher:
     def _passed(self, track: _Track, k: int) -> bool:
         return track.layout is not None and track.frontier >= (k + 1) * track.per_epoch
 
-    def pop_ready(self, now: float | None = None) -> list[EpochBlock]:
-        """Emit every epoch that is complete (or timed out), in index order."""
+    def _stream_now(self, lsl_now: float | None) -> float | None:
+        """The streams' current time (s, LSL) for the clock rule, or None without ``lsl_now``."""
+        if lsl_now is None or self.anchor is None:
+            return None
+        if self._t_fresh and self._t_last is not None:
+            self._clock_ref = (self._t_last, lsl_now)
+            self._t_fresh = False
+        elif self._clock_ref is None:
+            # restored anchor, no data yet: the outage starts at the last emitted epoch's end
+            self._clock_ref = (self.anchor + self.next_index * EPOCH_S, lsl_now)
+        t_ref, lsl_ref = self._clock_ref
+        return min(lsl_now, t_ref + (lsl_now - lsl_ref))
+
+    def pop_ready(self, now: float | None = None, lsl_now: float | None = None) -> list[EpochBlock]:
+        """Emit every epoch that is complete (or timed out), in index order.
+
+        ``now``: monotonic seconds for the lagging-stream timeout. ``lsl_now``: the LSL clock
+        (``pylsl.local_clock()``, s) for the clock rule (module docstring); None disables it.
+        """
         now = self._clock() if now is None else now
+        stream_now = self._stream_now(lsl_now)
         out: list[EpochBlock] = []
         while self.anchor is not None:
             k = self.next_index
             passed = [self._passed(t, k) for t in self._tracks.values()]
             if not any(passed):
                 self._wait_since = None
-                break
+                end = self.anchor + (k + 1) * EPOCH_S
+                if stream_now is None or end + self.timeout_s > stream_now:
+                    break
+                log.warning("bed %s: no stream delivered epoch %d by LSL time %.3f; emitted "
+                            "unscorable", self.bed, k, end + self.timeout_s)
+                out.append(self._emit(k, self.anchor))
+                self.next_index = k + 1
+                continue
             late = {t.key for t, p in zip(self._tracks.values(), passed, strict=True) if not p}
             if late:
                 if not late <= self._lagging:

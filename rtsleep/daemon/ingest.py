@@ -3,9 +3,14 @@
 Public API (stable): ``BedIngest(bed, selectors, *, anchor=None, next_index=0, timeout_s=5.0,
 quality=None, modality_of=None, inlet_buffer_s=None, inlet_buffer_mb=None,
 inlet_kwargs=None)``;
-``poll(now=None) -> list[EpochBlock]`` pulls what every stream has (non-blocking, bounded per
-call), cuts epochs and returns the complete ones; ``epocher`` exposes ``anchor`` /
-``next_index`` to persist; ``streams`` the handles; ``close()``. A stream that is not found,
+``poll(now=None, lsl_now=None) -> list[EpochBlock]`` pulls what every stream has (non-blocking,
+bounded per call), cuts epochs and returns the complete ones, plus, once every stream has stopped,
+the epochs whose end is older than ``timeout_s`` on the LSL clock (``lsl_now``, default
+``pylsl.local_clock()``; the epocher's clock rule), so a bed whose amplifier is gone keeps
+publishing unscorable epochs; ``epocher`` exposes ``anchor`` /
+``next_index`` to persist; ``streams`` the handles; ``n_delivering(window_s)`` the streams that
+returned samples within the last ``window_s`` s (the heartbeat's ``streams_connected``);
+``close()``. A stream that is not found,
 vanishes or fails to open never raises here: it is retried in the background and its channels
 are flagged missing in the epochs. ``inlet_buffer_s`` sizes liblsl's queue of every stream
 (whole seconds of data, at most ``inlet_buffer_s`` and at most what fits in ``inlet_buffer_mb``
@@ -19,6 +24,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+
+import pylsl
 
 from rtsleep.daemon.epocher import BedEpocher, EpochBlock, ModalityResolver
 from rtsleep.daemon.inlet import StreamHandle, StreamSelector
@@ -77,8 +84,12 @@ class BedIngest:
         deadline = time.monotonic() + timeout_s
         return all(h.wait_open(max(0.0, deadline - time.monotonic())) for h in self.streams)
 
-    def poll(self, now: float | None = None) -> list[EpochBlock]:
-        """Pull every stream, push into the epocher, return the epochs that are complete."""
+    def poll(self, now: float | None = None, lsl_now: float | None = None) -> list[EpochBlock]:
+        """Pull every stream, push into the epocher, return the epochs that are complete.
+
+        ``now``: monotonic s (lagging-stream timeout); ``lsl_now``: LSL clock s (default
+        ``pylsl.local_clock()``, the time base of the inlets' corrected timestamps).
+        """
         for handle in self.streams:
             inlet = handle.inlet
             if inlet is None or handle.key in self._broken:
@@ -99,7 +110,21 @@ class BedIngest:
                 total += n
                 samples, ts = inlet.buffer.pop()
                 self.epocher.push(handle.key, samples, ts)
-        return self.epocher.pop_ready(now)
+        lsl_now = pylsl.local_clock() if lsl_now is None else lsl_now
+        return self.epocher.pop_ready(now, lsl_now)
+
+    def n_delivering(self, window_s: float, now: float | None = None) -> int:
+        """Streams whose inlet is open and returned samples within the last ``window_s`` s
+        (monotonic ``now``, default ``time.monotonic()``); an opened but silent or lost stream
+        does not count."""
+        now = time.monotonic() if now is None else now
+        n = 0
+        for handle in self.streams:
+            inlet = handle.inlet
+            last = inlet.last_data if inlet is not None else None
+            if last is not None and now - last <= window_s:
+                n += 1
+        return n
 
     def close(self) -> None:
         """Close every stream."""

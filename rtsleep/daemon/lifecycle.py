@@ -298,7 +298,8 @@ class Daemon:
                 summary = self.alerts[bed_id].summary()
             beds[bed_id] = {
                 "last_epoch": nxt - 1 if nxt > 0 else None,
-                "streams_connected": sum(1 for h in ingest.streams if h.inlet is not None),
+                # streams that delivered samples within epoch_timeout_s (not merely opened)
+                "streams_connected": ingest.n_delivering(self.cfg.daemon.epoch_timeout_s),
                 "streams_total": len(ingest.streams),
                 "epochs_scored": scored,
                 "epochs_unscorable": unscorable,

@@ -200,8 +200,9 @@ def status_message(
 ) -> dict[str, Any]:
     """The heartbeat: daemon ``state`` (running/stopping) and per-bed liveness and AHI summary.
 
-    ``beds[bed]``: ``last_epoch`` (int or None), ``streams_connected`` (int), ``streams_total``
-    (int), ``epochs_scored``, ``epochs_unscorable`` and ``ahi`` (events/h of sleep or None),
+    ``beds[bed]``: ``last_epoch`` (int or None), ``streams_connected`` (int: streams whose inlet
+    is open and delivered samples within ``daemon.epoch_timeout_s``), ``streams_total`` (int),
+    ``epochs_scored``, ``epochs_unscorable`` and ``ahi`` (events/h of sleep or None),
     ``severity`` (normal/mild/moderate/severe or None).
     """
     return {
