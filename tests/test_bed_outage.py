@@ -123,6 +123,7 @@ def test_status_counts_only_streams_that_delivered_recently() -> None:
     try:
         assert ingest.streams[0].wait_open(10.0)
         assert ingest.n_delivering(10.0) == 0  # opened but silent is not connected
+        assert ingest.n_open() == 1  # ... but it is open
         deadline = time.monotonic() + 5.0
         while not outlet.have_consumers() and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -117,7 +117,8 @@ streams = [{{ source_id = "rtsleep-test-absent-{port}" }}]
     assert status[-1]["beds"]["bed1"]["epochs_scored"] == N
     # a bed whose streams never appear stops nothing
     assert status[-1]["beds"]["bed2"] == {
-        "last_epoch": None, "streams_connected": 0, "streams_total": 1, "epochs_scored": 0,
+        "last_epoch": None, "streams_connected": 0, "streams_open": 0, "streams_total": 1,
+        "epochs_scored": 0,
         "epochs_unscorable": 0, "ahi": None, "severity": None}
     saved = load_state(tmp_path / "state", "bed1", stages[0]["model_id"], 3600)
     assert saved is not None and saved.next_epoch == N

@@ -92,9 +92,9 @@ def test_messages_validate_against_schema_and_nan_becomes_null(
                 duration_s=None, source="model", probability=0.9, model_id="m1")),
             pub.publish(STATUS_TOPIC, status_message(
                 state="running", uptime_s=1.0, model_id="m1", now_utc=1.7e9,
-                beds={"bed1": {"last_epoch": 1, "streams_connected": 1, "streams_total": 1,
-                               "epochs_scored": 1, "epochs_unscorable": 1, "ahi": math.inf,
-                               "severity": None}})),
+                beds={"bed1": {"last_epoch": 1, "streams_connected": 1, "streams_open": 1,
+                               "streams_total": 1, "epochs_scored": 1, "epochs_unscorable": 1,
+                               "ahi": math.inf, "severity": None}})),
         ]
         got = [s.recv_multipart() for _ in sent]
     topics = [t.decode() for t, _ in got]

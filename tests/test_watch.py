@@ -47,7 +47,8 @@ def _status(seq: int, beds: dict[str, dict[str, Any]], run: str = RUN) -> dict[s
 
 
 def _bed_status(ahi: float | None = 12.5, severity: str | None = "mild") -> dict[str, Any]:
-    return {"last_epoch": 3, "streams_connected": 1, "streams_total": 2, "epochs_scored": 4,
+    return {"last_epoch": 3, "streams_connected": 1, "streams_open": 2,
+            "streams_total": 2, "epochs_scored": 4,
             "epochs_unscorable": 1, "ahi": ahi, "severity": severity}
 
 

@@ -296,7 +296,7 @@ def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, t
                 topic, payload = sub.recv_multipart()
                 beds = json.loads(payload).get("beds", {}) if topic == b"status/" else {}
                 connected = len(beds) == n_beds and all(
-                    b.get("streams_connected") == b.get("streams_total") for b in beds.values())
+                    b.get("streams_open") == b.get("streams_total") for b in beds.values())
         res.startup_s = time.monotonic() - t_launch
         # idle cost: every stream open, no data yet (polling N inlets, heartbeats)
         c0, w0 = _proc_cpu_s(daemon.pid), time.monotonic()

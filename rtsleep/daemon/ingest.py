@@ -8,7 +8,8 @@ bounded per call), cuts epochs and returns the complete ones, plus, once every s
 the epochs whose end is older than ``timeout_s`` on the LSL clock (``lsl_now``, default
 ``pylsl.local_clock()``; the epocher's clock rule), so a bed whose amplifier is gone keeps
 publishing unscorable epochs; ``epocher`` exposes ``anchor`` /
-``next_index`` to persist; ``streams`` the handles; ``n_delivering(window_s)`` the streams that
+``next_index`` to persist; ``streams`` the handles; ``n_open()`` the streams whose inlet is open
+(``streams_open``); ``n_delivering(window_s)`` the streams that
 returned samples within the last ``window_s`` s (the heartbeat's ``streams_connected``);
 ``close()``. A stream that is not found,
 vanishes or fails to open never raises here: it is retried in the background and its channels
@@ -112,6 +113,10 @@ class BedIngest:
                 self.epocher.push(handle.key, samples, ts)
         lsl_now = pylsl.local_clock() if lsl_now is None else lsl_now
         return self.epocher.pop_ready(now, lsl_now)
+
+    def n_open(self) -> int:
+        """Streams whose inlet is open now (found and opened; it may still be silent)."""
+        return sum(handle.inlet is not None for handle in self.streams)
 
     def n_delivering(self, window_s: float, now: float | None = None) -> int:
         """Streams whose inlet is open and returned samples within the last ``window_s`` s

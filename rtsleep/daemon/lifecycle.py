@@ -300,6 +300,7 @@ class Daemon:
                 "last_epoch": nxt - 1 if nxt > 0 else None,
                 # streams that delivered samples within epoch_timeout_s (not merely opened)
                 "streams_connected": ingest.n_delivering(self.cfg.daemon.epoch_timeout_s),
+                "streams_open": ingest.n_open(),
                 "streams_total": len(ingest.streams),
                 "epochs_scored": scored,
                 "epochs_unscorable": unscorable,

@@ -201,7 +201,8 @@ def status_message(
     """The heartbeat: daemon ``state`` (running/stopping) and per-bed liveness and AHI summary.
 
     ``beds[bed]``: ``last_epoch`` (int or None), ``streams_connected`` (int: streams whose inlet
-    is open and delivered samples within ``daemon.epoch_timeout_s``), ``streams_total`` (int),
+    is open and delivered samples within ``daemon.epoch_timeout_s``), ``streams_open`` (int:
+    streams whose inlet is open, silent or not), ``streams_total`` (int),
     ``epochs_scored``, ``epochs_unscorable`` and ``ahi`` (events/h of sleep or None),
     ``severity`` (normal/mild/moderate/severe or None).
     """
