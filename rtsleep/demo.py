@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from rtsleep.daemon.lslconfig import write_loopback_config
 from rtsleep.data.recording import EPOCH_S, STAGE_NAMES
 from rtsleep.settings import data_dir
 
@@ -40,23 +41,9 @@ log = logging.getLogger("rtsleep.demo")
 
 DEFAULT_REL = Path("dreams-spindles") / "excerpt3.edf"
 FALLBACK_RECORD = "SC4001"
-#: The demo's own LSL setup: this machine only, its own session and port block (so other LSL
+#: The demo's own LSL port block: this machine only, its own session and ports (so other LSL
 #: programs on the machine, or a full default port block, cannot interfere).
-LSL_CONFIG = """\
-[ports]
-IPv6 = disable
-MulticastPort = BASE
-BasePort = BASE1
-PortRange = 32
-[multicast]
-ResolveScope = machine
-[lab]
-KnownPeers = {127.0.0.1}
-SessionID = rtsleep-demo-PID
-[log]
-level = -2
-""".replace("PID", str(os.getpid())).replace("BASE1", str(24001 + (os.getpid() % 400) * 40)) \
-    .replace("BASE", str(24000 + (os.getpid() % 400) * 40))
+LSL_BASE_PORT = 24000 + (os.getpid() % 400) * 40
 
 
 class DemoError(RuntimeError):
@@ -199,7 +186,7 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
     with tempfile.TemporaryDirectory(prefix="rtsleep-demo-") as tmp_s:
         tmp = Path(tmp_s)
         lsl_cfg = tmp / "lsl.cfg"
-        lsl_cfg.write_text(LSL_CONFIG)
+        write_loopback_config(lsl_cfg, f"rtsleep-demo-{os.getpid()}", base_port=LSL_BASE_PORT)
         env = dict(os.environ, LSLAPICFG=str(lsl_cfg))
         port = _free_port()
         streams = ", ".join(f'{{ source_id = "{p.source_id}" }}' for p in plans)

@@ -11,22 +11,13 @@ from pathlib import Path
 
 import pytest
 
-LSL_TEST_CONFIG = """\
-[ports]
-IPv6 = disable
-; Many outlets at once (players, benchmarks) exhaust liblsl's default 32 discovery ports.
-PortRange = 1024
-[multicast]
-ResolveScope = machine
-[lab]
-KnownPeers = {127.0.0.1}
-SessionID = rtsleep-test-PID
-[log]
-level = -2
-""".replace("PID", str(os.getpid()))
+from rtsleep.daemon.lslconfig import write_loopback_config  # noqa: E402 - imports no pylsl
 
-_cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rtsleep-lsl-{os.getpid()}.cfg"
-_cfg_path.write_text(LSL_TEST_CONFIG)
+# Many outlets at once (players, benchmarks) exhaust liblsl's default 32 discovery ports.
+_cfg_path = write_loopback_config(
+    Path(os.environ.get("TMPDIR", "/tmp")) / f"rtsleep-lsl-{os.getpid()}.cfg",
+    f"rtsleep-test-{os.getpid()}", port_range=1024,
+)
 # Child processes (players, daemons) inherit the same confinement through LSLAPICFG.
 os.environ["LSLAPICFG"] = str(_cfg_path)
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 import zmq
 
+from rtsleep.daemon.lslconfig import write_loopback_config
 from rtsleep.daemon.messages import decode
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.models import SleepNet, SleepNetConfig, save_model
@@ -58,14 +59,8 @@ def confined_lsl(tmp_path_factory: pytest.TempPathFactory, tag: str) -> Iterator
     resolve slowly or not at all. Children (serve, replay, players) inherit ``LSLAPICFG``.
     """
     base = 20000 + (os.getpid() % 500) * 40
-    cfg = tmp_path_factory.mktemp("lsl") / "lsl.cfg"
-    cfg.write_text(
-        "[ports]\nIPv6 = disable\n"
-        f"MulticastPort = {base}\nBasePort = {base + 1}\nPortRange = 32\n"
-        "[multicast]\nResolveScope = machine\n"
-        f"[lab]\nKnownPeers = {{127.0.0.1}}\nSessionID = rtsleep-{tag}-{os.getpid()}\n"
-        "[log]\nlevel = -2\n"
-    )
+    cfg = write_loopback_config(tmp_path_factory.mktemp("lsl") / "lsl.cfg",
+                                f"rtsleep-{tag}-{os.getpid()}", base_port=base)
     old = os.environ.get("LSLAPICFG")
     os.environ["LSLAPICFG"] = str(cfg)
     yield

@@ -58,6 +58,8 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from rtsleep.daemon.lslconfig import write_loopback_config
+
 log = logging.getLogger("bench_daemon")
 
 EPOCH_S = 30.0
@@ -72,20 +74,6 @@ CHANNELS: tuple[tuple[str, str, str, float], ...] = (
 #: Default speed per bed count: enough epochs for a p99 in about a minute; >= 64 beds real time.
 DEFAULT_SPEED = {1: 30.0, 16: 4.0, 64: 1.0, 256: 1.0}
 
-#: LSL confined to this machine. With KnownPeers = 127.0.0.1, discovery is unicast to every port of
-#: the range, so the range must hold every outlet of the feeder (liblsl's default is 32 ports).
-LSL_CONFIG = """\
-[ports]
-IPv6 = disable
-PortRange = RANGE
-[multicast]
-ResolveScope = machine
-[lab]
-KnownPeers = {127.0.0.1}
-SessionID = rtsleep-bench-PID
-[log]
-level = -2
-"""
 
 
 # ---------------------------------------------------------------------------------- feeder
@@ -490,9 +478,10 @@ def main(
         results: list[RunResult] = []
         for n, sp in zip(counts, speed_list, strict=True):
             log.info("%d bed(s) at %gx for %.0f s", n, sp, seconds)
-            cfg = tmp / f"lsl-{n}.cfg"
-            cfg.write_text(LSL_CONFIG.replace("PID", str(os.getpid())).replace(
-                "RANGE", str(max(32, 2 * n + 32))))
+            # discovery is unicast to every port of the range, so it must hold every outlet of
+            # the feeder (liblsl's default is 32 ports)
+            cfg = write_loopback_config(tmp / f"lsl-{n}.cfg", f"rtsleep-bench-{os.getpid()}",
+                                        port_range=max(32, 2 * n + 32))
             os.environ["LSLAPICFG"] = str(cfg)  # inherited by the feeder and the daemon
             res = run_one(n, sp, seconds, model_path, tmp, tick, poll, daemon_cpus,
                           startup_limit, torch_threads, Path(log_dir) if log_dir else None,

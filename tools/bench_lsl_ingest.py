@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from rtsleep.daemon.lslconfig import write_loopback_config  # imports no pylsl
+
 if "LSLAPICFG" not in os.environ:  # the spawned player inherits the parent's config
-    _CFG = Path(tempfile.gettempdir()) / f"rtsleep-bench-lsl-{os.getpid()}.cfg"
-    _CFG.write_text(
-        "[ports]\nIPv6 = disable\nPortRange = 512\n[multicast]\nResolveScope = machine\n"
-        f"[lab]\nKnownPeers = {{127.0.0.1}}\nSessionID = rtsleep-bench-{os.getpid()}\n"
-        "[log]\nlevel = -2\n"
+    _CFG = write_loopback_config(
+        Path(tempfile.gettempdir()) / f"rtsleep-bench-lsl-{os.getpid()}.cfg",
+        f"rtsleep-bench-{os.getpid()}", port_range=512,
     )
     os.environ["LSLAPICFG"] = str(_CFG)
 
