@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
 import zmq
 
+from rtsleep.daemon.epocher import BedEpocher, EpochBlock
+from rtsleep.daemon.inlet import StreamLayout
 from rtsleep.daemon.lslconfig import write_loopback_config
 from rtsleep.daemon.messages import decode
+from rtsleep.daemon.replay import load_channels, plan_outlets, stream_info
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.models import SleepNet, SleepNetConfig, save_model
 
@@ -42,6 +46,27 @@ def excerpt3(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} missing")
     return path
+
+
+def excerpt3_blocks(shared_data: Path, drop_type: str | None = None,
+                    drop_epoch: int | None = None, anchor: float = 0.0) -> list[EpochBlock]:
+    """The 60 raw ``EpochBlock``s of excerpt3 as the daemon's epocher cuts them, without LSL.
+
+    Every replay outlet's samples are stamped ``anchor + i / fs``; with ``drop_epoch`` the streams
+    of LSL type ``drop_type`` (e.g. "ECG", "RESP") lose that epoch's samples (a gap).
+    """
+    path = excerpt3(shared_data)
+    plans = plan_outlets(path.name, load_channels(path))
+    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
+    ep = BedEpocher("b", [lay.key for lay in layouts])
+    for p, lay in zip(plans, layouts, strict=True):
+        ep.attach(lay.key, lay)
+        idx = np.arange(p.n_samples)
+        if drop_epoch is not None and p.type == drop_type:
+            per = int(30 * p.sfreq)
+            idx = idx[(idx < drop_epoch * per) | (idx >= (drop_epoch + 1) * per)]
+        ep.push(lay.key, p.data[idx], anchor + idx / p.sfreq)
+    return ep.pop_ready()
 
 
 def free_port() -> int:

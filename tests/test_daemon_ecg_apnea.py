@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
-import pytest
+from daemon_helpers import VALIDATOR, excerpt3_blocks
 
 from rtsleep.apnea.ecg_model import load_ecg_model
 from rtsleep.apnea.ecg_stream import EcgApneaStream
 from rtsleep.daemon.alerts import AlertThresholds
 from rtsleep.daemon.ecg_apnea import ECG_EVENT, BedEcgApnea
-from rtsleep.daemon.epocher import BedEpocher, EpochBlock
-from rtsleep.daemon.inlet import StreamLayout
-from rtsleep.daemon.replay import load_channels, plan_outlets, stream_info
+from rtsleep.daemon.epocher import EpochBlock
 from rtsleep.daemon.scorer import EpochResult
-
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "rtsleep" / "schemas"
-                     / "messages.schema.json").read_text())
-
-
-def excerpt3_blocks(shared_data: Path, drop_ecg_epoch: int | None = None) -> list[EpochBlock]:
-    path = shared_data / "dreams-spindles" / "excerpt3.edf"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    plans = plan_outlets(path.name, load_channels(path))
-    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
-    ep = BedEpocher("b", [lay.key for lay in layouts])
-    for p, lay in zip(plans, layouts, strict=True):
-        ep.attach(lay.key, lay)
-        idx = np.arange(p.n_samples)
-        if drop_ecg_epoch is not None and p.type == "ECG":
-            per = int(30 * p.sfreq)
-            idx = idx[(idx < drop_ecg_epoch * per) | (idx >= (drop_ecg_epoch + 1) * per)]
-        ep.push(lay.key, p.data[idx], idx / p.sfreq)
-    return ep.pop_ready()
 
 
 def run(blocks: list[EpochBlock], threshold: float) -> tuple[BedEcgApnea, list[dict[str, Any]]]:
@@ -65,13 +41,13 @@ def test_probabilities_match_the_apnea_stream_and_alerts_are_valid(shared_data: 
     assert bed.probs == {k: p for k, p in want.items() if k >= 59}
     assert alerts, "half of the epochs are over the median threshold"
     for a in alerts:
-        jsonschema.validate(a | {"seq": 0, "run": "t"}, SCHEMA)
+        VALIDATOR.validate(a | {"seq": 0, "run": "t"})
         assert a["source"] == "ecg" and a["event"] == ECG_EVENT and a["sensor"] == "ECG"
     first = next(a for a in alerts if a["state"] == "provisional")
     assert want[first["epoch"]] >= threshold and first["probability"] == want[first["epoch"]]
 
 
 def test_ecg_gap_restarts_the_stream(shared_data: Path) -> None:
-    bed, _ = run(excerpt3_blocks(shared_data, drop_ecg_epoch=30), threshold=0.99)
+    bed, _ = run(excerpt3_blocks(shared_data, "ECG", 30), threshold=0.99)
     # the new stream starts at epoch 31; its epochs are numbered from there
     assert bed.stream_start_epoch == 31
