@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtsleep.apnea.features import sequence_features
+from rtsleep.apnea.features import NONCAUSAL_TRACE_SHIFT_S, sequence_features, sequence_traces
 from rtsleep.apnea.hr import rr_to_hr, valid_beats
 from rtsleep.apnea.rpeaks import detect_rpeaks
 from rtsleep.data.errors import DataError
@@ -48,6 +48,15 @@ class ApneaNight:
         """Per-minute features ``(n_minutes, N_FEATURES)``."""
         valid = valid_beats(self.hr_bps)
         return sequence_features(self.times_s, self.hr_bps, valid, self.window_ends_s)
+
+    def traces(self, variant: str) -> np.ndarray:
+        """Per-minute heart-rate traces ``(n_minutes, TRACE_LEN)`` of the ``"causal"`` (the 5 min
+        before each window end) or ``"noncausal"`` (centred on the window) variant."""
+        if variant not in ("causal", "noncausal"):
+            raise ValueError(f"unknown variant {variant!r}; choose 'causal' or 'noncausal'")
+        shift = 0.0 if variant == "causal" else NONCAUSAL_TRACE_SHIFT_S
+        valid = valid_beats(self.hr_bps)
+        return sequence_traces(self.times_s, self.hr_bps, valid, self.window_ends_s, shift)
 
 
 def night_from_recording(rec: Recording) -> ApneaNight:

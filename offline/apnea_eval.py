@@ -158,7 +158,9 @@ def evaluate_apnea_ecg(
     variants = {}
     probs_by = {}
     for v in VARIANTS:
-        probs_by[v] = [model.predict_proba(f, v) for f in feats]
+        probs_by[v] = [
+            model.predict_proba(f, n.traces(v), v) for f, n in zip(feats, nights, strict=True)
+        ]
         variants[v] = summarise(ids, labels, probs_by[v], threshold)
     main = variants["noncausal"]
     report: dict[str, Any] = {

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from offline.apnea_data import read_apnea_ecg_dir, read_npz_night
-from offline.apnea_train import TrainConfig, train_model
+from offline.apnea_train import TraceTrainConfig, TrainConfig, night_inputs, train_model
 from offline.cli import app
 from rtsleep.apnea.ecg_model import save_ecg_model
 
@@ -32,9 +32,9 @@ def small_folder(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tiny_model(small_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     nights = read_apnea_ecg_dir(small_folder)
     m = train_model(
-        [n.features() for n in nights],
-        [n.labels for n in nights],
+        [night_inputs(n) for n in nights],
         TrainConfig(epochs=3, crop_minutes=60),
+        TraceTrainConfig(epochs=1),
         {"note": "test"},
     )
     p = tmp_path_factory.mktemp("model") / "tiny.safetensors"

@@ -16,7 +16,16 @@ from rtsleep.apnea.ecg_model import (
     save_ecg_model,
 )
 from rtsleep.apnea.ecg_stream import EcgApneaStream, epoch_probabilities
-from rtsleep.apnea.features import N_FEATURES, sequence_features, window_features
+from rtsleep.apnea.features import (
+    N_FEATURES,
+    NONCAUSAL_TRACE_SHIFT_S,
+    TRACE_LEN,
+    sequence_features,
+    sequence_traces,
+    window_features,
+    window_trace,
+)
+from rtsleep.apnea.trace_model import EcgTraceConfig, EcgTraceNet
 from rtsleep.apnea.hr import BeatCleaner, rr_to_hr, valid_beats
 from rtsleep.apnea.rpeaks import StreamingRPeakDetector, detect_rpeaks
 from rtsleep.data.errors import DataError
@@ -119,18 +128,74 @@ def _untrained_model(seed: int = 0) -> EcgApneaModel:
     for n in nets:
         n.set_normalisation(np.full(N_FEATURES, 1.0), np.full(N_FEATURES, 2.0))
         n.eval()
-    return EcgApneaModel(nets[0], nets[1], {"note": "test"})
+    cnns = [EcgTraceNet(EcgTraceConfig()).eval() for _ in range(2)]
+    return EcgApneaModel(nets[0], nets[1], cnns[0], cnns[1], {"note": "test"})
+
+
+def _traces(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, TRACE_LEN))
 
 
 def test_model_file_round_trip_has_no_pickle_and_same_outputs(tmp_path: Path) -> None:
     m = _untrained_model()
+    m.trace_weight = 0.3
     p = tmp_path / "m.safetensors"
     save_ecg_model(m, p)
     assert b"pickle" not in p.read_bytes()[:2000]
     m2 = load_ecg_model(p)
+    assert m2.trace_weight == 0.3
     x = np.random.default_rng(0).standard_normal((30, N_FEATURES))
+    tr = _traces(30)
     for v in ("causal", "noncausal"):
-        np.testing.assert_allclose(m2.predict_proba(x, v), m.predict_proba(x, v), atol=1e-7)
+        np.testing.assert_allclose(
+            m2.predict_proba(x, tr, v), m.predict_proba(x, tr, v), atol=1e-7
+        )
+
+
+def test_model_probability_is_the_weighted_mean_of_gru_and_trace_cnn() -> None:
+    m = _untrained_model(4)
+    x = np.random.default_rng(1).standard_normal((25, N_FEATURES))
+    tr = _traces(25, 2)
+    m.trace_weight = 0.0
+    p_gru = m.predict_proba(x, tr, "causal")
+    m.trace_weight = 1.0
+    p_cnn = m.predict_proba(x, tr, "causal")
+    np.testing.assert_allclose(p_cnn, m.trace_proba(tr, "causal"), atol=1e-12)
+    assert not np.allclose(p_gru, p_cnn)
+    m.trace_weight = 0.5
+    np.testing.assert_allclose(m.predict_proba(x, tr, "causal"), (p_gru + p_cnn) / 2, atol=1e-12)
+    with pytest.raises(ValueError, match="traces"):
+        m.predict_proba(x, tr[:-1], "causal")
+    with pytest.raises(ValueError, match="trace_weight"):
+        EcgApneaModel(m.causal, m.noncausal, m.causal_trace, m.noncausal_trace, {}, 1.5)
+
+
+def test_trace_cnn_scores_each_trace_independently() -> None:
+    net = EcgTraceNet(EcgTraceConfig()).eval()
+    tr = torch.as_tensor(_traces(6, 5), dtype=torch.float32)
+    with torch.no_grad():
+        whole = net(tr.reshape(2, 3, TRACE_LEN))  # (2, 3)
+        one = net(tr[4])  # ()
+    assert whole.shape == (2, 3) and one.shape == ()
+    assert torch.allclose(whole.reshape(6)[4], one, atol=1e-6)
+    with pytest.raises(ValueError, match="samples"):
+        net(tr[:, :100])
+
+
+def test_window_trace_is_causal_relative_and_in_10_bpm_units() -> None:
+    t = np.arange(1.0, 700.0, 1.0)  # one beat per second
+    bpm = 60.0 + 10.0 * (t > 500.0)  # a 10-bpm step at 500 s
+    hr = bpm / 60.0
+    ok = valid_beats(hr)
+    tr = window_trace(t, hr, ok, 560.0)  # covers 260-560 s
+    assert tr.shape == (TRACE_LEN,)
+    np.testing.assert_allclose(tr[:230], 0.0, atol=1e-9)  # below the step: at the median
+    np.testing.assert_allclose(tr[-50:], 1.0, atol=1e-9)  # 10 bpm above the median = 1 unit
+    cut = t < 560.0
+    np.testing.assert_array_equal(tr, window_trace(t[cut], hr[cut], ok[cut], 560.0))
+    np.testing.assert_array_equal(window_trace(t, hr, ok, 20.0), np.zeros(TRACE_LEN))  # < 30 beats
+    shifted = sequence_traces(t, hr, ok, np.array([440.0]), NONCAUSAL_TRACE_SHIFT_S)
+    np.testing.assert_array_equal(shifted[0], tr)  # 440 + 120 = 560: centred on the minute
 
 
 def test_model_file_missing_or_foreign_is_a_data_error(tmp_path: Path) -> None:
@@ -148,10 +213,11 @@ def test_causal_variant_ignores_the_future_and_noncausal_uses_it() -> None:
     x = np.random.default_rng(2).standard_normal((40, N_FEATURES))
     y = x.copy()
     y[30:] += 3.0
-    pc, pc2 = m.predict_proba(x, "causal"), m.predict_proba(y, "causal")
+    tr = _traces(40, 3)
+    pc, pc2 = m.predict_proba(x, tr, "causal"), m.predict_proba(y, tr, "causal")
     np.testing.assert_allclose(pc[:30], pc2[:30], atol=1e-7)
     assert not np.allclose(
-        m.predict_proba(x, "noncausal")[:30], m.predict_proba(y, "noncausal")[:30]
+        m.predict_proba(x, tr, "noncausal")[:30], m.predict_proba(y, tr, "noncausal")[:30]
     )
 
 

@@ -1,6 +1,7 @@
 """Apnea benchmarks: cross-validation of the ECG model and AASM-detector agreement on DREAMS.
 
     .venv/bin/python tools/bench_apnea.py cv --folds 35        # LOSO on apnea-ecg-hr/train
+    .venv/bin/python tools/bench_apnea.py cv --folds 35 --variant causal   # one variant only
     .venv/bin/python tools/bench_apnea.py resp                 # excerpt3 detector vs expert
     .venv/bin/python tools/bench_apnea.py stream               # per-epoch cost, one bed
 
@@ -31,37 +32,50 @@ from offline.apnea_eval import (  # noqa: E402
     second_agreement,
     summarise,
 )
-from offline.apnea_train import TrainConfig, cross_validate  # noqa: E402
+from offline.apnea_train import (  # noqa: E402
+    TraceTrainConfig,
+    TrainConfig,
+    cross_validate,
+    night_inputs,
+)
 from rtsleep.apnea.aasm import AasmConfig, detect_respiratory_events  # noqa: E402
 from rtsleep.settings import data_dir  # noqa: E402
 
 log = logging.getLogger("bench_apnea")
 
 
-def run_cv(data: Path, folds: int, epochs: int) -> dict[str, object]:
-    """K-fold / LOSO out-of-fold metrics for both variants."""
+def run_cv(
+    data: Path, folds: int, epochs: int, variants: tuple[str, ...] = ("causal", "noncausal")
+) -> dict[str, object]:
+    """K-fold / LOSO out-of-fold metrics for both variants: the shipped model (the feature GRU
+    and the trace CNN averaged) and each of its two parts alone."""
     t0 = time.perf_counter()
     nights = read_apnea_ecg_dir(data)
-    feats = [n.features() for n in nights]
+    inputs = [night_inputs(n) for n in nights]
     t_feat = time.perf_counter() - t0
     ids = [n.id for n in nights]
     labels = [n.labels for n in nights]
     cfg = TrainConfig(epochs=epochs)
-    probs = cross_validate(ids, feats, labels, folds, cfg)
+    trace_cfg = TraceTrainConfig()
+    probs = cross_validate(inputs, folds, cfg, trace_cfg, variants)
     res: dict[str, object] = {
         "data": str(data),
         "folds": min(folds, len(ids)),
         "n_records": len(ids),
         "train_config": cfg.__dict__,
+        "trace_train_config": trace_cfg.__dict__,
         "feature_seconds": round(t_feat, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    for v, p in probs.items():
-        s = summarise(ids, labels, p)
-        res[v] = {k: s[k] for k in ("pooled", "ahi_class_agreement", "ahi_corr")}
-        res[v + "_per_record_accuracy"] = {
-            r["id"]: round(r["accuracy"], 4) for r in s["recordings"]
-        }
+    for v, by_part in probs.items():
+        for part, p in by_part.items():
+            s = summarise(ids, labels, p)
+            key = v if part == "model" else f"{v}_{part}_only"
+            res[key] = {k: s[k] for k in ("pooled", "ahi_class_agreement", "ahi_corr")}
+            if part == "model":
+                res[v + "_per_record_accuracy"] = {
+                    r["id"]: round(r["accuracy"], 4) for r in s["recordings"]
+                }
     return res
 
 
@@ -139,6 +153,8 @@ def main() -> None:
     cv.add_argument("--data", type=Path, default=data_dir() / "apnea-ecg-hr" / "train")
     cv.add_argument("--folds", type=int, default=35)
     cv.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    cv.add_argument("--variant", choices=["causal", "noncausal", "both"], default="both",
+                    help="one variant per process lets two cores share a LOSO run")
     rp = sub.add_parser("resp")
     rp.add_argument("--edf", type=Path, default=data_dir() / "dreams-spindles" / "excerpt3.edf")
     st = sub.add_parser("stream")
@@ -150,7 +166,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     if args.cmd == "cv":
-        res = run_cv(args.data, args.folds, args.epochs)
+        chosen = ("causal", "noncausal") if args.variant == "both" else (args.variant,)
+        res = run_cv(args.data, args.folds, args.epochs, chosen)
     elif args.cmd == "resp":
         res = run_resp(args.edf)
     else:

@@ -1,10 +1,17 @@
-"""Learned apnea detector on heart-rate window features (Apnea-ECG style, per minute).
+"""Learned apnea detector on heart rate (Apnea-ECG style, per minute): two models, averaged.
 
-Per window: standardised features -> MLP -> GRU over the window sequence -> logit of "this window
-is an apnea/hypopnea window". The **causal** variant uses a unidirectional GRU (past windows only,
-streamable with :meth:`EcgApneaNet.step`); the **non-causal** variant a bidirectional GRU (past and
-future windows, offline reports). Both variants ship in one safetensors file, weights prefixed
-``causal.`` / ``noncausal.``, configs as JSON in the header metadata; nothing is unpickled.
+* **Feature GRU** (:class:`EcgApneaNet`): per window, standardised features -> MLP -> GRU over the
+  window sequence -> logit of "this window is an apnea/hypopnea window".
+* **Trace CNN** (:class:`rtsleep.apnea.trace_model.EcgTraceNet`): per window, a 1-D CNN on the
+  5-minute heart-rate trace -> logit.
+
+The model's probability is ``trace_weight`` x the CNN's plus the rest x the GRU's (0.5 each: in
+subject-wise CV the two err on different minutes; see docs/benchmarks.md). The **causal**
+variant uses a unidirectional GRU and the trace before the window end (streamable with
+:meth:`EcgApneaNet.step`); the **non-causal** variant a bidirectional GRU and a trace centred on
+the window (offline reports). Everything ships in one safetensors file, weights prefixed
+``causal.`` / ``noncausal.`` / ``causal_trace.`` / ``noncausal_trace.``, configs as JSON in the
+header metadata; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rtsleep.apnea.features import FEATURE_NAMES, N_FEATURES
+from rtsleep.apnea.features import FEATURE_NAMES, N_FEATURES, TRACE_LEN
+from rtsleep.apnea.trace_model import EcgTraceConfig, EcgTraceNet
 from rtsleep.data.errors import DataError
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 VARIANTS: tuple[str, ...] = ("causal", "noncausal")
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "apnea_ecg.safetensors"
 
@@ -98,36 +106,77 @@ class EcgApneaNet(nn.Module):
 
 @dataclass
 class EcgApneaModel:
-    """Both variants plus provenance."""
+    """Both variants (feature GRU and trace CNN each) plus provenance."""
 
     causal: EcgApneaNet
     noncausal: EcgApneaNet
+    causal_trace: EcgTraceNet
+    noncausal_trace: EcgTraceNet
     card: dict[str, object]
+    #: Weight of the trace CNN's probability (the GRU's gets ``1 - trace_weight``).
+    trace_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.trace_weight <= 1.0:
+            raise ValueError(f"trace_weight must lie in [0, 1], got {self.trace_weight}")
 
     def variant(self, name: str) -> EcgApneaNet:
-        """``"causal"`` or ``"noncausal"``."""
+        """The feature GRU of ``"causal"`` or ``"noncausal"``."""
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
         return self.causal if name == "causal" else self.noncausal
 
+    def trace_variant(self, name: str) -> EcgTraceNet:
+        """The trace CNN of ``"causal"`` or ``"noncausal"``."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
+        return self.causal_trace if name == "causal" else self.noncausal_trace
+
+    def combine(self, p_features: np.ndarray, p_trace: np.ndarray) -> np.ndarray:
+        """The model's probability from the GRU's and the CNN's (same shape)."""
+        return (1.0 - self.trace_weight) * p_features + self.trace_weight * p_trace
+
     @torch.no_grad()
-    def predict_proba(self, features: np.ndarray, variant: str = "noncausal") -> np.ndarray:
-        """Per-window apnea probability ``(T,)`` of one night's features ``(T, F)``."""
+    def trace_proba(self, traces: np.ndarray, variant: str = "noncausal") -> np.ndarray:
+        """The trace CNN's probability ``(T,)`` of traces ``(T, TRACE_LEN)``."""
+        net = self.trace_variant(variant).eval()
+        logits = net(torch.as_tensor(traces, dtype=torch.float32))  # (T,)
+        return torch.sigmoid(logits).numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def predict_proba(
+        self, features: np.ndarray, traces: np.ndarray, variant: str = "noncausal"
+    ) -> np.ndarray:
+        """Per-window apnea probability ``(T,)`` of one night.
+
+        ``features (T, F)`` from :func:`rtsleep.apnea.features.sequence_features`; ``traces
+        (T, TRACE_LEN)`` from :func:`rtsleep.apnea.features.sequence_traces` with the variant's
+        shift (0 causal, ``NONCAUSAL_TRACE_SHIFT_S`` non-causal).
+        """
+        if len(features) != len(traces):
+            raise ValueError(f"{len(features)} feature windows but {len(traces)} traces")
         net = self.variant(variant).eval()
         x = torch.as_tensor(features, dtype=torch.float32)[None]  # (1, T, F)
         logits, _ = net(x)
-        return torch.sigmoid(logits[0]).numpy().astype(np.float64)
+        p_feat = torch.sigmoid(logits[0]).numpy().astype(np.float64)
+        return self.combine(p_feat, self.trace_proba(traces, variant))
 
 
 def save_ecg_model(model: EcgApneaModel, path: Path) -> None:
     """Write both variants to one safetensors file (configs and card in the metadata)."""
     tensors: dict[str, torch.Tensor] = {}
-    meta = {"format_version": FORMAT_VERSION, "feature_names": json.dumps(list(FEATURE_NAMES))}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "feature_names": json.dumps(list(FEATURE_NAMES)),
+        "trace_weight": json.dumps(model.trace_weight),
+    }
     for name in VARIANTS:
-        net = model.variant(name)
-        for k, v in net.state_dict().items():
-            tensors[f"{name}.{k}"] = v.detach().contiguous().clone()
-        meta[f"config_{name}"] = json.dumps(asdict(net.config))
+        gru, cnn = model.variant(name), model.trace_variant(name)
+        for prefix, net in ((name, gru), (f"{name}_trace", cnn)):
+            for k, v in net.state_dict().items():
+                tensors[f"{prefix}.{k}"] = v.detach().contiguous().clone()
+        meta[f"config_{name}"] = json.dumps(asdict(gru.config))
+        meta[f"config_{name}_trace"] = json.dumps(asdict(cnn.config))
     meta["card"] = json.dumps(model.card)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -149,11 +198,27 @@ def load_ecg_model(path: Path | None = None) -> EcgApneaModel:
     if json.loads(meta["feature_names"]) != list(FEATURE_NAMES):
         raise DataError(p, "model was trained on a different feature set than this build computes")
     tensors = load_file(str(p))
-    nets = {}
+
+    def state(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+    grus: dict[str, EcgApneaNet] = {}
+    cnns: dict[str, EcgTraceNet] = {}
     for name in VARIANTS:
-        cfg = EcgApneaConfig(**json.loads(meta[f"config_{name}"]))
-        net = EcgApneaNet(cfg)
-        sd = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
-        net.load_state_dict(sd)
-        nets[name] = net.eval()
-    return EcgApneaModel(nets["causal"], nets["noncausal"], json.loads(meta.get("card", "{}")))
+        gru = EcgApneaNet(EcgApneaConfig(**json.loads(meta[f"config_{name}"])))
+        gru.load_state_dict(state(name))
+        grus[name] = gru.eval()
+        cnn = EcgTraceNet(EcgTraceConfig(**json.loads(meta[f"config_{name}_trace"])))
+        cnn.load_state_dict(state(f"{name}_trace"))
+        cnns[name] = cnn.eval()
+        if cnn.config.n_times != TRACE_LEN:
+            raise DataError(p, f"model reads {cnn.config.n_times}-sample traces; this build "
+                            f"makes {TRACE_LEN}")
+    return EcgApneaModel(
+        grus["causal"],
+        grus["noncausal"],
+        cnns["causal"],
+        cnns["noncausal"],
+        json.loads(meta.get("card", "{}")),
+        float(json.loads(meta.get("trace_weight", "0.5"))),
+    )

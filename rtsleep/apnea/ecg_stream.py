@@ -1,10 +1,11 @@
 """Per-bed streaming of the ECG apnea pathway: ECG (or beats) -> per-epoch apnea probability.
 
 Epoch ``k`` (``[30 k, 30 k + 30)`` s from the bed's anchor) gets the causal model's probability
-for the 60-s window ending at the epoch's end. Windows ending at even and odd epochs form two
-sequences with the 60-s hop the model was trained on (phase ``k mod 2``), each with its own GRU
-state and running-median context. An epoch is scored once every beat up to its end is known (the
-R-peak detector's delay, about ``block_s + lookahead_s`` = 12 s).
+for the 60-s window ending at the epoch's end (the feature GRU's and the trace CNN's, averaged
+as :meth:`rtsleep.apnea.ecg_model.EcgApneaModel.combine` does). Windows ending at even and odd
+epochs form two sequences with the 60-s hop the model was trained on (phase ``k mod 2``), each
+with its own GRU state and running-median context. An epoch is scored once every beat up to its
+end is known (the R-peak detector's delay, about ``block_s + lookahead_s`` = 12 s).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import numpy as np
 import torch
 
 from rtsleep.apnea.ecg_model import EcgApneaModel
-from rtsleep.apnea.features import LONG_S, ContextTracker, window_features
+from rtsleep.apnea.features import (
+    LONG_S,
+    TRACE_S,
+    ContextTracker,
+    sequence_traces,
+    window_features,
+    window_trace,
+)
 from rtsleep.apnea.hr import BeatCleaner, HrCleanConfig
 from rtsleep.apnea.rpeaks import RPeakConfig, StreamingRPeakDetector
 from rtsleep.data.errors import DataError
@@ -31,7 +39,9 @@ class EcgApneaStream:
         rpeak_config: RPeakConfig | None = None,
         clean_config: HrCleanConfig | None = None,
     ) -> None:
+        self.model = model
         self.net = model.causal.eval()
+        self.trace_net = model.causal_trace.eval()
         self.source = source
         self._det = StreamingRPeakDetector(ecg_fs, rpeak_config, source) if ecg_fs else None
         self._cleaner = BeatCleaner(clean_config)
@@ -84,9 +94,11 @@ class EcgApneaStream:
             feats = self._ctx[k % 2](window_features(self._t, self._hr, self._ok, t_end))
             x = torch.as_tensor(feats, dtype=torch.float32)[None]  # (1, F)
             prob, self._h[k % 2] = self.net.step(x, self._h[k % 2])
-            out.append((k, float(prob[0])))
+            trace = window_trace(self._t, self._hr, self._ok, t_end)  # (TRACE_LEN,)
+            p_trace = torch.sigmoid(self.trace_net(torch.as_tensor(trace, dtype=torch.float32)))
+            out.append((k, float(self.model.combine(prob[0].numpy(), p_trace.numpy()))))
             self._next_epoch += 1
-        keep = np.searchsorted(self._t, self._next_epoch * EPOCH_S - LONG_S - EPOCH_S)
+        keep = np.searchsorted(self._t, self._next_epoch * EPOCH_S - max(LONG_S, TRACE_S) - EPOCH_S)
         if keep > 0:
             self._t, self._hr, self._ok = self._t[keep:], self._hr[keep:], self._ok[keep:]
         return out
@@ -109,13 +121,13 @@ def epoch_probabilities(
 
     times, hr = rr_to_hr(np.asarray(beat_times_s, dtype=np.float64))
     ok = valid_beats(hr, clean_config)
-    net = model.causal.eval()
     out = np.zeros(n_epochs)
     for phase in (0, 1):
         ks = np.arange(phase, n_epochs, 2)
         if ks.size == 0:
             continue
-        feats = sequence_features(times, hr, ok, (ks + 1) * EPOCH_S)  # (T, F)
-        logits, _ = net(torch.as_tensor(feats, dtype=torch.float32)[None])  # (1, T)
-        out[ks] = torch.sigmoid(logits[0]).numpy()
+        ends = (ks + 1) * EPOCH_S  # (T,)
+        feats = sequence_features(times, hr, ok, ends)  # (T, F)
+        traces = sequence_traces(times, hr, ok, ends)  # (T, TRACE_LEN)
+        out[ks] = model.predict_proba(feats, traces, "causal")
     return out

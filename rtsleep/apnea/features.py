@@ -25,6 +25,18 @@ N_SHAPE = 12
 """Number of 5-s mean-rate values describing the shape of the short window."""
 CONTEXT_WINDOWS = 60
 """Running-median length (windows) of the per-night baseline used by the context features."""
+TRACE_S = 300.0
+"""Length of the heart-rate trace read by the trace CNN, s."""
+TRACE_HZ = 1.0
+"""Rate of that trace, Hz (means of the 2-Hz interpolated trace over 1-s bins)."""
+TRACE_LEN = int(TRACE_S * TRACE_HZ)
+"""Samples per trace."""
+TRACE_UNIT_BPM = 10.0
+"""bpm per unit of the trace (values are clipped to +-5 units)."""
+NONCAUSAL_TRACE_SHIFT_S = TRACE_S / 2 - SHORT_S / 2
+"""The non-causal trace ends this many seconds after the window end, so it is centred on the
+scored minute (150 s either side of its centre)."""
+_MIN_TRACE_BEATS = 30
 
 BASE_NAMES: tuple[str, ...] = (
     "hr_mean_bpm",
@@ -141,6 +153,45 @@ class ContextTracker:
                 ]
             )
         return np.concatenate([base, sel - med])
+
+
+def window_trace(
+    times_s: np.ndarray, hr_bps: np.ndarray, valid: np.ndarray, t_end_s: float
+) -> np.ndarray:
+    """Heart-rate trace ``(TRACE_LEN,)`` of the ``TRACE_S`` seconds before ``t_end_s``.
+
+    Valid beats are interpolated at ``TRACE_FS``, averaged to ``TRACE_HZ``, the trace's median is
+    removed (no absolute rate: the CNN sees the shape) and the result is in units of
+    ``TRACE_UNIT_BPM`` bpm, clipped to +-5. Fewer than 30 valid beats in the span give zeros
+    (a flat trace: nothing to see). Causal: nothing after ``t_end_s`` is read.
+    """
+    lo = np.searchsorted(times_s, t_end_s - TRACE_S, side="left")
+    hi = np.searchsorted(times_s, t_end_s, side="left")
+    ok = valid[lo:hi]
+    ts, hs = times_s[lo:hi][ok], hr_bps[lo:hi][ok] * 60.0  # (k,) s, bpm
+    if ts.size < _MIN_TRACE_BEATS:
+        return np.zeros(TRACE_LEN)
+    grid = t_end_s - TRACE_S + np.arange(int(TRACE_S * TRACE_FS)) / TRACE_FS  # (600,)
+    per_bin = int(TRACE_FS / TRACE_HZ)
+    trace = np.interp(grid, ts, hs).reshape(TRACE_LEN, per_bin).mean(axis=1)  # (600,) -> (300,)
+    return np.clip((trace - np.median(trace)) / TRACE_UNIT_BPM, -5.0, 5.0)
+
+
+def sequence_traces(
+    times_s: np.ndarray,
+    hr_bps: np.ndarray,
+    valid: np.ndarray,
+    ends_s: np.ndarray,
+    shift_s: float = 0.0,
+) -> np.ndarray:
+    """Traces of windows ending at ``ends_s + shift_s`` ``(T,)`` -> ``(T, TRACE_LEN)``.
+
+    ``shift_s`` 0 is the causal trace; ``NONCAUSAL_TRACE_SHIFT_S`` centres it on the window.
+    """
+    out = np.empty((len(ends_s), TRACE_LEN))
+    for i, t_end in enumerate(ends_s):
+        out[i] = window_trace(times_s, hr_bps, valid, float(t_end) + shift_s)
+    return out
 
 
 def sequence_features(
