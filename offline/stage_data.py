@@ -5,6 +5,13 @@ Raw folders go through exactly the readers (``rtsleep.data.readers``) and
 ``rtsleep.data.epochs.epochs_from_recording`` that ingest, ``rtsleep score`` and the daemon use,
 with the model's preprocessing spec. A store is read as stored, after checking that its
 preprocessing spec equals the model's.
+
+**Shifted epoch grids** (training data only): where the source scores stages finer than 30 s
+(DREAMS: 5-s hypnograms), :func:`shifted_grids` cuts extra 30-s grids starting ``k * step`` s
+later from the same preprocessed signal (the causal pipeline ran continuously over the whole
+recording, so a shifted epoch is exactly the samples the daemon would have computed), each
+labelled by the reader's own majority vote (:func:`rtsleep.data.readers.dreams.majority_stages`)
+over the fine stages it covers. The evaluation grid stays offset 0.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from rtsleep.data.epochs import epochs_from_recording
 from rtsleep.data.errors import DataError
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
+from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
 from rtsleep.data.store import exg_input, open_store
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,9 @@ class StageRecording:
         x: float32 ``(n_epochs, M, S)`` model input (``M = 4`` ExG modalities, ``S = 3000``).
         mask: bool ``(M,)``, True where the modality is present.
         stages: int64 ``(n_epochs,)`` ``Stage`` values, -1 = unscored.
+        fine_stages: the source's stages at their native step before the 30-s vote (int
+            ``(k,)``, DREAMS: 5 s), or None when the source scores 30-s epochs only.
+        fine_step_s: the step of ``fine_stages`` in s (0 without them).
     """
 
     id: str
@@ -42,6 +53,8 @@ class StageRecording:
     x: np.ndarray
     mask: np.ndarray
     stages: np.ndarray
+    fine_stages: np.ndarray | None = None
+    fine_step_s: float = 0.0
 
     @property
     def n_epochs(self) -> int:
@@ -73,6 +86,7 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
         stages = np.full(n, -1, dtype=np.int64)
         k = min(n, len(rec.stages))
         stages[:k] = np.asarray(rec.stages[:k], dtype=np.int64)
+        fine, step = dreams_fine_stages(rec) if rec.dataset == "dreams" else (None, 0.0)
         out.append(
             StageRecording(
                 id=rec.id,
@@ -81,10 +95,52 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
                 x=arrays.x,
                 mask=arrays.mask,
                 stages=stages,
+                fine_stages=fine,
+                fine_step_s=step,
             )
         )
     if not out:
         raise DataError(path, f"no staged {dataset} recording found")
+    return out
+
+
+def shifted_grids(rec: StageRecording, step_s: float = 5.0,
+                  epoch_s: float = 30.0) -> list[StageRecording]:
+    """The recording on 30-s grids shifted by ``step_s, 2 step_s, ... < epoch_s`` (module doc).
+
+    Each grid has one epoch less than ``rec`` (its last epoch would run past the end) and id
+    ``"<id>@<shift>s"``; labels are the majority (reader's tie rule) of the fine stages the epoch
+    covers. Returns ``[]`` when ``rec`` has no fine stages; ``step_s`` must be a whole multiple
+    of their step and of the model's sample period, and divide ``epoch_s``.
+    """
+    if rec.fine_stages is None or rec.fine_step_s <= 0:
+        return []
+    per_step = step_s / rec.fine_step_s
+    n_shifts = epoch_s / step_s
+    n_times = rec.x.shape[-1]
+    samples = step_s * n_times / epoch_s
+    for v, what in ((per_step, "the fine-stage step"), (n_shifts, "shifts per epoch"),
+                    (samples, "samples per step")):
+        if v < 1 or abs(v - round(v)) > 1e-9:
+            raise ValueError(f"shifted_grids: step {step_s} s gives a non-whole {what} ({v:g})")
+    per_epoch = int(round(epoch_s / rec.fine_step_s))
+    n_fine = rec.n_epochs * per_epoch
+    if len(rec.fine_stages) < n_fine:
+        raise ValueError(f"{rec.id}: {len(rec.fine_stages)} fine stages do not cover "
+                         f"{rec.n_epochs} epochs")
+    n, m = rec.n_epochs - 1, rec.x.shape[1]
+    flat = np.ascontiguousarray(rec.x.transpose(1, 0, 2)).reshape(m, -1)  # (M, n_epochs * S)
+    out = []
+    for k in range(1, int(round(n_shifts))):
+        off = k * int(round(samples))
+        x = flat[:, off : off + n * n_times].reshape(m, n, n_times).transpose(1, 0, 2)
+        f0 = k * int(round(per_step))
+        fine = np.asarray(rec.fine_stages[f0 : f0 + n * per_epoch])
+        stages = np.asarray(majority_stages(fine, per_epoch, rec.id), dtype=np.int64)
+        out.append(StageRecording(
+            id=f"{rec.id}@{k * step_s:g}s", subject=rec.subject, dataset=rec.dataset,
+            x=np.ascontiguousarray(x), mask=rec.mask, stages=stages,
+        ))
     return out
 
 
@@ -135,4 +191,5 @@ def load_stage_recordings(
     return load_raw(dataset, Path(path), spec)
 
 
-__all__ = ["StageRecording", "is_store", "load_raw", "load_stage_recordings", "load_store"]
+__all__ = ["StageRecording", "is_store", "load_raw", "load_stage_recordings", "load_store",
+           "shifted_grids"]

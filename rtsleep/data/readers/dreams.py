@@ -102,6 +102,12 @@ def _map_codes(raw: np.ndarray, source: str | Path) -> np.ndarray:
 
 def read_dreams_hypnogram(path: Path, duration_s: float = EXCERPT_S) -> np.ndarray:
     """30-s stages (int8) from ``Hypnogram_excerptN.txt``; it must cover exactly ``duration_s``."""
+    return majority_stages(read_dreams_hypnogram_steps(path, duration_s), 6, path)
+
+
+def read_dreams_hypnogram_steps(path: Path, duration_s: float = EXCERPT_S) -> np.ndarray:
+    """The 5-s stages (int8 ``Stage`` values, before the 30-s vote) of ``Hypnogram_excerptN.txt``;
+    it must cover exactly ``duration_s``."""
     require_file(path)
     lines = path.read_text(errors="replace").split()
     if not lines or not lines[0].startswith("["):
@@ -117,7 +123,22 @@ def read_dreams_hypnogram(path: Path, duration_s: float = EXCERPT_S) -> np.ndarr
             f"hypnogram has {len(raw)} 5-s epochs ({len(raw) * HYPNOGRAM_STEP_S:.0f} s) but the "
             f"recording lasts {duration_s:.0f} s",
         )
-    return majority_stages(_map_codes(raw, path), 6, path)
+    return _map_codes(raw, path)
+
+
+def dreams_fine_stages(rec: Recording) -> tuple[np.ndarray, float]:
+    """The stages of a DREAMS recording at their native step, before the 30-s vote:
+    ``(codes int8 (n,), step_s)``. ``excerptN.edf``: its 1-Hz ``hypnogram`` channel (1 s);
+    ``excerptN.txt``: ``Hypnogram_excerptN.txt`` (5 s). :func:`majority_stages` of them with
+    ``30 / step_s`` steps per epoch gives ``rec.stages``; other offsets give shifted 30-s grids."""
+    if rec.source.suffix.lower() == ".edf":
+        try:
+            hyp = rec.channel("hypnogram")
+        except KeyError:
+            raise DataError(rec.source, "DREAMS EDF has no 'hypnogram' channel") from None
+        return _map_codes(hyp.data.astype(np.int64), rec.source), 1.0 / hyp.sfreq
+    hyp_txt = rec.source.with_name(f"Hypnogram_{_excerpt_name(rec.source)}.txt")
+    return read_dreams_hypnogram_steps(hyp_txt, rec.duration_s), HYPNOGRAM_STEP_S
 
 
 def _read_txt_signal(path: Path, cmap: ChannelMap) -> Channel:
