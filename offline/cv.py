@@ -14,6 +14,7 @@ Protocol (fixed and recorded in ``OUT/cv.json``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict
@@ -24,18 +25,25 @@ import numpy as np
 import typer
 
 from offline.spectral_train import Sequence, TrainConfig, finetune, raw_sequence
-from offline.stage_data import StageRecording
+from offline.stage_data import StageRecording, shifted_grids
 from offline.stage_eval import RecordingEval, evaluate_model, write_report
 from rtsleep.models.sleepnet import SleepNet
 
 log = logging.getLogger(__name__)
 
 
+SHIFT_S = 5.0
+"""Training subjects also contribute their 30-s grids shifted by 5, 10, ... 25 s (DREAMS scores
+5-s epochs; :func:`offline.stage_data.shifted_grids`): 6x the fine-tuning sequences."""
+
+
 def finetune_config(seed: int = 0, steps: int = 150) -> TrainConfig:
-    """Fine-tuning on raw staged EEG: short crops of 30-s epochs, gentle learning rate."""
+    """Fine-tuning on raw staged EEG: short crops of 30-s epochs, gentle learning rate, class
+    weights ``frequency ** -1`` (:mod:`offline.spectral_train` says what the clip makes of them).
+    """
     return TrainConfig(
         steps=steps, batch=32, lr=2e-4, min_len=20, max_len=60, gain_log=0.5,
-        band_log_std=0.2, noise_std=0.1, eval_every=25, seed=seed,
+        band_log_std=0.2, noise_std=0.1, eval_every=25, class_weight_power=1.0, seed=seed,
     )
 
 
@@ -53,22 +61,38 @@ def loso_split(subjects: list[str], seed: int) -> list[dict[str, Any]]:
     return folds
 
 
+def training_sequences(model: SleepNet, recs: list[StageRecording],
+                       shift_s: float = 0.0) -> list[Sequence]:
+    """Fine-tuning sequences of ``recs``: each recording's own grid plus, with ``shift_s > 0``,
+    its grids shifted by multiples of ``shift_s`` (:func:`offline.stage_data.shifted_grids`)."""
+    out = []
+    for r in recs:
+        for g in [r, *(shifted_grids(r, shift_s) if shift_s > 0 else [])]:
+            out.append(raw_sequence(model, g.id, g.subject, g.x, g.mask, g.stages))
+    return out
+
+
 def run_loso(
-    pretrained: SleepNet, recs: list[StageRecording], seed: int = 0, steps: int = 150
+    pretrained: SleepNet, recs: list[StageRecording], seed: int = 0, steps: int = 150,
+    shift_s: float = SHIFT_S, template: TrainConfig | None = None,
 ) -> tuple[list[RecordingEval], list[dict[str, Any]]]:
     """Fine-tune ``pretrained`` per fold and score each fold's test recordings in both modes.
 
+    Training subjects contribute their shifted grids too (``shift_s > 0``); the validation
+    subject is scored on its own grid only, like the test subject. ``template`` replaces
+    :func:`finetune_config` (its ``seed`` and ``steps`` are set per fold).
     Returns the evaluations (all folds) and the folds with their chosen step counts.
     """
-    seqs: dict[str, Sequence] = {
-        r.id: raw_sequence(pretrained, r.id, r.subject, r.x, r.mask, r.stages) for r in recs
+    seqs: dict[str, list[Sequence]] = {
+        r.id: training_sequences(pretrained, [r], shift_s) for r in recs
     }
     folds = loso_split([r.subject for r in recs], seed)
     evals: list[RecordingEval] = []
     for i, fold in enumerate(folds):
-        train = [seqs[r.id] for r in recs if r.subject in fold["train"]]
-        val = [seqs[r.id] for r in recs if r.subject == fold["val"]]
-        cfg = finetune_config(seed=seed + i, steps=steps)
+        train = [s for r in recs if r.subject in fold["train"] for s in seqs[r.id]]
+        val = [seqs[r.id][0] for r in recs if r.subject == fold["val"]]
+        cfg = dataclasses.replace(template or finetune_config(), seed=seed + i, steps=steps,
+                                  history={})
         model, best_step = finetune(pretrained, train, val, cfg)
         fold["best_step"] = best_step
         fold["history"] = cfg.history
@@ -116,6 +140,10 @@ def register(app: typer.Typer) -> None:
         folds: Annotated[str, typer.Option(help="Fold scheme; only 'loso'.")] = "loso",
         steps: Annotated[int, typer.Option(help="Fine-tuning steps per fold (max).")] = 150,
         seed: Annotated[int, typer.Option(help="Seed of the inner split and training.")] = 0,
+        shift_s: Annotated[
+            float, typer.Option(help="Also train on 30-s grids shifted by multiples of this "
+                                "(s; needs finer source stages, DREAMS 5 s); 0 = off.")
+        ] = SHIFT_S,
     ) -> None:
         """Leave-one-subject-out CV of fine-tuning PRETRAINED on DATA; prints pooled figures."""
         from offline.stage_data import load_stage_recordings
@@ -134,12 +162,15 @@ def register(app: typer.Typer) -> None:
         except (DataError, ValueError) as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc
-        evals, fold_info = run_loso(model, recs, seed=seed, steps=steps)
-        res = write_cv(evals, fold_info, out, seed, steps, {"pretrained": str(path)})
+        evals, fold_info = run_loso(model, recs, seed=seed, steps=steps, shift_s=shift_s)
+        res = write_cv(evals, fold_info, out, seed, steps,
+                       {"pretrained": str(path), "shift_s": shift_s})
         for mode, p in res["modes"].items():
             typer.echo(f"{mode:>9}: accuracy {p['accuracy']:.4f}  macro-F1 {p['macro_f1']:.4f}  "
                        f"kappa {p['kappa']:.4f}  ({p['n_epochs']} epochs)")
         typer.echo(f"cv: {out / 'cv.json'}")
 
 
-__all__ = ["finetune_config", "loso_split", "register", "run_loso", "write_cv"]
+__all__ = ["SHIFT_S", "finetune_config", "loso_split", "register", "run_loso",
+           "training_sequences",
+           "write_cv"]

@@ -7,14 +7,17 @@
    ``DIR/pretrained.safetensors``;
 2. leave-one-subject-out CV of fine-tuning on the DREAMS excerpts (``<data>/dreams-spindles``),
    see :mod:`offline.cv`, written to ``DIR/cv/`` (``cv.json``, ``report.json``, figures);
-3. the final fine-tuning on every DREAMS excerpt for the median of the step counts the CV folds
-   chose on their inner validation subjects (0 = the pre-trained model is shipped unchanged);
+3. the final fine-tuning on every DREAMS excerpt (with its shifted 30-s grids, as in the CV
+   folds), stopped at the median-low of the step counts the CV folds chose on their inner
+   validation subjects, on the same ``finetune_steps``-long learning-rate schedule (0 = the
+   pre-trained model is shipped unchanged);
 4. ``DIR/default.safetensors`` with the model card (training data, licences, CV figures,
    training curves) in its metadata. Copy it to ``rtsleep/assets/default.safetensors`` to ship it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from pathlib import Path
@@ -23,13 +26,12 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from offline.cv import finetune_config, run_loso, write_cv
+from offline.cv import SHIFT_S, finetune_config, run_loso, training_sequences, write_cv
 from offline.spectral_train import (
     TrainConfig,
     finetune,
     load_sleep_edf_features,
     pretrain_sleep_edf,
-    raw_sequence,
 )
 from offline.stage_data import load_raw
 from rtsleep.data.preprocessing import PreprocessSpec
@@ -78,12 +80,13 @@ def train_default(
     recs = load_raw("dreams", Path(data) / DREAMS, spec)
     evals, folds = run_loso(pre, recs, seed=seed, steps=finetune_steps)
     cv = write_cv(evals, folds, out / "cv", seed, finetune_steps,
-                  {"pretrained": str(out / "pretrained.safetensors")})
+                  {"pretrained": str(out / "pretrained.safetensors"), "shift_s": SHIFT_S})
     final_steps = int(statistics.median_low([int(f["best_step"]) for f in folds]))
     model = pre
     if final_steps > 0:
-        seqs = [raw_sequence(pre, r.id, r.subject, r.x, r.mask, r.stages) for r in recs]
-        fcfg = finetune_config(seed=seed, steps=final_steps)
+        seqs = training_sequences(pre, recs, SHIFT_S)
+        fcfg = dataclasses.replace(finetune_config(seed=seed, steps=finetune_steps),
+                                   stop_at=final_steps)
         model, _ = finetune(pre, seqs, None, fcfg)
         history.update(fcfg.history)
     card: dict[str, Any] = {

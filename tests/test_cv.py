@@ -12,17 +12,21 @@ import torch
 import offline.cv as cv
 from offline.spectral_train import Sequence, TrainConfig, spectral_model_config
 from offline.stage_data import StageRecording
+from rtsleep.data.readers.dreams import majority_stages
 from rtsleep.models.sleepnet import SleepNet
 
 
-def _recs() -> list[StageRecording]:
+def _recs(fine: bool = False) -> list[StageRecording]:
     rng = np.random.default_rng(0)
     out = []
     for sub in ("c", "a", "d", "b"):
         x = np.zeros((6, 4, 3000), dtype=np.float32)
         x[:, 0] = rng.normal(size=(6, 3000)).astype(np.float32)
+        codes = rng.integers(0, 5, 36)
+        stages = majority_stages(codes, 6, sub).astype(np.int64)
         out.append(StageRecording(f"rec_{sub}", sub, "synthetic", x,
-                                  np.array([1, 0, 0, 0], bool), rng.integers(0, 5, 6)))
+                                  np.array([1, 0, 0, 0], bool), stages,
+                                  codes if fine else None, 5.0 if fine else 0.0))
     return out
 
 
@@ -73,3 +77,28 @@ def test_write_cv_records_split_seed_and_both_modes(tmp_path: Path) -> None:
     assert set(saved["modes"]) == {"offline", "streaming"}
     assert saved["pooled"]["n_epochs"] == 24 == res["pooled"]["n_epochs"]
     assert (tmp_path / "report.json").is_file()
+
+
+def test_shifted_grids_train_but_never_validate_nor_reach_the_test_subject(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[list[str], list[str]]] = []
+    real = cv.finetune
+
+    def spy(model: SleepNet, train: list[Sequence], val: list[Sequence] | None,
+            cfg: TrainConfig) -> tuple[SleepNet, int]:
+        calls.append(([s.id for s in train], [s.id for s in val or []]))
+        return real(model, train, val, cfg)
+
+    monkeypatch.setattr(cv, "finetune", spy)
+    torch.manual_seed(0)
+    model = SleepNet(spectral_model_config()).eval()
+    tmpl = TrainConfig(batch=2, min_len=3, max_len=5, eval_every=1)  # tiny and fast
+    evals, folds = cv.run_loso(model, _recs(fine=True), seed=1, steps=1, shift_s=5.0,
+                               template=tmpl)
+    assert len(calls) == len(folds) == 4
+    for (train, val), fold in zip(calls, folds, strict=True):
+        shifts = ["", "@5s", "@10s", "@15s", "@20s", "@25s"]
+        assert sorted(train) == sorted(f"rec_{s}{k}" for s in fold["train"] for k in shifts)
+        assert val == [f"rec_{fold['val']}"]  # validation: its own grid only
+    assert sorted(ev.rec.id for ev in evals) == ["rec_a", "rec_b", "rec_c", "rec_d"]
