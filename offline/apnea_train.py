@@ -231,15 +231,19 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[
             int, typer.Option(help="Training epochs per variant.")
         ] = TrainConfig.epochs,
+        trace_epochs: Annotated[
+            int, typer.Option(help="Training epochs of each trace CNN.")
+        ] = TraceTrainConfig.epochs,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
     ) -> None:
-        """Train the causal and non-causal ECG apnea models on all nights in DATA."""
+        """Train the causal and non-causal ECG apnea models (feature GRU + trace CNN each) on all
+        nights in DATA."""
         torch.set_num_threads(threads)
         nights = read_apnea_ecg_dir(data)
         inputs = [night_inputs(n) for n in nights]
         cfg = TrainConfig(epochs=epochs, seed=seed)
-        trace_cfg = TraceTrainConfig(seed=seed)
+        trace_cfg = TraceTrainConfig(epochs=trace_epochs, seed=seed)
         card: dict[str, object] = {
             "task": "per-minute apnea/hypopnea from heart rate",
             "trained_on": sorted(n.id for n in nights),
