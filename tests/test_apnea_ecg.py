@@ -25,9 +25,9 @@ from rtsleep.apnea.features import (
     window_features,
     window_trace,
 )
-from rtsleep.apnea.trace_model import EcgTraceConfig, EcgTraceNet
 from rtsleep.apnea.hr import BeatCleaner, rr_to_hr, valid_beats
 from rtsleep.apnea.rpeaks import StreamingRPeakDetector, detect_rpeaks
+from rtsleep.apnea.trace_model import EcgTraceConfig, EcgTraceNet
 from rtsleep.data.errors import DataError
 
 torch.set_num_threads(1)
