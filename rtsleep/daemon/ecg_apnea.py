@@ -9,9 +9,10 @@ Each probability, with the stage the daemon scored for that epoch, drives an ale
 for epoch ``k`` are therefore published one epoch late.
 
 An ECG interruption (missing samples, unusable channel) ends the current stream; a new one starts
-at the next clean epoch (its first minute has no probability). Not persisted across restarts.
-Cost: about 50 ms of CPU per bed and epoch on 2 busy cores (measured on DREAMS excerpt3), hence
-opt-in.
+at the next clean epoch (its first minutes are scored on partial windows: the GRU features read
+the last 60 s, the trace CNN the last 300 s, and a window with too few beats reads as missing).
+Not persisted across restarts. Cost: 5.3 ms median per bed and epoch on the idle machine
+(``tools/bench_apnea.py stream``, DREAMS excerpt3), about 50 ms on 2 busy cores; opt-in.
 """
 
 from __future__ import annotations
