@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from rtsleep.apnea.ecg_model import VARIANTS
 from rtsleep.apnea.features import NONCAUSAL_TRACE_SHIFT_S, sequence_features, sequence_traces
 from rtsleep.apnea.hr import rr_to_hr, valid_beats
 from rtsleep.apnea.rpeaks import detect_rpeaks
@@ -44,19 +46,22 @@ class ApneaNight:
     labels: np.ndarray  # (n_minutes,) bool
     window_ends_s: np.ndarray  # (n_minutes,)
 
+    @cached_property
+    def valid(self) -> np.ndarray:
+        """Beat validity ``(n_beats,)`` (:func:`rtsleep.apnea.hr.valid_beats`), computed once."""
+        return valid_beats(self.hr_bps)
+
     def features(self) -> np.ndarray:
         """Per-minute features ``(n_minutes, N_FEATURES)``."""
-        valid = valid_beats(self.hr_bps)
-        return sequence_features(self.times_s, self.hr_bps, valid, self.window_ends_s)
+        return sequence_features(self.times_s, self.hr_bps, self.valid, self.window_ends_s)
 
     def traces(self, variant: str) -> np.ndarray:
         """Per-minute heart-rate traces ``(n_minutes, TRACE_LEN)`` of the ``"causal"`` (the 5 min
         before each window end) or ``"noncausal"`` (centred on the window) variant."""
-        if variant not in ("causal", "noncausal"):
-            raise ValueError(f"unknown variant {variant!r}; choose 'causal' or 'noncausal'")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
         shift = 0.0 if variant == "causal" else NONCAUSAL_TRACE_SHIFT_S
-        valid = valid_beats(self.hr_bps)
-        return sequence_traces(self.times_s, self.hr_bps, valid, self.window_ends_s, shift)
+        return sequence_traces(self.times_s, self.hr_bps, self.valid, self.window_ends_s, shift)
 
 
 def night_from_recording(rec: Recording) -> ApneaNight:

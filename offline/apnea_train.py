@@ -199,15 +199,13 @@ def cross_validate(
         te = [i for i in range(n) if folds[i] == f]
         for v in variants:
             gru, cnn = train_variant_pair(tr, v, cfg, trace_cfg)
-            model = EcgApneaModel(gru, gru, cnn, cnn, {})
-            with torch.no_grad():
-                for i in te:
-                    logits, _ = gru(torch.as_tensor(nights[i].features, dtype=torch.float32)[None])
-                    p_feat = torch.sigmoid(logits[0]).numpy().astype(np.float64)
-                    p_trace = model.trace_proba(nights[i].traces[v], v)
-                    out[v]["features"][i] = p_feat
-                    out[v]["trace"][i] = p_trace
-                    out[v]["model"][i] = model.combine(p_feat, p_trace)
+            model = EcgApneaModel(gru, gru, cnn, cnn, {})  # this fold's nets under either name
+            for i in te:
+                p_feat = model.feature_proba(nights[i].features, v)
+                p_trace = model.trace_proba(nights[i].traces[v], v)
+                out[v]["features"][i] = p_feat
+                out[v]["trace"][i] = p_trace
+                out[v]["model"][i] = model.combine(p_feat, p_trace)
         log.info("fold %d/%d done", f + 1, k)
     return out
 

@@ -137,6 +137,13 @@ class EcgApneaModel:
         return (1.0 - self.trace_weight) * p_features + self.trace_weight * p_trace
 
     @torch.no_grad()
+    def feature_proba(self, features: np.ndarray, variant: str = "noncausal") -> np.ndarray:
+        """The feature GRU's probability ``(T,)`` of one night's features ``(T, F)``."""
+        net = self.variant(variant).eval()
+        logits, _ = net(torch.as_tensor(features, dtype=torch.float32)[None])  # (1, T)
+        return torch.sigmoid(logits[0]).numpy().astype(np.float64)
+
+    @torch.no_grad()
     def trace_proba(self, traces: np.ndarray, variant: str = "noncausal") -> np.ndarray:
         """The trace CNN's probability ``(T,)`` of traces ``(T, TRACE_LEN)``."""
         net = self.trace_variant(variant).eval()
@@ -155,11 +162,8 @@ class EcgApneaModel:
         """
         if len(features) != len(traces):
             raise ValueError(f"{len(features)} feature windows but {len(traces)} traces")
-        net = self.variant(variant).eval()
-        x = torch.as_tensor(features, dtype=torch.float32)[None]  # (1, T, F)
-        logits, _ = net(x)
-        p_feat = torch.sigmoid(logits[0]).numpy().astype(np.float64)
-        return self.combine(p_feat, self.trace_proba(traces, variant))
+        p_features = self.feature_proba(features, variant)
+        return self.combine(p_features, self.trace_proba(traces, variant))
 
 
 def save_ecg_model(model: EcgApneaModel, path: Path) -> None:

@@ -41,7 +41,6 @@ class EcgApneaStream:
     ) -> None:
         self.model = model
         self.net = model.causal.eval()
-        self.trace_net = model.causal_trace.eval()
         self.source = source
         self._det = StreamingRPeakDetector(ecg_fs, rpeak_config, source) if ecg_fs else None
         self._cleaner = BeatCleaner(clean_config)
@@ -95,8 +94,8 @@ class EcgApneaStream:
             x = torch.as_tensor(feats, dtype=torch.float32)[None]  # (1, F)
             prob, self._h[k % 2] = self.net.step(x, self._h[k % 2])
             trace = window_trace(self._t, self._hr, self._ok, t_end)  # (TRACE_LEN,)
-            p_trace = torch.sigmoid(self.trace_net(torch.as_tensor(trace, dtype=torch.float32)))
-            out.append((k, float(self.model.combine(prob[0].numpy(), p_trace.numpy()))))
+            p_trace = self.model.trace_proba(trace[None], "causal")  # (1,)
+            out.append((k, float(self.model.combine(prob.numpy(), p_trace)[0])))
             self._next_epoch += 1
         keep = np.searchsorted(self._t, self._next_epoch * EPOCH_S - max(LONG_S, TRACE_S) - EPOCH_S)
         if keep > 0:

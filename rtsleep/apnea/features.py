@@ -11,6 +11,7 @@ Rates are in bpm inside the features, times in s, powers in bpm^2 (log-scaled).
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 from scipy.signal import detrend
@@ -84,6 +85,15 @@ def _band_log_power(trace: np.ndarray, fs: float, bands: list[tuple[float, float
     return out
 
 
+def _valid_bpm(
+    times_s: np.ndarray, hr_bps: np.ndarray, valid: np.ndarray, lo: int | np.integer[Any],
+    hi: int | np.integer[Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Times (s) and rates (bpm) of the valid beats among beats ``lo:hi``: ``((k,), (k,))``."""
+    ok = valid[lo:hi]
+    return times_s[lo:hi][ok], hr_bps[lo:hi][ok] * 60.0
+
+
 def window_features(
     times_s: np.ndarray, hr_bps: np.ndarray, valid: np.ndarray, t_end_s: float
 ) -> np.ndarray:
@@ -97,9 +107,8 @@ def window_features(
     lo_s = np.searchsorted(times_s, t_end_s - SHORT_S, side="left")
     hi = np.searchsorted(times_s, t_end_s, side="left")
     n_raw = hi - lo_s
-    vs = valid[lo_s:hi]
-    ts, hs = times_s[lo_s:hi][vs], hr_bps[lo_s:hi][vs] * 60.0  # (k,) s, bpm
-    f[7] = vs.mean() if n_raw else 0.0
+    ts, hs = _valid_bpm(times_s, hr_bps, valid, lo_s, hi)  # (k,) s, bpm
+    f[7] = valid[lo_s:hi].mean() if n_raw else 0.0
     f[8] = float(ts.size)
     if ts.size >= _MIN_BEATS:
         rr_ms = 60000.0 / hs  # (k,)
@@ -116,8 +125,7 @@ def window_features(
         f[11] = f[9] - f[10]
         shape = trace.reshape(N_SHAPE, -1).mean(axis=1)  # (12, 10) -> (12,)
         f[N_BASE - N_SHAPE :] = shape - hs.mean()
-    vl = valid[lo_l:hi]
-    tl, hl = times_s[lo_l:hi][vl], hr_bps[lo_l:hi][vl] * 60.0
+    tl, hl = _valid_bpm(times_s, hr_bps, valid, lo_l, hi)
     if tl.size >= 3 * _MIN_BEATS:
         grid = t_end_s - LONG_S + np.arange(int(LONG_S * TRACE_FS)) / TRACE_FS  # (600,)
         trace = np.interp(grid, tl, hl)
@@ -167,8 +175,7 @@ def window_trace(
     """
     lo = np.searchsorted(times_s, t_end_s - TRACE_S, side="left")
     hi = np.searchsorted(times_s, t_end_s, side="left")
-    ok = valid[lo:hi]
-    ts, hs = times_s[lo:hi][ok], hr_bps[lo:hi][ok] * 60.0  # (k,) s, bpm
+    ts, hs = _valid_bpm(times_s, hr_bps, valid, lo, hi)  # (k,) s, bpm
     if ts.size < _MIN_TRACE_BEATS:
         return np.zeros(TRACE_LEN)
     grid = t_end_s - TRACE_S + np.arange(int(TRACE_S * TRACE_FS)) / TRACE_FS  # (600,)
