@@ -172,5 +172,4 @@ def register(app: typer.Typer) -> None:
 
 
 __all__ = ["SHIFT_S", "finetune_config", "loso_split", "register", "run_loso",
-           "training_sequences",
-           "write_cv"]
+           "training_sequences", "write_cv"]
