@@ -26,7 +26,7 @@ import typer
 
 from offline.spectral_train import Sequence, TrainConfig, finetune, raw_sequence
 from offline.stage_data import StageRecording, shifted_grids
-from offline.stage_eval import RecordingEval, evaluate_model, write_report
+from offline.stage_eval import ModeResult, RecordingEval, evaluate_model, write_report
 from rtsleep.models.sleepnet import SleepNet
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,26 @@ def run_loso(
     return evals, folds
 
 
+def mean_evals(runs: list[list[RecordingEval]]) -> list[RecordingEval]:
+    """The evaluations of a seed ensemble from its members' LOSO runs: per recording and mode,
+    the mean of the members' probabilities (what ``SleepNetEnsemble`` outputs). Every run must
+    hold the same recordings in the same order, with the same emitted epochs."""
+    if not runs:
+        raise ValueError("mean_evals needs at least one run")
+    out = []
+    for evs in zip(*runs, strict=True):
+        rec = evs[0].rec
+        runs_of: dict[str, ModeResult] = {}
+        for mode, first in evs[0].runs.items():
+            for ev in evs[1:]:
+                if ev.rec.id != rec.id or not np.array_equal(ev.runs[mode].epochs, first.epochs):
+                    raise ValueError(f"mean_evals: runs differ on recording {rec.id} ({mode})")
+            probs = np.mean([ev.runs[mode].probs for ev in evs], axis=0)  # (n, 5)
+            runs_of[mode] = ModeResult(probs.astype(np.float32), first.epochs)
+        out.append(RecordingEval(rec, runs_of))
+    return out
+
+
 def write_cv(
     evals: list[RecordingEval], folds: list[dict[str, Any]], out: Path, seed: int, steps: int,
     extra: dict[str, Any] | None = None,
@@ -171,5 +191,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"cv: {out / 'cv.json'}")
 
 
-__all__ = ["SHIFT_S", "finetune_config", "loso_split", "register", "run_loso",
+__all__ = ["SHIFT_S", "finetune_config", "loso_split", "mean_evals", "register", "run_loso",
            "training_sequences", "write_cv"]

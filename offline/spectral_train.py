@@ -1,7 +1,8 @@
 """Training of the spectral stage model (``SleepNetConfig(encoder="spectral")``).
 
 Two phases, both training the temporal module the way the daemon infers (causal Mamba, state from
-zero at the start of every training sequence, random crop positions and lengths, no look-ahead):
+zero at the start of every training sequence, random crop positions and lengths, no look-ahead
+beyond the model's configured output delay ``lookahead_epochs``):
 
 1. **Pre-training on Sleep-EDF feature sequences.** The shared Sleep-EDF nights exist only as
    per-epoch features; columns 0-3 (Fpz-Cz) and 9-12 (Pz-Oz) are the delta/theta/alpha/beta Welch
@@ -65,8 +66,11 @@ SEDF_BAND_COLUMNS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (9, 10, 11, 12))
 _SEDF_NAME = re.compile(r"^SC4(\d\d)(\d)E0\.npz$")
 
 
-def spectral_model_config(spec: PreprocessSpec | None = None) -> SleepNetConfig:
-    """The shipped spectral model: 32-wide embedding, 2 Mamba layers of width 32, linear head.
+def spectral_model_config(
+    spec: PreprocessSpec | None = None, lookahead_epochs: int = 0
+) -> SleepNetConfig:
+    """The shipped spectral model: 32-wide embedding, 2 Mamba layers of width 32, linear head,
+    output delay ``lookahead_epochs`` (30-s epochs).
 
     The encoder's ``input_scale_uv`` is the EEG scale of ``spec`` (default spec when None), so
     band powers come out in µV²/Hz whatever the preprocessing gain.
@@ -80,6 +84,7 @@ def spectral_model_config(spec: PreprocessSpec | None = None) -> SleepNetConfig:
         ),
         temporal=TemporalConfig(d_model=32, n_layers=2, d_state=16),
         heads=HeadsConfig(hidden=0),
+        lookahead_epochs=lookahead_epochs,
     )
 
 
@@ -168,9 +173,15 @@ def class_weights(sequences: list[Sequence], power: float = 0.5,
 
 
 def _sample_batch(
-    seqs: list[Sequence], cfg: TrainConfig, gen: torch.Generator
+    seqs: list[Sequence], cfg: TrainConfig, gen: torch.Generator, lookahead: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Random crops (one length per batch): ``lp (B, L, n_bands)``, ``y (B, L)``."""
+    """Random crops (one length ``L`` per batch): ``lp (B, L + lookahead, n_bands)``,
+    ``y (B, L)``.
+
+    The labels of a crop are epochs ``[start, start + L)``; its input runs ``lookahead`` epochs
+    further, and input past the end of the recording is absent (NaN rows, see
+    :func:`stage_logits_from_log_power`), as at the end of a stream.
+    """
     max_len = min(cfg.max_len, min(len(s.stages) for s in seqs))
     min_len = min(cfg.min_len, max_len)
     length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
@@ -180,14 +191,21 @@ def _sample_batch(
         n = len(s.stages)
         start = int(torch.randint(n - length + 1, (1,), generator=gen))
         ch = int(torch.randint(s.log_power.shape[1], (1,), generator=gen))
-        lps.append(s.log_power[start : start + length, ch])  # (L, n_bands)
+        lps.append(_absent_padded(s.log_power[start : start + length + lookahead, ch],
+                                  length + lookahead))  # (L + k, n_bands)
         ys.append(s.stages[start : start + length])
-    lp = torch.stack(lps)  # (B, L, n_bands)
+    lp = torch.stack(lps)  # (B, L + k, n_bands)
     b, _, nb = lp.shape
     gain = (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * cfg.gain_log  # (B, 1, 1)
     band = torch.randn(b, 1, nb, generator=gen) * cfg.band_log_std  # (B, 1, n_bands)
-    noise = torch.randn(lp.shape, generator=gen) * cfg.noise_std  # (B, L, n_bands)
+    noise = torch.randn(lp.shape, generator=gen) * cfg.noise_std  # (B, L + k, n_bands)
     return lp + gain + band + noise, torch.stack(ys)
+
+
+def _absent_padded(log_power: Tensor, length: int) -> Tensor:
+    """``(n, n_bands)`` -> ``(length, n_bands)``, NaN rows (absent epochs) after the end."""
+    pad = log_power.new_full((length - log_power.shape[0], log_power.shape[1]), math.nan)
+    return torch.cat([log_power, pad])
 
 
 def spectral_encoder(model: SleepNet) -> SpectralEncoder:
@@ -200,8 +218,15 @@ def spectral_encoder(model: SleepNet) -> SpectralEncoder:
 
 def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
     """The model's stage logits for band log powers ``(B, T, n_bands) -> (B, T, 5)``, state from
-    zero (the same computation as ``SleepNet.forward`` after the Welch step)."""
-    emb = spectral_encoder(model).embed(log_power)  # (B, T, D)
+    zero (the same computation as ``SleepNet.forward`` after the Welch step).
+
+    An epoch whose row holds a NaN is absent (no EEG): it gets the model's ``missing_embedding``,
+    as ``SleepNet.encode`` gives an epoch whose EEG is masked. Output ``t`` refers to epoch
+    ``t - lookahead_epochs`` (``SleepNet`` module doc).
+    """
+    present = torch.isfinite(log_power).all(dim=-1, keepdim=True)  # (B, T, 1)
+    emb = spectral_encoder(model).embed(torch.nan_to_num(log_power))  # (B, T, D)
+    emb = torch.where(present, emb, model.missing_embedding.to(emb.dtype))  # (B, T, D)
     y, _ = model.temporal(model.input_proj(model.input_norm(emb)))  # (B, T, d_model)
     return model.heads(y).stage_logits
 
@@ -210,16 +235,20 @@ def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
 def sequence_loss(
     model: SleepNet, seqs: list[Sequence], weights: Tensor
 ) -> tuple[float, float, float]:
-    """Weighted CE, accuracy and macro-F1 over whole sequences (first channel, no augmentation).
+    """Weighted CE, accuracy and macro-F1 over whole sequences (first channel, no augmentation;
+    with a look-ahead of ``k`` epochs, ``k`` absent epochs follow the end, as in evaluation).
 
     Macro-F1 averages the classes present in the truth or the prediction.
     """
     was = model.training
     model.eval()
+    k = model.cfg.lookahead_epochs
     tot, n, correct = 0.0, 0, 0
     cm = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.int64)  # rows truth, columns prediction
     for s in seqs:
-        logits = stage_logits_from_log_power(model, s.log_power[None, :, 0])[0]  # (T, 5)
+        n_epochs = len(s.stages)
+        lp = _absent_padded(s.log_power[:, 0], n_epochs + k)  # (T + k, n_bands)
+        logits = stage_logits_from_log_power(model, lp[None])[0, k:]  # (T, 5)
         ok = s.stages >= 0
         if not bool(ok.any()):
             continue
@@ -274,8 +303,9 @@ def train_phase(
     running = 0.0
     last = cfg.stop_at if 0 < cfg.stop_at < cfg.steps else cfg.steps
     for step in range(1, last + 1):
-        lp, y = _sample_batch(train, cfg, gen)
-        logits = stage_logits_from_log_power(model, lp)  # (B, L, 5)
+        lp, y = _sample_batch(train, cfg, gen, model.cfg.lookahead_epochs)
+        k = model.cfg.lookahead_epochs
+        logits = stage_logits_from_log_power(model, lp)[:, k:]  # (B, L, 5)
         ok = y >= 0
         loss = F.cross_entropy(logits[ok], y[ok], weight=weights)
         opt.zero_grad()
@@ -328,12 +358,13 @@ def fit_standardisation(model: SleepNet, seqs: list[Sequence]) -> None:
 
 
 def pretrain_sleep_edf(
-    nights: list[Sequence], cfg: TrainConfig, val_subjects: tuple[str, ...] = ("07",)
+    nights: list[Sequence], cfg: TrainConfig, val_subjects: tuple[str, ...] = ("07",),
+    lookahead_epochs: int = 0,
 ) -> tuple[SleepNet, int]:
-    """Phase 1: a fresh spectral model trained on Sleep-EDF feature nights; the nights of
-    ``val_subjects`` are the validation set (model selection)."""
+    """Phase 1: a fresh spectral model (output delay ``lookahead_epochs``) trained on Sleep-EDF
+    feature nights; the nights of ``val_subjects`` are the validation set (model selection)."""
     torch.manual_seed(cfg.seed)
-    model = SleepNet(spectral_model_config())
+    model = SleepNet(spectral_model_config(lookahead_epochs=lookahead_epochs))
     train = [s for s in nights if s.subject not in val_subjects]
     val = [s for s in nights if s.subject in val_subjects]
     if not train:

@@ -5,8 +5,11 @@ Each recording is scored twice by the same model:
 - **offline**: ``SleepNet.forward`` over the whole recording (state from zero);
 - **streaming**: epoch by epoch through ``SleepNet.step``, as the daemon does.
 
-Outputs are aligned to epochs through ``epoch_index`` (a model with a look-ahead of ``k`` epochs
-never emits the last ``k``; they are not scored). Unscored epochs (stage -1) are left out.
+The model is a ``SleepNet`` or a ``SleepNetEnsemble`` (same calls).
+
+Outputs are aligned to epochs through ``epoch_index``. A model with a look-ahead of ``k`` epochs
+gets ``k`` absent epochs (EEG masked) after the end of the recording, as the daemon feeds it when
+a stream ends, so every epoch is emitted. Unscored epochs (stage -1) are left out.
 
 Metrics (classes W, N1, N2, N3, R): accuracy, macro-F1 (mean F1 over the classes present in the
 truth or the prediction), Cohen's kappa, per-class F1 (``null`` for a class absent from both),
@@ -27,7 +30,7 @@ import torch
 
 from offline.stage_data import StageRecording
 from rtsleep.data.recording import STAGE_NAMES
-from rtsleep.models.sleepnet import SleepNet
+from rtsleep.models.checkpoint import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +89,20 @@ class ModeResult:
     epochs: np.ndarray
 
 
-def _inputs(rec: StageRecording) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(rec: StageRecording, lookahead: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (T + k, M, S)`` and ``mask (T + k, M)``: the recording, then ``k = lookahead`` absent
+    epochs (zeros, all masked)."""
     x = torch.from_numpy(np.ascontiguousarray(rec.x, dtype=np.float32))  # (T, M, S)
     mask = torch.from_numpy(np.broadcast_to(rec.mask, rec.x.shape[:2]).copy())  # (T, M)
+    x = torch.cat([x, x.new_zeros((lookahead, *x.shape[1:]))])  # (T + k, M, S)
+    mask = torch.cat([mask, mask.new_zeros((lookahead, mask.shape[1]))])  # (T + k, M)
     return x, mask
 
 
 @torch.no_grad()
-def run_offline(model: SleepNet, rec: StageRecording) -> ModeResult:
+def run_offline(model: Predictor, rec: StageRecording) -> ModeResult:
     """``SleepNet.forward`` over the whole recording from a zero state."""
-    x, mask = _inputs(rec)
+    x, mask = _inputs(rec, model.cfg.lookahead_epochs)
     out, _ = model(x[None], mask[None])  # fields (1, T, ...)
     idx = out.epoch_index[0].numpy()
     keep = idx >= 0
@@ -103,9 +110,9 @@ def run_offline(model: SleepNet, rec: StageRecording) -> ModeResult:
 
 
 @torch.no_grad()
-def run_streaming(model: SleepNet, rec: StageRecording) -> ModeResult:
+def run_streaming(model: Predictor, rec: StageRecording) -> ModeResult:
     """``SleepNet.step`` epoch by epoch from ``init_state(1)``, as the daemon runs."""
-    x, mask = _inputs(rec)
+    x, mask = _inputs(rec, model.cfg.lookahead_epochs)
     state = model.init_state(1)
     probs, idx = [], []
     for t in range(x.shape[0]):
@@ -132,7 +139,7 @@ class RecordingEval:
     runs: dict[str, ModeResult]
 
 
-def evaluate_model(model: SleepNet, recs: list[StageRecording]) -> list[RecordingEval]:
+def evaluate_model(model: Predictor, recs: list[StageRecording]) -> list[RecordingEval]:
     """Run every recording offline and streaming."""
     model.eval()
     out = []
@@ -330,11 +337,11 @@ def evaluate_stage(
     """Score the stage model ``model_path`` (the shipped model when None) on ``data`` (a raw
     ``dataset`` folder or a store), both modes; write ``out/report.json`` and figures."""
     from offline.stage_data import load_stage_recordings
-    from rtsleep.models.checkpoint import load_checkpoint_meta, load_model
+    from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
     path = Path(model_path) if model_path is not None else default_model_path()
     meta = load_checkpoint_meta(path)
-    model = load_model(path)
+    model = load_predictor(path)
     recs = load_stage_recordings(Path(data), dataset, meta.preprocess)
     history = None
     if meta.card and isinstance(meta.card.get("history"), dict):

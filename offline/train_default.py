@@ -1,18 +1,25 @@
 """``rtsleep-train train-default``: reproduce the shipped stage model in one command.
 
-``rtsleep-train train-default --data <shared data> --out DIR`` runs, on CPU:
+``rtsleep-train train-default --data <shared data> --out DIR`` runs, on CPU, for each member seed
+(``--members N``: seeds ``seed`` ... ``seed + N - 1``; default one):
 
 1. pre-training of the spectral model on the Sleep-EDF feature nights
    (``<data>/sleep-edf-sc-subset/features``; subject 07 is its validation set), saved as
-   ``DIR/pretrained.safetensors``;
+   ``DIR/pretrained_seed<S>.safetensors``;
 2. leave-one-subject-out CV of fine-tuning on the DREAMS excerpts (``<data>/dreams-spindles``),
    see :mod:`offline.cv`, written to ``DIR/cv/`` (``cv.json``, ``report.json``, figures);
 3. the final fine-tuning on every DREAMS excerpt (with its shifted 30-s grids, as in the CV
    folds), stopped at the median-low of the step counts the CV folds chose on their inner
    validation subjects, on the same ``finetune_steps``-long learning-rate schedule (0 = the
    pre-trained model is shipped unchanged);
-4. ``DIR/default.safetensors`` with the model card (training data, licences, CV figures,
-   training curves) in its metadata. Copy it to ``rtsleep/assets/default.safetensors`` to ship it.
+4. ``DIR/default.safetensors``: the model, or with several members their
+   :class:`~rtsleep.models.ensemble.SleepNetEnsemble` (CV figures: per fold, the mean of the
+   members' fold models, none of which saw the test subject), with the model card (training data,
+   licences, CV figures, training curves) in its metadata. Copy it to
+   ``rtsleep/assets/default.safetensors`` to ship it.
+
+``--lookahead K`` trains every phase with an output delay of ``K`` epochs (``SleepNet`` module
+doc); the daemon then publishes each epoch's stage ``K`` epochs after it ends.
 """
 
 from __future__ import annotations
@@ -26,16 +33,27 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from offline.cv import SHIFT_S, finetune_config, run_loso, training_sequences, write_cv
+from offline.cv import (
+    SHIFT_S,
+    finetune_config,
+    mean_evals,
+    run_loso,
+    training_sequences,
+    write_cv,
+)
 from offline.spectral_train import (
+    Sequence,
     TrainConfig,
     finetune,
     load_sleep_edf_features,
     pretrain_sleep_edf,
 )
-from offline.stage_data import load_raw
+from offline.stage_data import StageRecording, load_raw
+from offline.stage_eval import RecordingEval
 from rtsleep.data.preprocessing import PreprocessSpec
-from rtsleep.models.checkpoint import save_model
+from rtsleep.models.checkpoint import Predictor, save_model
+from rtsleep.models.ensemble import SleepNetEnsemble
+from rtsleep.models.sleepnet import SleepNet
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +80,22 @@ def pretrain_config(seed: int, steps: int) -> TrainConfig:
                        band_log_std=0.3, noise_std=0.1, eval_every=100, seed=seed)
 
 
-def train_default(
-    data: Path, out: Path, pretrain_steps: int = 600, finetune_steps: int = 150, seed: int = 0
-) -> dict[str, Any]:
-    """Run the whole recipe (module doc); returns the model card."""
-    torch.set_num_threads(1)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _train_member(
+    data: Path, out: Path, recs: list[StageRecording], nights: list[Sequence],
+    pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int,
+) -> tuple[SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
+    """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``.
+
+    Returns the final model, its CV evaluations and folds, and its card entries (history, steps).
+    """
     spec = PreprocessSpec.default()
-    nights = load_sleep_edf_features(Path(data) / SEDF_FEATURES)
     pcfg = pretrain_config(seed, pretrain_steps)
-    pre, pre_step = pretrain_sleep_edf(nights, pcfg)
+    pre, pre_step = pretrain_sleep_edf(nights, pcfg, lookahead_epochs=lookahead)
     history = {k: list(v) for k, v in pcfg.history.items()}
-    save_model(pre, out / "pretrained.safetensors", spec,
+    save_model(pre, out / f"pretrained_seed{seed}.safetensors", spec,
                card={"name": "rtsleep spectral stage model, pre-trained only",
                      "history": history, "pretrain_best_step": pre_step})
-    recs = load_raw("dreams", Path(data) / DREAMS, spec)
     evals, folds = run_loso(pre, recs, seed=seed, steps=finetune_steps)
-    cv = write_cv(evals, folds, out / "cv", seed, finetune_steps,
-                  {"pretrained": str(out / "pretrained.safetensors"), "shift_s": SHIFT_S})
     final_steps = int(statistics.median_low([int(f["best_step"]) for f in folds]))
     model = pre
     if final_steps > 0:
@@ -89,17 +104,63 @@ def train_default(
                                    stop_at=final_steps)
         model, _ = finetune(pre, seqs, None, fcfg)
         history.update(fcfg.history)
+    info = {"seed": seed, "pretrain_best_step": pre_step, "finetune_steps": final_steps,
+            "history": history}
+    return model, evals, folds, info
+
+
+def train_default(
+    data: Path, out: Path, pretrain_steps: int = 600, finetune_steps: int = 150, seed: int = 0,
+    lookahead: int = 0, members: int = 1,
+) -> dict[str, Any]:
+    """Run the whole recipe (module doc) for a model with an output delay of ``lookahead``
+    epochs; with ``members > 1`` once per seed ``seed, seed + 1, ...`` and the models are shipped
+    as one :class:`SleepNetEnsemble` (its CV figures: the mean of the members' fold models).
+    Returns the model card."""
+    if members < 1:
+        raise ValueError(f"members must be >= 1, got {members}")
+    torch.set_num_threads(1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = PreprocessSpec.default()
+    nights = load_sleep_edf_features(Path(data) / SEDF_FEATURES)
+    recs = load_raw("dreams", Path(data) / DREAMS, spec)
+    models, runs, infos = [], [], []
+    all_folds: list[list[dict[str, Any]]] = []
+    for s in range(seed, seed + members):
+        model, evals, folds, info = _train_member(data, out, recs, nights, pretrain_steps,
+                                                  finetune_steps, s, lookahead)
+        models.append(model)
+        runs.append(evals)
+        all_folds.append(folds)
+        infos.append(info)
+        log.info("member seed %d: chose %d fine-tuning steps", s, info["finetune_steps"])
+    seeds = list(range(seed, seed + members))
+    cv = write_cv(mean_evals(runs), all_folds[0], out / "cv", seed, finetune_steps,
+                  {"pretrained": [str(out / f"pretrained_seed{s}.safetensors") for s in seeds],
+                   "shift_s": SHIFT_S, "members": seeds, "lookahead_epochs": lookahead,
+                   "member_splits": [[{k: f[k] for k in ("test", "val", "train", "best_step")}
+                                      for f in folds] for folds in all_folds]})
+    recipe = (f"rtsleep-train train-default --data <shared data> --out DIR --pretrain-steps "
+              f"{pretrain_steps} --finetune-steps {finetune_steps} --seed {seed}")
+    if lookahead:
+        recipe += f" --lookahead {lookahead}"
+    if members > 1:
+        recipe += f" --members {members}"
+    kind = "causal Mamba" if not lookahead else f"Mamba, output delay {lookahead} epoch(s)"
+    name = f"rtsleep default stage model (spectral encoder + {kind})"
     card: dict[str, Any] = {
-        "name": "rtsleep default stage model (spectral encoder + causal Mamba)",
+        "name": name if members == 1 else f"{name}, ensemble of {members} seeds",
         "training_data": TRAINING_DATA,
-        "recipe": "rtsleep-train train-default --data <shared data> --out DIR "
-                  f"--pretrain-steps {pretrain_steps} --finetune-steps {finetune_steps} "
-                  f"--seed {seed}",
-        "pretrain_best_step": pre_step,
-        "finetune_steps": final_steps,
+        "recipe": recipe,
+        "lookahead_epochs": lookahead,
+        "members": [{k: v for k, v in i.items() if k != "history"} for i in infos],
+        "pretrain_best_step": infos[0]["pretrain_best_step"],
+        "finetune_steps": infos[0]["finetune_steps"],
         "cv": {
             "protocol": "LOSO over the 6 DREAMS subjects (sorted), inner validation subject "
-                        f"drawn from the training subjects with seed {seed}",
+                        "drawn from the training subjects with each member's seed; "
+                        "probabilities averaged over the members' fold models",
             "split": cv["split"],
             "pooled": cv["pooled"],
             "modes": cv["modes"],
@@ -108,9 +169,10 @@ def train_default(
         "intended_use": "research: real-time 5-class staging from one EEG channel",
         "limits": "trained on 16 Sleep-EDF nights (features) and 3 h of DREAMS EEG; not a "
                   "medical device; REM barely represented in DREAMS",
-        "history": history,
+        "history": infos[0]["history"],
     }
-    model_id = save_model(model, out / "default.safetensors", spec, card=card)
+    shipped: Predictor = models[0] if members == 1 else SleepNetEnsemble.from_members(models)
+    model_id = save_model(shipped, out / "default.safetensors", spec, card=card)
     card["model_id"] = model_id
     return card
 
@@ -124,14 +186,19 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Output folder.")],
         pretrain_steps: Annotated[int, typer.Option(help="Pre-training steps.")] = 600,
         finetune_steps: Annotated[int, typer.Option(help="Max fine-tuning steps per fold.")] = 150,
-        seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed (of the first member).")] = 0,
+        lookahead: Annotated[int, typer.Option(
+            help="Output delay in epochs (0: causal, the stage of an epoch as it ends).")] = 0,
+        members: Annotated[int, typer.Option(
+            help="Seeds in the shipped ensemble (seed, seed + 1, ...).")] = 1,
     ) -> None:
         """Pre-train, cross-validate and fine-tune the default stage model; writes
         OUT/default.safetensors (copy it to rtsleep/assets/ to ship it)."""
         from rtsleep.data.errors import DataError
 
         try:
-            card = train_default(data, out, pretrain_steps, finetune_steps, seed)
+            card = train_default(data, out, pretrain_steps, finetune_steps, seed, lookahead,
+                                 members)
         except DataError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc

@@ -102,3 +102,21 @@ def test_shifted_grids_train_but_never_validate_nor_reach_the_test_subject(
         assert sorted(train) == sorted(f"rec_{s}{k}" for s in fold["train"] for k in shifts)
         assert val == [f"rec_{fold['val']}"]  # validation: its own grid only
     assert sorted(ev.rec.id for ev in evals) == ["rec_a", "rec_b", "rec_c", "rec_d"]
+
+
+def test_mean_evals_averages_member_probabilities_per_recording_and_mode() -> None:
+    torch.manual_seed(0)
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = SleepNet(spectral_model_config()).eval()
+        runs.append(cv.evaluate_model(model, _recs()[:2]))
+    mean = cv.mean_evals(runs)
+    assert [ev.rec.id for ev in mean] == ["rec_c", "rec_a"]
+    for i, ev in enumerate(mean):
+        for mode in ("offline", "streaming"):
+            want = (runs[0][i].runs[mode].probs + runs[1][i].runs[mode].probs) / 2
+            np.testing.assert_allclose(ev.runs[mode].probs, want, atol=1e-7)
+            np.testing.assert_array_equal(ev.runs[mode].epochs, runs[0][i].runs[mode].epochs)
+    with pytest.raises(ValueError, match="differ"):
+        cv.mean_evals([runs[0], list(reversed(runs[1]))])

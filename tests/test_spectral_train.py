@@ -1,8 +1,10 @@
-"""Spectral-model training options: per-class weight boost, stopping early on the same schedule."""
+"""Spectral-model training options: per-class weight boost, stopping early on the same schedule,
+and the output delay (look-ahead) trained the way the model streams."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -45,3 +47,66 @@ def test_stop_at_gives_the_weights_of_that_step_of_the_full_schedule(
     for (name, a), b in zip(stopped.state_dict().items(), full.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_band_power_path_with_absent_rows_equals_forward_with_masked_eeg() -> None:
+    """Training reads precomputed band powers (NaN row = absent epoch); the daemon and evaluation
+    run ``SleepNet.forward`` on samples with the EEG masked. Both must give the same logits."""
+    torch.manual_seed(0)
+    model = SleepNet(spectral_model_config(lookahead_epochs=2)).eval()
+    with torch.no_grad():
+        model.missing_embedding.normal_()  # a trained, non-zero embedding
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 7, 4, model.n_times, generator=g)  # (1, T, M, S)
+    mask = torch.zeros(1, 7, 4, dtype=torch.bool)
+    mask[0, :5, 0] = True  # the last two epochs are absent
+    with torch.no_grad():
+        out, _ = model(x, mask)
+        lp = st.spectral_encoder(model).band_log_power(x[0, :, 0])  # (T, n_bands)
+        lp[5:] = math.nan
+        logits = st.stage_logits_from_log_power(model, lp[None])  # (1, T, 5)
+    torch.testing.assert_close(logits, out.stage_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_lookahead_crops_read_k_epochs_past_their_labels_and_absent_rows_past_the_end() -> None:
+    seqs = _seqs(n=1, length=8)
+    cfg = TrainConfig(batch=16, min_len=3, max_len=8, gain_log=0.0, band_log_std=0.0,
+                      noise_std=0.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        lp, y = st._sample_batch(seqs, cfg, gen, lookahead=2)
+        length = y.shape[1]
+        assert lp.shape[:2] == (16, length + 2)
+        src, stages = seqs[0].log_power[:, 0], seqs[0].stages
+        for b in range(16):
+            start = int((src == lp[b, 0]).all(dim=-1).nonzero()[0])  # rows are unique
+            torch.testing.assert_close(y[b], stages[start : start + length])
+            inside = min(8 - start, length + 2)
+            torch.testing.assert_close(lp[b, :inside], src[start : start + inside])
+            assert bool(lp[b, inside:].isnan().all())
+
+
+def test_lookahead_training_scores_label_t_with_the_output_k_epochs_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loss pairs the output at arrival ``t + k`` with the label of epoch ``t``: a model whose
+    logits at arrival ``i`` point at the label of epoch ``i - k`` reaches zero loss."""
+    seqs = _seqs(n=2, length=10)
+    model = SleepNet(spectral_model_config(lookahead_epochs=2)).eval()
+
+    def oracle(_model: SleepNet, lp: torch.Tensor) -> torch.Tensor:
+        # rows of each sequence are unique, so the row tells epoch and label; the label of epoch
+        # i - 2 is written at arrival i (arrivals 0, 1 predict nothing useful)
+        out = torch.zeros(*lp.shape[:2], 5)
+        for b in range(lp.shape[0]):
+            for i in range(2, lp.shape[1]):
+                row = lp[b, i - 2]
+                for s in seqs:
+                    hit = (s.log_power[:, 0] == row).all(dim=-1).nonzero()
+                    if len(hit):
+                        out[b, i, int(s.stages[int(hit[0])])] = 50.0
+        return out.requires_grad_()
+
+    monkeypatch.setattr(st, "stage_logits_from_log_power", oracle)
+    loss, acc, _ = st.sequence_loss(model, seqs, torch.ones(5))
+    assert acc == 1.0 and loss < 1e-6

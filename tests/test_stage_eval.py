@@ -74,13 +74,21 @@ def test_streaming_run_equals_offline_run(model: SleepNet) -> None:
     np.testing.assert_allclose(off.probs, stream.probs, atol=1e-5)
 
 
-def test_lookahead_outputs_are_aligned_to_their_epoch() -> None:
-    cfg = spectral_model_config()
-    cfg.lookahead_epochs = 2
-    m = SleepNet(cfg).eval()
+def test_lookahead_model_emits_every_epoch_once_after_absent_tail_epochs() -> None:
+    torch.manual_seed(0)
+    m = SleepNet(spectral_model_config(lookahead_epochs=2)).eval()
     rec = _recording("b", 9, 1)
-    for res in (run_offline(m, rec), run_streaming(m, rec)):
-        np.testing.assert_array_equal(res.epochs, np.arange(7))  # last 2 epochs never emitted
+    off, stream = run_offline(m, rec), run_streaming(m, rec)
+    for res in (off, stream):
+        np.testing.assert_array_equal(res.epochs, np.arange(9))  # 2 absent epochs flush the end
+    np.testing.assert_allclose(off.probs, stream.probs, atol=1e-5)
+    # the output for epoch 3 is the one produced when epoch 5 arrived: it reads epochs 4 and 5
+    x = torch.from_numpy(rec.x[:6])[None]  # (1, 6, M, S)
+    mask = torch.from_numpy(np.broadcast_to(rec.mask, (1, 6, 4)).copy())
+    with torch.no_grad():
+        out, _ = m(x, mask)
+    assert int(out.epoch_index[0, 5]) == 3
+    np.testing.assert_allclose(off.probs[3], out.stage_probs[0, 5].numpy(), atol=1e-5)
 
 
 def test_report_pools_recordings_and_skips_unscored(model: SleepNet) -> None:

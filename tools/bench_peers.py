@@ -169,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is not None:
         from offline.stage_data import load_stage_recordings
         from offline.stage_eval import build_report, evaluate_model
-        from rtsleep.models.checkpoint import load_checkpoint_meta, load_model
+        from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
         meta = load_checkpoint_meta(args.model)
         recs = load_stage_recordings(args.data, args.dataset, meta.preprocess)
-        rep = build_report(evaluate_model(load_model(args.model), recs))
+        rep = build_report(evaluate_model(load_predictor(args.model), recs))
         results["rtsleep_model"] = {
             "model": str(args.model),
             "pooled": rep["modes"]["offline"]["pooled"],

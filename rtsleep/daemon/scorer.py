@@ -138,7 +138,8 @@ class Scorer:
 
     ``model`` must provide ``step(x (B, M, S), mask (B, M), state) -> output`` with
     ``stage_probs (B, 5)``, ``apnea_prob (B,)``, ``hypopnea_prob (B,)`` and
-    ``init_state(batch) -> dict[str, Tensor]`` (``rtsleep.models.SleepNet``). ``heads``: the
+    ``init_state(batch) -> dict[str, Tensor]`` (``rtsleep.models.SleepNet`` or
+    ``SleepNetEnsemble``). ``heads``: the
     heads to report (see :func:`trained_heads`); the others' probabilities are ``None``.
     """
 
@@ -421,7 +422,7 @@ def load_scoring_model(
     ``path`` empty means the bundled model. Raises ``ValueError`` naming the file on any problem
     (missing file, bad checkpoint, a model with a look-ahead, which the daemon cannot stream).
     """
-    from rtsleep.models.checkpoint import load_checkpoint_meta, load_model
+    from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
     p = Path(path) if path else default_model_path()
     if not p.is_file():
@@ -429,7 +430,7 @@ def load_scoring_model(
         raise ValueError(f"{p}: model file not found{hint}")
     dev = resolve_device(device)
     meta = load_checkpoint_meta(p)
-    model = load_model(p)
+    model = load_predictor(p)
     lookahead = int(getattr(getattr(model, "cfg", None), "lookahead_epochs", 0))
     if lookahead:
         raise ValueError(f"{p}: model has a look-ahead of {lookahead} epoch(s); the daemon "

@@ -8,11 +8,14 @@ Tensors are the model's ``state_dict`` (parameters and persistent buffers). The 
 - ``preprocess``: ``PreprocessSpec.to_json()``;
 - ``label_maps``: JSON object, e.g. ``{"stage": ["W", "N1", "N2", "N3", "R"], ...}``;
 - ``model_id``: sha256 (hex) over the config JSON and every tensor (name, dtype, shape, bytes);
-- ``card``: optional JSON object (the model card).
+- ``card``: optional JSON object (the model card);
+- ``members``: optional, the member count of a :class:`~rtsleep.models.ensemble.SleepNetEnsemble`
+  (``config`` is then the members' config and tensors are named ``members.<i>.<name>``).
 
-``load_model(path)`` rebuilds the model from the file alone and checks, with a one-line
+``load_model(path)`` rebuilds a single model from the file alone and checks, with a one-line
 ``ValueError`` naming the file: the safetensors framing, the format version, the config, the
 tensor names and shapes, the model id, and (when given) the expected preprocessing spec.
+``load_predictor(path)`` does the same for a single model or an ensemble (what scoring reads).
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from torch import Tensor
 
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.recording import STAGE_NAMES
+from rtsleep.models.ensemble import SleepNetEnsemble
 from rtsleep.models.sleepnet import SleepNet, SleepNetConfig
+
+Predictor = SleepNet | SleepNetEnsemble
+"""What scoring runs: one model or a seed ensemble (same ``forward``/``step``/``init_state``)."""
 
 FORMAT_VERSION = "1"
 """Checkpoint layout version written by ``save_model`` and required by ``load_model``."""
@@ -62,6 +69,8 @@ class CheckpointMeta:
     card: dict[str, Any] | None
     #: Tensor name -> (dtype string, shape) as stored.
     tensors: dict[str, tuple[str, tuple[int, ...]]]
+    #: Ensemble member count (1: a single model).
+    members: int = 1
 
 
 def compute_model_id(config_json: str, tensors: dict[str, Tensor]) -> str:
@@ -75,21 +84,23 @@ def compute_model_id(config_json: str, tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def _state_tensors(model: SleepNet) -> dict[str, Tensor]:
+def _state_tensors(model: Predictor) -> dict[str, Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def save_model(
-    model: SleepNet,
+    model: Predictor,
     path: str | Path,
     preprocess: PreprocessSpec,
     label_maps: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
 ) -> str:
-    """Write ``model`` to ``path`` (atomically: temp file + rename). Returns the model id."""
+    """Write ``model`` (one model or an ensemble) to ``path`` (atomically: temp file + rename).
+    Returns the model id."""
     path = Path(path)
-    if not isinstance(model, SleepNet):
-        raise TypeError(f"save_model expects a SleepNet, got {type(model).__name__}")
+    if not isinstance(model, SleepNet | SleepNetEnsemble):
+        raise TypeError(f"save_model expects a SleepNet or SleepNetEnsemble, got "
+                        f"{type(model).__name__}")
     if not isinstance(preprocess, PreprocessSpec):
         raise TypeError(f"preprocess must be a PreprocessSpec, got {type(preprocess).__name__}")
     for modality in model.modalities:
@@ -116,6 +127,8 @@ def save_model(
     }
     if card is not None:
         metadata["card"] = json.dumps(card, sort_keys=True, allow_nan=False)
+    if isinstance(model, SleepNetEnsemble):
+        metadata["members"] = str(model.n_members)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -210,6 +223,10 @@ def load_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         for k, v in header.items()
         if k != "__metadata__"
     }
+    members_text = meta.get("members", "1")
+    if not members_text.isdigit() or int(members_text) < 1:
+        raise ValueError(f"{path}: metadata 'members' must be a positive integer, "
+                         f"got {members_text!r}")
     return CheckpointMeta(
         path=path,
         format_version=version,
@@ -220,10 +237,11 @@ def load_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         label_maps=label_maps,
         card=card,
         tensors=tensors,
+        members=int(members_text),
     )
 
 
-def _check_tensors(path: Path, model: SleepNet, tensors: dict[str, Tensor]) -> None:
+def _check_tensors(path: Path, model: Predictor, tensors: dict[str, Tensor]) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -245,12 +263,13 @@ def _check_tensors(path: Path, model: SleepNet, tensors: dict[str, Tensor]) -> N
         raise ValueError(f"{path}: weights do not match the config: " + ", ".join(problems))
 
 
-def load_model(
+def load_predictor(
     path: str | Path,
     expected_preprocess: PreprocessSpec | None = None,
     device: torch.device | str = "cpu",
-) -> SleepNet:
-    """Rebuild a :class:`SleepNet` from a checkpoint alone, in eval mode.
+) -> Predictor:
+    """Rebuild a :class:`SleepNet` or :class:`SleepNetEnsemble` from a checkpoint alone, in eval
+    mode.
 
     Raises ``ValueError`` naming ``path`` for a wrong format version, missing/unexpected tensors,
     wrong shapes, a model id that does not match the contents, or a preprocessing spec that
@@ -272,10 +291,27 @@ def load_model(
             f"{path}: model_id mismatch (header {meta.model_id[:12]}..., contents "
             f"{model_id[:12]}...): the file was edited or is corrupt"
         )
-    model = SleepNet(meta.config)
+    model: Predictor = (
+        SleepNet(meta.config) if meta.members == 1
+        else SleepNetEnsemble(meta.config, meta.members)
+    )
     _check_tensors(path, model, tensors)
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         model = model.to(float_dtypes.pop())
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()
+
+
+def load_model(
+    path: str | Path,
+    expected_preprocess: PreprocessSpec | None = None,
+    device: torch.device | str = "cpu",
+) -> SleepNet:
+    """:func:`load_predictor` for a single model (training starts from one): an ensemble file
+    raises ``ValueError`` naming ``path``."""
+    model = load_predictor(path, expected_preprocess, device)
+    if not isinstance(model, SleepNet):
+        raise ValueError(f"{path}: holds an ensemble of {model.n_members} models; training "
+                         "starts from a single model")
+    return model

@@ -1,0 +1,36 @@
+"""``train-default`` end to end on the real shared data (few steps: mechanics, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from offline.train_default import train_default
+from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
+from rtsleep.models.ensemble import SleepNetEnsemble
+
+
+def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        card = train_default(shared_data, tmp_path, pretrain_steps=6, finetune_steps=2, seed=3,
+                             lookahead=1, members=2)
+    finally:
+        torch.set_num_threads(threads)
+    model = load_predictor(tmp_path / "default.safetensors")
+    assert isinstance(model, SleepNetEnsemble) and model.n_members == 2
+    assert model.cfg.lookahead_epochs == 1
+    meta = load_checkpoint_meta(tmp_path / "default.safetensors")
+    assert meta.card is not None and meta.card["recipe"].endswith("--lookahead 1 --members 2")
+    assert [m["seed"] for m in card["members"]] == [3, 4]
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert cv["members"] == [3, 4] and len(cv["member_splits"]) == 2
+    # the delay is flushed at each excerpt's end: all 360 scored DREAMS epochs are judged
+    assert cv["pooled"]["n_epochs"] == 360
+    assert cv["streaming_matches_offline"] is True
+    for s in (3, 4):
+        assert (tmp_path / f"pretrained_seed{s}.safetensors").is_file()
