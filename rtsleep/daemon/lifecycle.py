@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Collection
 from types import FrameType
 from typing import Any
 
@@ -235,14 +236,16 @@ class Daemon:
             alerts += ecg.on_result(res, self.utc_offset)
         return alerts
 
-    def _publish_and_persist(self, results: list[EpochResult]) -> None:
-        """Write-ahead: every advanced bed is persisted *before* its messages are sent.
+    def _publish_and_persist(self, results: list[EpochResult],
+                             advanced: Collection[str] = ()) -> None:
+        """Write-ahead: every advanced bed (with results, or in ``advanced``: it consumed epochs
+        whose results wait in the output delay line) is persisted *before* its messages are sent.
 
         A SIGKILL during the (fsync'd) save then republishes nothing after the restart; only a
         kill inside the non-blocking sends that follow can lose one epoch's messages on the wire.
         """
         alerts = [self._alerts(res) for res in results]
-        for bed_id in sorted({r.bed for r in results}):
+        for bed_id in sorted({r.bed for r in results} | set(advanced)):
             self._persist(bed_id)
         pub = self.publisher
         if pub is None:
@@ -342,7 +345,7 @@ class Daemon:
             results = []
             for blk, t in picked:
                 results.extend(scorer.fail(blk, f"scoring error: {err}", t))
-        self._publish_and_persist(results)
+        self._publish_and_persist(results, {b.bed for b in blocks})
         return len(results)
 
     def run(self) -> int:
@@ -364,14 +367,20 @@ class Daemon:
             if wd is not None and now >= next_wd:
                 sdnotify.notify("WATCHDOG=1")
                 next_wd = now + wd
-            self.publisher.poll(0.0 if n else cfg.poll_s)
+            busy = n or any(self.backlog.values())  # an output delay publishes nothing at first
+            self.publisher.poll(0.0 if busy else cfg.poll_s)
         self.shutdown()
         return 0
 
     def shutdown(self) -> None:
-        """Persist every bed, say goodbye on ``status/``, close streams and sockets."""
+        """Publish what waits in the output delay line (the epochs after the last one are
+        missing), persist every bed, say goodbye on ``status/``, close streams and sockets."""
         sdnotify.notify("STOPPING=1")
         if self.scorer is not None:
+            try:
+                self._publish_and_persist(self.scorer.flush())
+            except Exception:  # noqa: BLE001 - best effort on the way out; the line persists
+                log.exception("flushing the output delay line failed")
             for bed in self.scorer.beds:
                 self._persist(bed)
         try:

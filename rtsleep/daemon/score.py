@@ -38,7 +38,8 @@ def iter_results(
     bed: str = OFFLINE_BED,
     modality_of: ModalityResolver | None = None,
 ) -> Iterator[EpochResult]:
-    """Score ``channels`` epoch by epoch; yields one result per complete 30-s epoch, in order.
+    """Score ``channels`` epoch by epoch; yields one result per complete 30-s epoch, in order
+    (with an output delay, the last ones after the end, fed absent epochs: ``Scorer.flush``).
 
     ``source`` names the recording (as the replayer names its outlets).
     """
@@ -58,6 +59,7 @@ def iter_results(
             epocher.push(lay.key, p.data[idx], idx / p.sfreq)
         blocks = epocher.pop_ready()
         yield from scorer.score(blocks)
+    yield from scorer.flush([bed])  # a model with an output delay: the last epochs
 
 
 def score_file(

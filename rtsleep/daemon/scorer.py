@@ -7,9 +7,20 @@ Per bed it keeps what carries context from epoch to epoch:
   labels by the alias table's preference order), fed the raw samples of every epoch in order,
   scorable or not, so that filters never see a time jump;
 - the model's recurrent state (batch 1, on the model's device), which only a **scorable** epoch
-  advances: an unscorable epoch is reported with its reason and leaves the state untouched;
-- the next epoch index: an epoch already published is skipped (restart dedupe), a skipped index is
+  advances: an unscorable epoch is reported with its reason and leaves the state untouched
+  (with an output delay, see below, it may be fed as an absent epoch);
+- the next epoch index: an epoch already consumed is skipped (restart dedupe), a skipped index is
   reported as unscorable "no data", so indices never repeat and never jump.
+
+**Output delay.** A model with ``cfg.lookahead_epochs = k > 0`` gives, when epoch ``i`` arrives,
+the output for the epoch fed ``k`` steps earlier (``SleepNet`` module doc). The scorer keeps the
+fed epochs of each bed in a delay line and releases results strictly in index order: a scored
+epoch's result ``k`` epochs after it ends. An unscorable epoch is fed as an *absent* epoch (all
+modalities masked, as training pads the end of a recording) while a scorable epoch still waits
+in the line, so a gap or a vanished stream flushes the line on time; otherwise it leaves the state
+untouched. :meth:`Scorer.flush` feeds absent epochs until nothing waits (the end of a file, a
+shutdown). The line is persisted with the bed (:meth:`Scorer.bed_state`), so a restart publishes
+what was waiting. With ``k = 0`` the line is empty between calls and nothing of this shows.
 
 :meth:`Scorer.score` takes the ready epochs of all beds at once and runs the model on one batch per
 round (round ``r`` holds the ``r``-th pending epoch of every bed, so a bed's epochs stay in
@@ -22,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +143,15 @@ class _Bed:
         self.anchor: float | None = None
         self.n_scored = 0
         self.n_unscorable = 0
+        #: Results not yet released, in index order (the output delay).
+        self.pending: deque[EpochResult] = deque()
+        #: What each model step of the delay line fed: the result awaiting that step's output, or
+        #: ``None`` for an absent epoch (its output is dropped). At most ``k`` between calls.
+        self.line: deque[EpochResult | None] = deque()
+
+    def waiting(self) -> bool:
+        """Whether a scorable epoch waits in the delay line for its output."""
+        return any(r is not None for r in self.line)
 
 
 class Scorer:
@@ -193,10 +214,36 @@ class Scorer:
             b.pending_pipeline_states = {k: dict(v) for k, v in restored.pipelines.items()}
             b.n_scored = int(restored.extra.get("epochs_scored", 0))
             b.n_unscorable = int(restored.extra.get("epochs_unscorable", 0))
+            self._restore_line(b, restored.extra.get("delay_line"))
         self.beds[bed] = b
 
+    @property
+    def delay(self) -> int:
+        """The model's output delay ``k``, epochs."""
+        return int(getattr(getattr(self.model, "cfg", None), "lookahead_epochs", 0))
+
+    def _restore_line(self, b: _Bed, saved: Any) -> None:
+        """Rebuild the delay line persisted by :meth:`bed_state` (``None``: an empty line)."""
+        if saved is None:
+            return
+        try:
+            pending = {int(r["index"]): EpochResult(
+                bed=b.bed, index=int(r["index"]), start=r["start"], end=r["end"], probs=None,
+                apnea_prob=None, hypopnea_prob=None, reason=r["reason"], quality=None,
+                used=tuple(Modality(m) for m in r["used"]), ready_at=time.perf_counter(),
+            ) for r in saved["pending"]}
+            line = [None if i is None else pending[int(i)] for i in saved["line"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"bed {b.bed}: saved delay line is malformed ({err})") from None
+        if len(line) > self.delay:
+            raise ValueError(f"bed {b.bed}: saved delay line of {len(line)} steps, the model "
+                             f"delays {self.delay}")
+        b.pending = deque(sorted(pending.values(), key=lambda r: r.index))
+        b.line = deque(line)
+
     def next_epoch(self, bed: str) -> int:
-        """Index of the next epoch ``bed`` will publish."""
+        """Index of the next epoch ``bed`` will consume (results of earlier ones are published
+        or wait in the delay line)."""
         return self.beds[bed].next_epoch
 
     def anchor(self, bed: str) -> float | None:
@@ -224,6 +271,12 @@ class Scorer:
                 "primary": {str(m): lbl for m, lbl in (b.primary or {}).items()},
                 "epochs_scored": b.n_scored,
                 "epochs_unscorable": b.n_unscorable,
+                "delay_line": {
+                    "pending": [{"index": r.index, "start": r.start, "end": r.end,
+                                 "used": [str(m) for m in r.used], "reason": r.reason}
+                                for r in b.pending],
+                    "line": [None if r is None else r.index for r in b.line],
+                },
             },
         )
 
@@ -316,14 +369,58 @@ class Scorer:
         hypo = out.hypopnea_prob.detach().double().cpu().numpy().reshape(-1)  # (B,)
         return [(probs[i].tolist(), float(apnea[i]), float(hypo[i])) for i in range(len(beds))]
 
+    def _absent(self) -> tuple[np.ndarray, np.ndarray]:
+        """An absent epoch: ``x (M, S)`` zeros, ``mask (M,)`` all False."""
+        return (np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32),
+                np.zeros(len(EXG_MODALITIES), dtype=bool))
+
+    def _feed(self, batch: list[tuple[_Bed, np.ndarray, np.ndarray, EpochResult | None]]) -> None:
+        """One batched step per chunk; each bed's delay line takes the fed entry and hands the
+        step's output to the entry ``k`` steps back (``None`` entries: absent epochs)."""
+        k = self.delay
+        for lo in range(0, len(batch), self.max_batch):
+            chunk = batch[lo : lo + self.max_batch]
+            xs = np.stack([c[1] for c in chunk])  # (B, M, S)
+            ms = np.stack([c[2] for c in chunk])  # (B, M)
+            try:
+                outs = self._step([c[0] for c in chunk], xs, ms)
+            except (RuntimeError, ValueError) as err:  # state untouched: not written back
+                log.error("model step failed for %d bed(s): %s", len(chunk), err)
+                for b, _, _, res in chunk:
+                    if res is not None:
+                        res.reason = f"model error: {err}"
+                        b.n_scored -= 1
+                        b.n_unscorable += 1
+                continue
+            for (b, _, _, res), (p, a, h) in zip(chunk, outs, strict=True):
+                b.line.append(res)
+                if len(b.line) <= k:
+                    continue  # the output refers to an epoch before the stream (nothing yet)
+                head = b.line.popleft()
+                if head is None:
+                    continue
+                head.probs = p
+                head.apnea_prob = a if "apnea" in self.heads and math.isfinite(a) else None
+                head.hypopnea_prob = (h if "hypopnea" in self.heads and math.isfinite(h)
+                                      else None)
+
+    @staticmethod
+    def _release(b: _Bed) -> list[EpochResult]:
+        """Pop the bed's finished results in index order (up to the first one still waiting)."""
+        out = []
+        while b.pending and (b.pending[0].reason is not None or b.pending[0].probs is not None):
+            out.append(b.pending.popleft())
+        return out
+
     def score(self, epochs: Sequence[EpochBlock],
               ready_at: Sequence[float] | None = None) -> list[EpochResult]:
-        """Score the ready epochs of any beds; results in per-bed epoch order.
+        """Score the ready epochs of any beds; the results released, in per-bed epoch order.
 
         ``ready_at``: per epoch, the ``time.perf_counter()`` when it became complete (default:
         now), carried into the results as the latency origin. Epochs of unknown beds raise
         ``KeyError``. An epoch whose index is below the bed's next index is dropped (already
-        published); a jump forward first yields "no data" results.
+        consumed); a jump forward first yields "no data" results. With an output delay the
+        results of the last epochs wait in the delay line (module doc).
         """
         now = time.perf_counter()
         times = list(ready_at) if ready_at is not None else [now] * len(epochs)
@@ -336,24 +433,27 @@ class Scorer:
             queues.setdefault(ep.bed, []).append((ep, t))
         for q in queues.values():
             q.sort(key=lambda e: e[0].index)
-        results: list[EpochResult] = []
+        touched: dict[str, _Bed] = {}
         while any(queues.values()):
             round_eps = [q.pop(0) for q in queues.values() if q]
-            batch: list[tuple[_Bed, EpochBlock, np.ndarray, np.ndarray, EpochResult]] = []
+            # one bed may need several steps in a round (gap epochs fed as absent): sub-rounds
+            feeds: dict[str, list[tuple[np.ndarray, np.ndarray, EpochResult | None]]] = {}
             for ep, t_ready in round_eps:
                 b = self.beds[ep.bed]
                 if ep.index < b.next_epoch:
-                    log.debug("bed %s: epoch %d already published, skipped", b.bed, ep.index)
+                    log.debug("bed %s: epoch %d already consumed, skipped", b.bed, ep.index)
                     continue
+                touched[b.bed] = b
                 if b.anchor is None:
                     b.anchor = ep.start_lsl - ep.index * EPOCH_S
-                results.extend(self._gap_results(b, ep.index))
+                fed = feeds.setdefault(b.bed, [])
+                for gap in self._gap_results(b, ep.index):
+                    self._queue_unscorable(b, gap, fed)
                 try:
                     x, mask, reason = self._preprocess(b, ep)
                 except (ValueError, KeyError) as err:
                     log.error("bed %s epoch %d: %s", b.bed, ep.index, err)
-                    x = np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32)
-                    mask = np.zeros(len(EXG_MODALITIES), dtype=bool)
+                    x, mask = self._absent()
                     reason = f"preprocessing error: {err}"
                 res = EpochResult(
                     bed=b.bed, index=ep.index, start=ep.start_lsl, end=ep.end_lsl, probs=None,
@@ -362,31 +462,44 @@ class Scorer:
                     ready_at=t_ready,
                 )
                 b.next_epoch = ep.index + 1
-                results.append(res)
                 if reason is None:
-                    batch.append((b, ep, x, mask, res))
+                    b.pending.append(res)
+                    fed.append((x, mask, res))
                     b.n_scored += 1
                 else:
                     b.n_unscorable += 1
-            for lo in range(0, len(batch), self.max_batch):
-                chunk = batch[lo : lo + self.max_batch]
-                xs = np.stack([c[2] for c in chunk])  # (B, M, S)
-                ms = np.stack([c[3] for c in chunk])  # (B, M)
-                try:
-                    outs = self._step([c[0] for c in chunk], xs, ms)
-                except (RuntimeError, ValueError) as err:  # state untouched: not written back
-                    log.error("model step failed for %d bed(s): %s", len(chunk), err)
-                    for b, _, _, _, res in chunk:
-                        res.reason = f"model error: {err}"
-                        b.n_scored -= 1
-                        b.n_unscorable += 1
-                    continue
-                for (_, _, _, _, res), (p, a, h) in zip(chunk, outs, strict=True):
-                    res.probs = p
-                    res.apnea_prob = a if "apnea" in self.heads and math.isfinite(a) else None
-                    res.hypopnea_prob = (h if "hypopnea" in self.heads and math.isfinite(h)
-                                         else None)
-        return results
+                    self._queue_unscorable(b, res, fed)
+            depth = max((len(f) for f in feeds.values()), default=0)
+            for j in range(depth):
+                self._feed([(self.beds[bed], *f[j]) for bed, f in feeds.items() if j < len(f)])
+        return [r for b in touched.values() for r in self._release(b)]
+
+    def _queue_unscorable(
+        self, b: _Bed, res: EpochResult,
+        fed: list[tuple[np.ndarray, np.ndarray, EpochResult | None]],
+    ) -> None:
+        """Queue an unscorable result; feed it as an absent epoch if a scorable epoch will still
+        wait in the delay line when it is fed (the line then holds the last ``k`` entries of what
+        it holds now and of this round's feeds), so the line keeps moving."""
+        b.pending.append(res)
+        k = self.delay
+        if k == 0:
+            return
+        line_then = [*b.line, *(r for _, _, r in fed)][-k:]
+        if any(r is not None for r in line_then):
+            fed.append((*self._absent(), None))
+
+    def flush(self, beds: Collection[str] | None = None) -> list[EpochResult]:
+        """Feed absent epochs until no scorable epoch of ``beds`` (default all) waits in the delay
+        line; returns the released results (nothing with ``k = 0``). The end of a recording, or a
+        shutdown: the following epochs are treated as missing."""
+        chosen = [self.beds[bed] for bed in (beds if beds is not None else list(self.beds))]
+        while True:
+            active = [b for b in chosen if b.waiting()]
+            if not active:
+                break
+            self._feed([(b, *self._absent(), None) for b in active])
+        return [r for b in chosen for r in self._release(b)]
 
     def fail(self, block: EpochBlock, reason: str, ready_at: float) -> list[EpochResult]:
         """Report ``block`` unscorable with ``reason`` (after an internal error), keeping the
@@ -394,15 +507,15 @@ class Scorer:
         b = self.beds[block.bed]
         if block.index < b.next_epoch:
             return []
-        out = self._gap_results(b, block.index)
-        out.append(EpochResult(
+        b.pending.extend(self._gap_results(b, block.index))
+        b.pending.append(EpochResult(
             bed=b.bed, index=block.index, start=block.start_lsl, end=block.end_lsl, probs=None,
             apnea_prob=None, hypopnea_prob=None, reason=reason, quality=block.quality,
             ready_at=ready_at,
         ))
         b.next_epoch = block.index + 1
         b.n_unscorable += 1
-        return out
+        return self._release(b)
 
     def known_beds(self) -> Mapping[str, int]:
         """Bed -> next epoch index."""
@@ -420,7 +533,8 @@ def load_scoring_model(
     """Load a checkpoint for streaming: ``(model, preprocess spec, model id, device)``.
 
     ``path`` empty means the bundled model. Raises ``ValueError`` naming the file on any problem
-    (missing file, bad checkpoint, a model with a look-ahead, which the daemon cannot stream).
+    (missing file, bad checkpoint). A model with an output delay is streamed with its delay line
+    (module doc).
     """
     from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
@@ -431,10 +545,6 @@ def load_scoring_model(
     dev = resolve_device(device)
     meta = load_checkpoint_meta(p)
     model = load_predictor(p)
-    lookahead = int(getattr(getattr(model, "cfg", None), "lookahead_epochs", 0))
-    if lookahead:
-        raise ValueError(f"{p}: model has a look-ahead of {lookahead} epoch(s); the daemon "
-                         "streams causal models only")
     return model, meta.preprocess, meta.model_id, dev
 
 
