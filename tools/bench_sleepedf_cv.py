@@ -1,0 +1,92 @@
+"""Subject-wise CV of the spectral pre-training on the Sleep-EDF feature nights in shared data.
+
+For each of the 8 subjects: a fresh spectral model (output delay ``--lookahead`` epochs) is
+pre-trained as ``train-default`` does (``offline.train_default.pretrain_config``, no model
+selection) on the nights of the other 7 subjects and scored on both nights of the held-out
+subject, on both EEG channels (Fpz-Cz, Pz-Oz), with ``lookahead`` absent epochs after each night's
+end as in evaluation. Prints and optionally writes pooled accuracy / macro-F1 / kappa, per-class
+F1 and per-subject accuracy.
+
+    python tools/bench_sleepedf_cv.py --lookahead 0 --out sedf_k0.json   # ~15 min on one core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from offline.spectral_train import (  # noqa: E402
+    fit_standardisation,
+    load_sleep_edf_features,
+    spectral_model_config,
+    stage_logits_from_log_power,
+    train_phase,
+)
+from offline.stage_eval import stage_metrics  # noqa: E402
+from offline.train_default import SEDF_FEATURES, pretrain_config  # noqa: E402
+from rtsleep.models.sleepnet import SleepNet  # noqa: E402
+from rtsleep.settings import data_dir  # noqa: E402
+
+log = logging.getLogger("bench_sleepedf_cv")
+
+
+def run(data: Path, lookahead: int, seed: int, steps: int) -> dict[str, object]:
+    """The CV (module doc); returns the figures."""
+    nights = load_sleep_edf_features(data / SEDF_FEATURES)
+    subjects = sorted({n.subject for n in nights})
+    truth, pred = [], []
+    per_subject: dict[str, float] = {}
+    for s in subjects:
+        torch.manual_seed(seed)
+        model = SleepNet(spectral_model_config(lookahead_epochs=lookahead))
+        train = [n for n in nights if n.subject != s]
+        fit_standardisation(model, train)
+        model, _ = train_phase(model, train, None, pretrain_config(seed, steps), "cv")
+        yt, yp = [], []
+        with torch.no_grad():
+            for n in (n for n in nights if n.subject == s):
+                for ch in range(n.log_power.shape[1]):
+                    lp = n.log_power[:, ch]  # (T, n_bands)
+                    tail = lp.new_full((lookahead, lp.shape[1]), float("nan"))  # absent epochs
+                    logits = stage_logits_from_log_power(model, torch.cat([lp, tail])[None])
+                    ok = n.stages >= 0
+                    yt.append(n.stages[ok].numpy())
+                    yp.append(logits[0, lookahead:][ok].argmax(-1).numpy())
+        per_subject[s] = float(stage_metrics(np.concatenate(yt), np.concatenate(yp))["accuracy"])
+        truth += yt
+        pred += yp
+        log.info("subject %s: accuracy %.3f", s, per_subject[s])
+    m = stage_metrics(np.concatenate(truth), np.concatenate(pred))
+    return {"lookahead_epochs": lookahead, "seed": seed, "steps": steps,
+            "pooled": {k: m[k] for k in ("accuracy", "macro_f1", "kappa", "n_epochs")},
+            "per_class_f1": m["per_class_f1"], "per_subject_accuracy": per_subject}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=data_dir())
+    ap.add_argument("--lookahead", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    res = run(args.data, args.lookahead, args.seed, args.steps)
+    text = json.dumps(res, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    log.info("%s", text)
+
+
+if __name__ == "__main__":
+    main()
