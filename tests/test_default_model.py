@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from offline.stage_data import load_raw
 from offline.stage_eval import default_model_path, run_offline, run_streaming
 from rtsleep.data.preprocessing import PreprocessSpec
-from rtsleep.models.checkpoint import load_checkpoint_meta, load_model
+from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
+from rtsleep.models.ensemble import SleepNetEnsemble
 
 MAX_BYTES = 20 * 1024 * 1024
 
@@ -21,9 +22,10 @@ MAX_BYTES = 20 * 1024 * 1024
 def test_bundled_model_loads_with_the_default_preprocessing() -> None:
     path = default_model_path()
     assert path.stat().st_size <= MAX_BYTES
-    model = load_model(path, expected_preprocess=PreprocessSpec.default())
+    model = load_predictor(path, expected_preprocess=PreprocessSpec.default())
+    assert isinstance(model, SleepNetEnsemble) and model.n_members == 5  # a seed ensemble
     assert model.cfg.encoder == "spectral"
-    assert model.cfg.lookahead_epochs == 0  # the daemon streams it without delay
+    assert model.cfg.lookahead_epochs == 0  # the daemon publishes each stage without delay
     meta = load_checkpoint_meta(path)
     assert not PreprocessSpec.default().mismatches(meta.preprocess)
     assert meta.card is not None
@@ -44,7 +46,7 @@ def test_bundled_model_streams_exactly_as_offline_on_real_eeg(
     shared_data: Path, tmp_path: Path
 ) -> None:
     torch.set_num_threads(1)
-    model = load_model(default_model_path())
+    model = load_predictor(default_model_path())
     (rec,) = load_raw("dreams", _excerpt_folder(shared_data, tmp_path, 1), PreprocessSpec.default())
     off, stream = run_offline(model, rec), run_streaming(model, rec)
     assert len(off.epochs) == rec.n_epochs == 60
