@@ -191,7 +191,7 @@ def _sample_batch(
         n = len(s.stages)
         start = int(torch.randint(n - length + 1, (1,), generator=gen))
         ch = int(torch.randint(s.log_power.shape[1], (1,), generator=gen))
-        lps.append(_absent_padded(s.log_power[start : start + length + lookahead, ch],
+        lps.append(absent_padded(s.log_power[start : start + length + lookahead, ch],
                                   length + lookahead))  # (L + k, n_bands)
         ys.append(s.stages[start : start + length])
     lp = torch.stack(lps)  # (B, L + k, n_bands)
@@ -202,8 +202,9 @@ def _sample_batch(
     return lp + gain + band + noise, torch.stack(ys)
 
 
-def _absent_padded(log_power: Tensor, length: int) -> Tensor:
-    """``(n, n_bands)`` -> ``(length, n_bands)``, NaN rows (absent epochs) after the end."""
+def absent_padded(log_power: Tensor, length: int) -> Tensor:
+    """``(n, n_bands)`` -> ``(length, n_bands)``, NaN rows (absent epochs) after the end (what a
+    model with an output delay is fed after the end of a recording)."""
     pad = log_power.new_full((length - log_power.shape[0], log_power.shape[1]), math.nan)
     return torch.cat([log_power, pad])
 
@@ -247,7 +248,7 @@ def sequence_loss(
     cm = torch.zeros(N_CLASSES, N_CLASSES, dtype=torch.int64)  # rows truth, columns prediction
     for s in seqs:
         n_epochs = len(s.stages)
-        lp = _absent_padded(s.log_power[:, 0], n_epochs + k)  # (T + k, n_bands)
+        lp = absent_padded(s.log_power[:, 0], n_epochs + k)  # (T + k, n_bands)
         logits = stage_logits_from_log_power(model, lp[None])[0, k:]  # (T, 5)
         ok = s.stages >= 0
         if not bool(ok.any()):
@@ -303,8 +304,8 @@ def train_phase(
     running = 0.0
     last = cfg.stop_at if 0 < cfg.stop_at < cfg.steps else cfg.steps
     for step in range(1, last + 1):
-        lp, y = _sample_batch(train, cfg, gen, model.cfg.lookahead_epochs)
         k = model.cfg.lookahead_epochs
+        lp, y = _sample_batch(train, cfg, gen, k)
         logits = stage_logits_from_log_power(model, lp)[:, k:]  # (B, L, 5)
         ok = y >= 0
         loss = F.cross_entropy(logits[ok], y[ok], weight=weights)
@@ -382,6 +383,7 @@ def finetune(
 
 __all__ = [
     "SEDF_BAND_COLUMNS",
+    "absent_padded",
     "Sequence",
     "TrainConfig",
     "class_weights",

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from offline.spectral_train import (  # noqa: E402
+    absent_padded,
     fit_standardisation,
     load_sleep_edf_features,
     spectral_model_config,
@@ -54,9 +55,8 @@ def run(data: Path, lookahead: int, seed: int, steps: int) -> dict[str, object]:
         with torch.no_grad():
             for n in (n for n in nights if n.subject == s):
                 for ch in range(n.log_power.shape[1]):
-                    lp = n.log_power[:, ch]  # (T, n_bands)
-                    tail = lp.new_full((lookahead, lp.shape[1]), float("nan"))  # absent epochs
-                    logits = stage_logits_from_log_power(model, torch.cat([lp, tail])[None])
+                    lp = absent_padded(n.log_power[:, ch], len(n.stages) + lookahead)
+                    logits = stage_logits_from_log_power(model, lp[None])  # (1, T + k, 5)
                     ok = n.stages >= 0
                     yt.append(n.stages[ok].numpy())
                     yp.append(logits[0, lookahead:][ok].argmax(-1).numpy())
