@@ -47,12 +47,11 @@ def excerpt3_blocks(shared_data: Path) -> list[EpochBlock]:
     return ep.pop_ready()
 
 
-def test_loop_scores_publishes_alerts_persists_and_beats(shared_data: Path,
-                                                         tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = tmp_path / "m.safetensors"
-    save_model(SleepNet(SleepNetConfig.default()).eval(), model, PreprocessSpec.default(),
-               card={"training": {"trained_heads": ["stage", "apnea", "hypopnea"]}})
+def serve_blocks(tmp_path: Path, model: Path, blocks: list[EpochBlock], extra_toml: str = "",
+                 ) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+    """Run the daemon in-process on ``blocks`` of bed1 (injected into its backlog), ``N + 2``
+    loop rounds, then SIGTERM; returns the epochs published by the rounds and every message a
+    subscriber got (shutdown included)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -66,9 +65,7 @@ path = "{model}"
 device = "cpu"
 [zmq]
 endpoints = ["tcp://127.0.0.1:{port}"]
-[alerts]
-apnea_prob = 0.01
-ecg = true
+{extra_toml}
 [[beds]]
 id = "bed1"
 streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
@@ -77,7 +74,6 @@ streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
 id = "bed2"
 streams = [{{ source_id = "rtsleep-test-absent-{port}" }}]
 """)
-    blocks = excerpt3_blocks(shared_data)
     daemon = Daemon(load_config(cfg_path, env={}))
     ctx: zmq.Context[Any] = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -102,6 +98,21 @@ streams = [{{ source_id = "rtsleep-test-absent-{port}" }}]
     finally:
         sub.close(0)
         ctx.term()
+    return n, got
+
+
+def test_loop_scores_publishes_alerts_persists_and_beats(shared_data: Path,
+                                                         tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "m.safetensors"
+    save_model(SleepNet(SleepNetConfig.default()).eval(), model, PreprocessSpec.default(),
+               card={"training": {"trained_heads": ["stage", "apnea", "hypopnea"]}})
+    blocks = excerpt3_blocks(shared_data)
+    n, got = serve_blocks(tmp_path, model, blocks, """
+[alerts]
+apnea_prob = 0.01
+ecg = true
+""")
     assert n == N
     for _, msg in got:
         jsonschema.validate(msg, SCHEMA)
@@ -135,3 +146,23 @@ def test_journal_format_prefixes_syslog_priority() -> None:
     rec = logging.LogRecord("rtsleep.x", logging.WARNING, __file__, 1, "bed %s\nlost", ("b1",),
                             None)
     assert fmt.format(rec) == "<4>rtsleep.x: bed b1 | lost"
+
+
+def test_shutdown_publishes_the_epochs_waiting_in_an_output_delay(shared_data: Path,
+                                                                  tmp_path: Path) -> None:
+    from offline.spectral_train import spectral_model_config
+
+    torch.manual_seed(0)
+    model = tmp_path / "delayed.safetensors"
+    save_model(SleepNet(spectral_model_config(lookahead_epochs=2)).eval(), model,
+               PreprocessSpec.default())
+    n, got = serve_blocks(tmp_path, model, excerpt3_blocks(shared_data))
+    assert n == N - 2  # the loop released all but the last two epochs
+    stages = [m for t, m in got if t == "stage/bed1/"]
+    assert [m["epoch"] for m in stages] == list(range(N))  # shutdown flushed the last two
+    assert all(m["status"] == "scored" for m in stages)
+    for _, msg in got:
+        jsonschema.validate(msg, SCHEMA)
+    saved = load_state(tmp_path / "state", "bed1", stages[0]["model_id"], 3600)
+    assert saved is not None and saved.next_epoch == N
+    assert saved.extra["delay_line"]["pending"] == []
