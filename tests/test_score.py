@@ -66,6 +66,37 @@ def test_score_writes_one_valid_line_per_epoch_equal_to_the_scorer(
     ]
 
 
+def test_score_with_a_delayed_model_scores_every_epoch_equal_to_the_offline_forward(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """``rtsleep score`` flushes a model's output delay at the end of the file: all 60 epochs,
+    each equal to ``SleepNet.forward`` over the epochs the daemon fed, 2 absent ones after."""
+    from offline.spectral_train import spectral_model_config
+    from offline.stage_data import load_raw
+    from offline.stage_eval import run_offline
+
+    torch.set_num_threads(1)
+    torch.manual_seed(2)
+    path = tmp_path / "delayed.safetensors"
+    save_model(SleepNet(spectral_model_config(lookahead_epochs=2)).eval(), path,
+               PreprocessSpec.default())
+    net, spec, model_id, dev = load_scoring_model(path, "cpu")
+    edf = excerpt3(shared_data)
+    msgs = score_file(edf, tmp_path / "d.jsonl", Scorer(net, spec, model_id, dev))
+    assert [m["epoch"] for m in msgs] == list(range(60))
+    assert all(m["status"] == "scored" for m in msgs)
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for name in ("excerpt3.edf", "Hypnogram_excerpt3.txt"):
+        (folder / name).symlink_to(edf.parent / name)
+    (rec,) = load_raw("dreams", folder, spec)
+    off = run_offline(net, rec)  # the same causal preprocessing, then 2 absent epochs
+    got = [[m["probs"][k] for k in ("W", "N1", "N2", "N3", "R")] for m in msgs]
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64),
+                               torch.from_numpy(off.probs).double(),
+                               atol=1e-5, rtol=0)
+
+
 def test_score_cli_png_and_errors(shared_data: Path, model_path: Path, tmp_path: Path) -> None:
     edf = excerpt3(shared_data)
     out = tmp_path / "night.jsonl"
