@@ -155,8 +155,11 @@ class Daemon:
         heads = trained_heads(cfg.model.path)
         self.scorer = Scorer(model, spec, model_id, device=device, max_batch=cfg.model.max_batch,
                              heads=heads)
-        log.info("model %s on %s (trained heads: %s)", model_id[:12], device,
-                 ", ".join(sorted(heads)))
+        members = int(getattr(model, "n_members", 1))
+        log.info("model %s on %s (trained heads: %s; %s; output delay %d epoch(s))",
+                 model_id[:12], device, ", ".join(sorted(heads)),
+                 f"ensemble of {members}" if members > 1 else "single model",
+                 self.scorer.delay)
         try:
             cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
             probe = cfg.daemon.state_dir / ".write-test"
