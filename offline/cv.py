@@ -123,6 +123,12 @@ def mean_evals(runs: list[list[RecordingEval]]) -> list[RecordingEval]:
     return out
 
 
+def split_record(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded part of each fold: test and validation subject, training subjects, chosen
+    step (what ``cv.json`` keeps of a split)."""
+    return [{k: f[k] for k in ("test", "val", "train", "best_step")} for f in folds]
+
+
 def write_cv(
     evals: list[RecordingEval], folds: list[dict[str, Any]], out: Path, seed: int, steps: int,
     extra: dict[str, Any] | None = None,
@@ -134,7 +140,7 @@ def write_cv(
     report = write_report(evals, out, extra={"cv": info})
     cv = {
         **info,
-        "split": [{k: f[k] for k in ("test", "val", "train", "best_step")} for f in folds],
+        "split": split_record(folds),
         "pooled": report["pooled"],
         "modes": {m: report["modes"][m]["pooled"] for m in report["modes"]},
         "streaming_matches_offline": report["streaming_matches_offline"],
@@ -192,4 +198,4 @@ def register(app: typer.Typer) -> None:
 
 
 __all__ = ["SHIFT_S", "finetune_config", "loso_split", "mean_evals", "register", "run_loso",
-           "training_sequences", "write_cv"]
+           "split_record", "training_sequences", "write_cv"]

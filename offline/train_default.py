@@ -38,6 +38,7 @@ from offline.cv import (
     finetune_config,
     mean_evals,
     run_loso,
+    split_record,
     training_sequences,
     write_cv,
 )
@@ -81,7 +82,7 @@ def pretrain_config(seed: int, steps: int) -> TrainConfig:
 
 
 def _train_member(
-    data: Path, out: Path, recs: list[StageRecording], nights: list[Sequence],
+    out: Path, recs: list[StageRecording], nights: list[Sequence],
     pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int,
 ) -> tuple[SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
     """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``.
@@ -125,22 +126,21 @@ def train_default(
     spec = PreprocessSpec.default()
     nights = load_sleep_edf_features(Path(data) / SEDF_FEATURES)
     recs = load_raw("dreams", Path(data) / DREAMS, spec)
+    seeds = list(range(seed, seed + members))
     models, runs, infos = [], [], []
     all_folds: list[list[dict[str, Any]]] = []
-    for s in range(seed, seed + members):
-        model, evals, folds, info = _train_member(data, out, recs, nights, pretrain_steps,
+    for s in seeds:
+        model, evals, folds, info = _train_member(out, recs, nights, pretrain_steps,
                                                   finetune_steps, s, lookahead)
         models.append(model)
         runs.append(evals)
         all_folds.append(folds)
         infos.append(info)
         log.info("member seed %d: chose %d fine-tuning steps", s, info["finetune_steps"])
-    seeds = list(range(seed, seed + members))
     cv = write_cv(mean_evals(runs), all_folds[0], out / "cv", seed, finetune_steps,
                   {"pretrained": [str(out / f"pretrained_seed{s}.safetensors") for s in seeds],
                    "shift_s": SHIFT_S, "members": seeds, "lookahead_epochs": lookahead,
-                   "member_splits": [[{k: f[k] for k in ("test", "val", "train", "best_step")}
-                                      for f in folds] for folds in all_folds]})
+                   "member_splits": [split_record(folds) for folds in all_folds]})
     recipe = (f"rtsleep-train train-default --data <shared data> --out DIR --pretrain-steps "
               f"{pretrain_steps} --finetune-steps {finetune_steps} --seed {seed}")
     if lookahead:
