@@ -67,10 +67,11 @@ _SEDF_NAME = re.compile(r"^SC4(\d\d)(\d)E0\.npz$")
 
 
 def spectral_model_config(
-    spec: PreprocessSpec | None = None, lookahead_epochs: int = 0
+    spec: PreprocessSpec | None = None, lookahead_epochs: int = 0, running_epochs: int = 0
 ) -> SleepNetConfig:
     """The shipped spectral model: 32-wide embedding, 2 Mamba layers of width 32, linear head,
-    output delay ``lookahead_epochs`` (30-s epochs).
+    output delay ``lookahead_epochs`` (30-s epochs), running normalisation over
+    ``running_epochs`` (0: none; :mod:`rtsleep.models.spectral`).
 
     The encoder's ``input_scale_uv`` is the EEG scale of ``spec`` (default spec when None), so
     band powers come out in µV²/Hz whatever the preprocessing gain.
@@ -80,7 +81,7 @@ def spectral_model_config(
         encoder="spectral",
         spectral=SpectralConfig(
             sfreq=eeg.sfreq, n_times=eeg.n_times(), input_scale_uv=eeg.scale, hidden=64,
-            d_model=32, dropout=0.1,
+            d_model=32, dropout=0.1, running_epochs=running_epochs,
         ),
         temporal=TemporalConfig(d_model=32, n_layers=2, d_state=16),
         heads=HeadsConfig(hidden=0),
@@ -222,12 +223,18 @@ def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
     zero (the same computation as ``SleepNet.forward`` after the Welch step).
 
     An epoch whose row holds a NaN is absent (no EEG): it gets the model's ``missing_embedding``,
-    as ``SleepNet.encode`` gives an epoch whose EEG is masked. Output ``t`` refers to epoch
+    as ``SleepNet.encode`` gives an epoch whose EEG is masked, and leaves the running
+    normalisation (if the encoder has one) unchanged. Output ``t`` refers to epoch
     ``t - lookahead_epochs`` (``SleepNet`` module doc).
     """
-    present = torch.isfinite(log_power).all(dim=-1, keepdim=True)  # (B, T, 1)
-    emb = spectral_encoder(model).embed(torch.nan_to_num(log_power))  # (B, T, D)
-    emb = torch.where(present, emb, model.missing_embedding.to(emb.dtype))  # (B, T, D)
+    enc = spectral_encoder(model)
+    present = torch.isfinite(log_power).all(dim=-1)  # (B, T)
+    lp = torch.nan_to_num(log_power)  # (B, T, n_bands)
+    means = None
+    if enc.running:  # from a fresh stream, as the crop is one
+        means, _, _ = enc.running_mean(lp, present, *enc.init_running(lp.shape[0], lp.device))
+    emb = enc.embed(lp, means)  # (B, T, D)
+    emb = torch.where(present[..., None], emb, model.missing_embedding.to(emb.dtype))
     y, _ = model.temporal(model.input_proj(model.input_norm(emb)))  # (B, T, d_model)
     return model.heads(y).stage_logits
 
@@ -352,20 +359,33 @@ def raw_sequence(model: SleepNet, rec_id: str, subject: str, x: np.ndarray, mask
     )
 
 
+@torch.no_grad()
 def fit_standardisation(model: SleepNet, seqs: list[Sequence]) -> None:
-    """Set the encoder's feature standardisation from every channel of ``seqs``."""
-    lp = torch.cat([s.log_power.reshape(-1, s.log_power.shape[-1]) for s in seqs])
-    spectral_encoder(model).fit_standardisation(lp)
+    """Set the encoder's feature standardisation from every channel of ``seqs`` (running means,
+    when the encoder uses them, over each whole sequence from a fresh stream)."""
+    enc = spectral_encoder(model)
+    lps, means = [], []
+    for s in seqs:
+        nb = s.log_power.shape[-1]
+        lps.append(s.log_power.reshape(-1, nb))  # (n * C, n_bands)
+        if enc.running:
+            lp = s.log_power.transpose(0, 1)  # (C, n, n_bands): one stream per channel
+            present = torch.isfinite(lp).all(dim=-1)  # (C, n)
+            m, _, _ = enc.running_mean(lp, present, *enc.init_running(lp.shape[0]))
+            means.append(m.transpose(0, 1).reshape(-1, nb))  # (n * C, n_bands), rows as lps
+    enc.fit_standardisation(torch.cat(lps), torch.cat(means) if means else None)
 
 
 def pretrain_sleep_edf(
     nights: list[Sequence], cfg: TrainConfig, val_subjects: tuple[str, ...] = ("07",),
-    lookahead_epochs: int = 0,
+    lookahead_epochs: int = 0, running_epochs: int = 0,
 ) -> tuple[SleepNet, int]:
-    """Phase 1: a fresh spectral model (output delay ``lookahead_epochs``) trained on Sleep-EDF
-    feature nights; the nights of ``val_subjects`` are the validation set (model selection)."""
+    """Phase 1: a fresh spectral model (output delay ``lookahead_epochs``, running normalisation
+    ``running_epochs``) trained on Sleep-EDF feature nights; the nights of ``val_subjects`` are
+    the validation set (model selection)."""
     torch.manual_seed(cfg.seed)
-    model = SleepNet(spectral_model_config(lookahead_epochs=lookahead_epochs))
+    model = SleepNet(spectral_model_config(lookahead_epochs=lookahead_epochs,
+                                           running_epochs=running_epochs))
     train = [s for s in nights if s.subject not in val_subjects]
     val = [s for s in nights if s.subject in val_subjects]
     if not train:

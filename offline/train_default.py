@@ -20,6 +20,8 @@
 
 ``--lookahead K`` trains every phase with an output delay of ``K`` epochs (``SleepNet`` module
 doc); the daemon then publishes each epoch's stage ``K`` epochs after it ends.
+``--running-epochs N`` gives the encoder its running normalisation (band powers relative to the
+stream's own running mean, :mod:`rtsleep.models.spectral`; 0 = none).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ log = logging.getLogger(__name__)
 SEDF_FEATURES = Path("sleep-edf-sc-subset") / "features"
 DREAMS = Path("dreams-spindles")
 
+RUNNING_EPOCHS = 1200
+"""Running normalisation of the recipe (``--running-epochs``): the cumulative mean of the band
+powers over a stream's first 1200 epochs (10 h, any night), then exponential with weight 1/1200.
+Measured against none (docs/benchmarks.md): better on the Sleep-EDF subject-wise CV with two
+seeds and for the DREAMS LOSO ensemble."""
+
 TRAINING_DATA = [
     {
         "name": "Sleep-EDF Expanded, sleep-cassette SC4001-SC4072 (16 nights, 8 subjects)",
@@ -83,7 +91,7 @@ def pretrain_config(seed: int, steps: int) -> TrainConfig:
 
 def _train_member(
     out: Path, recs: list[StageRecording], nights: list[Sequence],
-    pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int,
+    pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int, running_epochs: int,
 ) -> tuple[SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
     """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``.
 
@@ -91,7 +99,8 @@ def _train_member(
     """
     spec = PreprocessSpec.default()
     pcfg = pretrain_config(seed, pretrain_steps)
-    pre, pre_step = pretrain_sleep_edf(nights, pcfg, lookahead_epochs=lookahead)
+    pre, pre_step = pretrain_sleep_edf(nights, pcfg, lookahead_epochs=lookahead,
+                                       running_epochs=running_epochs)
     history = {k: list(v) for k, v in pcfg.history.items()}
     save_model(pre, out / f"pretrained_seed{seed}.safetensors", spec,
                card={"name": "rtsleep spectral stage model, pre-trained only",
@@ -112,11 +121,12 @@ def _train_member(
 
 def train_default(
     data: Path, out: Path, pretrain_steps: int = 600, finetune_steps: int = 150, seed: int = 0,
-    lookahead: int = 0, members: int = 1,
+    lookahead: int = 0, members: int = 1, running_epochs: int = RUNNING_EPOCHS,
 ) -> dict[str, Any]:
     """Run the whole recipe (module doc) for a model with an output delay of ``lookahead``
-    epochs; with ``members > 1`` once per seed ``seed, seed + 1, ...`` and the models are shipped
-    as one :class:`SleepNetEnsemble` (its CV figures: the mean of the members' fold models).
+    epochs and running normalisation over ``running_epochs``; with ``members > 1`` once per
+    seed ``seed, seed + 1, ...`` and the models are shipped as one :class:`SleepNetEnsemble`
+    (its CV figures: the mean of the members' fold models).
     Returns the model card."""
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
@@ -131,7 +141,8 @@ def train_default(
     all_folds: list[list[dict[str, Any]]] = []
     for s in seeds:
         model, evals, folds, info = _train_member(out, recs, nights, pretrain_steps,
-                                                  finetune_steps, s, lookahead)
+                                                  finetune_steps, s, lookahead,
+                                                  running_epochs)
         models.append(model)
         runs.append(evals)
         all_folds.append(folds)
@@ -140,6 +151,7 @@ def train_default(
     cv = write_cv(mean_evals(runs), all_folds[0], out / "cv", seed, finetune_steps,
                   {"pretrained": [str(out / f"pretrained_seed{s}.safetensors") for s in seeds],
                    "shift_s": SHIFT_S, "members": seeds, "lookahead_epochs": lookahead,
+                   "running_epochs": running_epochs,
                    "member_splits": [split_record(folds) for folds in all_folds]})
     recipe = (f"rtsleep-train train-default --data <shared data> --out DIR --pretrain-steps "
               f"{pretrain_steps} --finetune-steps {finetune_steps} --seed {seed}")
@@ -147,6 +159,8 @@ def train_default(
         recipe += f" --lookahead {lookahead}"
     if members > 1:
         recipe += f" --members {members}"
+    if running_epochs != RUNNING_EPOCHS:
+        recipe += f" --running-epochs {running_epochs}"
     kind = "causal Mamba" if not lookahead else f"Mamba, output delay {lookahead} epoch(s)"
     name = f"rtsleep default stage model (spectral encoder + {kind})"
     card: dict[str, Any] = {
@@ -154,6 +168,7 @@ def train_default(
         "training_data": TRAINING_DATA,
         "recipe": recipe,
         "lookahead_epochs": lookahead,
+        "running_epochs": running_epochs,
         "members": [{k: v for k, v in i.items() if k != "history"} for i in infos],
         "pretrain_best_step": infos[0]["pretrain_best_step"],
         "finetune_steps": infos[0]["finetune_steps"],
@@ -191,6 +206,9 @@ def register(app: typer.Typer) -> None:
             help="Output delay in epochs (0: causal, the stage of an epoch as it ends).")] = 0,
         members: Annotated[int, typer.Option(
             help="Seeds in the shipped ensemble (seed, seed + 1, ...).")] = 1,
+        running_epochs: Annotated[int, typer.Option(
+            help="Running normalisation of the band powers over the stream's first N epochs "
+                 "(0: none).")] = RUNNING_EPOCHS,
     ) -> None:
         """Pre-train, cross-validate and fine-tune the default stage model; writes
         OUT/default.safetensors (copy it to rtsleep/assets/ to ship it)."""
@@ -198,7 +216,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             card = train_default(data, out, pretrain_steps, finetune_steps, seed, lookahead,
-                                 members)
+                                 members, running_epochs)
         except DataError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc

@@ -18,14 +18,17 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     threads = torch.get_num_threads()
     try:
         card = train_default(shared_data, tmp_path, pretrain_steps=6, finetune_steps=2, seed=3,
-                             lookahead=1, members=2)
+                             lookahead=1, members=2, running_epochs=300)
     finally:
         torch.set_num_threads(threads)
     model = load_predictor(tmp_path / "default.safetensors")
     assert isinstance(model, SleepNetEnsemble) and model.n_members == 2
     assert model.cfg.lookahead_epochs == 1
+    assert model.cfg.spectral.running_epochs == 300 and card["running_epochs"] == 300
+    assert "0.spectral.mean" in model.init_state(1)
     meta = load_checkpoint_meta(tmp_path / "default.safetensors")
-    assert meta.card is not None and meta.card["recipe"].endswith("--lookahead 1 --members 2")
+    assert meta.card is not None
+    assert meta.card["recipe"].endswith("--lookahead 1 --members 2 --running-epochs 300")
     assert [m["seed"] for m in card["members"]] == [3, 4]
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert cv["members"] == [3, 4] and len(cv["member_splits"]) == 2

@@ -4,8 +4,8 @@ For each of the 8 subjects: a fresh spectral model (output delay ``--lookahead``
 pre-trained as ``train-default`` does (``offline.train_default.pretrain_config``, no model
 selection) on the nights of the other 7 subjects and scored on both nights of the held-out
 subject, on both EEG channels (Fpz-Cz, Pz-Oz), with ``lookahead`` absent epochs after each night's
-end as in evaluation. Prints and optionally writes pooled accuracy / macro-F1 / kappa, per-class
-F1 and per-subject accuracy.
+end as in evaluation (``--running-epochs N``: with the encoder's running normalisation). Prints
+and optionally writes pooled accuracy / macro-F1 / kappa, per-class F1 and per-subject accuracy.
 
     python tools/bench_sleepedf_cv.py --lookahead 0 --out sedf_k0.json   # ~15 min on one core
 """
@@ -39,7 +39,7 @@ from rtsleep.settings import data_dir  # noqa: E402
 log = logging.getLogger("bench_sleepedf_cv")
 
 
-def run(data: Path, lookahead: int, seed: int, steps: int) -> dict[str, object]:
+def run(data: Path, lookahead: int, seed: int, steps: int, running: int = 0) -> dict[str, object]:
     """The CV (module doc); returns the figures."""
     nights = load_sleep_edf_features(data / SEDF_FEATURES)
     subjects = sorted({n.subject for n in nights})
@@ -47,7 +47,8 @@ def run(data: Path, lookahead: int, seed: int, steps: int) -> dict[str, object]:
     per_subject: dict[str, float] = {}
     for s in subjects:
         torch.manual_seed(seed)
-        model = SleepNet(spectral_model_config(lookahead_epochs=lookahead))
+        model = SleepNet(spectral_model_config(lookahead_epochs=lookahead,
+                                               running_epochs=running))
         train = [n for n in nights if n.subject != s]
         fit_standardisation(model, train)
         model, _ = train_phase(model, train, None, pretrain_config(seed, steps), "cv")
@@ -65,7 +66,8 @@ def run(data: Path, lookahead: int, seed: int, steps: int) -> dict[str, object]:
         pred += yp
         log.info("subject %s: accuracy %.3f", s, per_subject[s])
     m = stage_metrics(np.concatenate(truth), np.concatenate(pred))
-    return {"lookahead_epochs": lookahead, "seed": seed, "steps": steps,
+    return {"lookahead_epochs": lookahead, "running_epochs": running, "seed": seed,
+            "steps": steps,
             "pooled": {k: m[k] for k in ("accuracy", "macro_f1", "kappa", "n_epochs")},
             "per_class_f1": m["per_class_f1"], "per_subject_accuracy": per_subject}
 
@@ -75,13 +77,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--lookahead", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--running-epochs", type=int, default=0,
+                    help="running normalisation of the band powers (0: none)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    res = run(args.data, args.lookahead, args.seed, args.steps)
+    res = run(args.data, args.lookahead, args.seed, args.steps, args.running_epochs)
     text = json.dumps(res, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")

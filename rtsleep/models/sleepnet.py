@@ -14,7 +14,10 @@ temporal module is causal). ``SleepNetOutput.epoch_index`` says which epoch each
 the output at arrival ``i`` with the label of epoch ``i - k``.
 
 The recurrent state is the temporal module's flat dict plus ``"n_epochs"`` (``(B,)`` int64, the
-epochs consumed so far per bed), so it persists with safetensors.
+epochs consumed so far per bed) and, for a spectral encoder with running normalisation
+(``SpectralConfig.running_epochs > 0``), its running band-power mean ``"spectral.mean"``
+(``(B, n_bands)``) and count ``"spectral.count"`` (``(B,)`` int64), so it persists with
+safetensors.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ from rtsleep.models.temporal import MambaTemporal, TemporalConfig
 
 ENCODERS = ("fusion", "dual_branch", "spectral")
 N_EPOCHS_KEY = "n_epochs"
+RUNNING_MEAN_KEY = "spectral.mean"
+RUNNING_COUNT_KEY = "spectral.count"
+
+
+_EXTRA_KEYS = frozenset({N_EPOCHS_KEY, RUNNING_MEAN_KEY, RUNNING_COUNT_KEY})
+"""State entries that are not the temporal module's."""
 
 
 def _default_temporal() -> TemporalConfig:
@@ -273,6 +282,27 @@ class SleepNet(nn.Module):
             emb = self.encoder(sel).embedding  # (n, D)
         return out.index_copy(0, idx, emb.to(out.dtype))  # (B, D)
 
+    def _running_encoder(self) -> SpectralEncoder | None:
+        """The spectral encoder when it carries a running normalisation, else None."""
+        enc = self.encoder
+        return enc if isinstance(enc, SpectralEncoder) and enc.running else None
+
+    def _encode_running(
+        self, enc: SpectralEncoder, eeg: Tensor, present: Tensor, mean: Tensor, count: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Spectral embeddings with the running normalisation: ``eeg (B, T, S)``, ``present
+        (B, T)`` -> ``(emb (B, T, D), mean, count)`` (the carried running mean and count)."""
+        b, t, s = eeg.shape
+        flat = torch.nan_to_num(eeg.reshape(b * t, s))  # (B*T, S)
+        n = self.cfg.encode_batch
+        lp = torch.cat(
+            [enc.band_log_power(flat[i : i + n]) for i in range(0, b * t, n)]
+        ).view(b, t, -1)  # (B, T, n_bands)
+        means, mean, count = enc.running_mean(lp, present, mean, count)  # (B, T, n_bands)
+        emb = enc.embed(lp, means)  # (B, T, D)
+        emb = torch.where(present[..., None], emb, self.missing_embedding.to(emb.dtype))
+        return emb, mean, count
+
     def _temporal_input(self, emb: Tensor) -> Tensor:
         """Per-epoch LayerNorm and projection: ``(..., d_embedding) -> (..., d_model)``."""
         return self.input_proj(self.input_norm(emb))
@@ -296,21 +326,31 @@ class SleepNet(nn.Module):
     def init_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> dict[str, Tensor]:
-        """Fresh state for ``batch`` beds (temporal state + ``n_epochs``)."""
+        """Fresh state for ``batch`` beds (temporal state + ``n_epochs``, + the running
+        band-power mean and count with a running-normalised spectral encoder)."""
         state = self.temporal.init_state(batch, device=device, dtype=dtype)
         dev = device if device is not None else self.input_proj.weight.device
         state[N_EPOCHS_KEY] = torch.zeros(batch, dtype=torch.int64, device=dev)
+        enc = self._running_encoder()
+        if enc is not None:
+            state[RUNNING_MEAN_KEY], state[RUNNING_COUNT_KEY] = enc.init_running(batch, dev)
         return state
 
     def state_nbytes(self, batch: int = 1) -> int:
         """Bytes of the recurrent state for ``batch`` beds at the parameter dtype."""
-        return self.temporal.state_nbytes(batch) + 8 * batch
+        extra = 0
+        if self._running_encoder() is not None:
+            extra = 4 * len(self.cfg.spectral.bands) + 8
+        return self.temporal.state_nbytes(batch) + (8 + extra) * batch
+
+    def _state_entry(self, state: dict[str, Tensor], key: str) -> Tensor:
+        try:
+            return state[key]
+        except KeyError:
+            raise ValueError(f"SleepNet: state has no entry {key!r}") from None
 
     def _n_epochs(self, state: dict[str, Tensor]) -> Tensor:
-        try:
-            return state[N_EPOCHS_KEY]
-        except KeyError:
-            raise ValueError(f"SleepNet: state has no entry {N_EPOCHS_KEY!r}") from None
+        return self._state_entry(state, N_EPOCHS_KEY)
 
     # ------------------------------------------------------------- running
     def forward(
@@ -340,21 +380,31 @@ class SleepNet(nn.Module):
         b, t = x.shape[:2]
         if mask.shape != (b, t, m):
             raise ValueError(f"mask must have shape {(b, t, m)}, got {tuple(mask.shape)}")
-        flat_x = x.reshape(b * t, m, s)  # (B*T, M, S)
-        flat_mask = mask.reshape(b * t, m)  # (B*T, M)
-        n = self.cfg.encode_batch
-        emb = torch.cat(
-            [self.encode(flat_x[i : i + n], flat_mask[i : i + n]) for i in range(0, b * t, n)]
-        ).view(b, t, -1)  # (B, T, D_emb)
+        enc = self._running_encoder()
+        run: tuple[Tensor, Tensor] | None = None
+        if enc is not None:
+            run = enc.init_running(b, x.device) if state is None else (
+                self._state_entry(state, RUNNING_MEAN_KEY),
+                self._state_entry(state, RUNNING_COUNT_KEY))
+            emb, *run_new = self._encode_running(enc, x[:, :, 0], mask[:, :, 0].bool(), *run)
+        else:
+            flat_x = x.reshape(b * t, m, s)  # (B*T, M, S)
+            flat_mask = mask.reshape(b * t, m)  # (B*T, M)
+            n = self.cfg.encode_batch
+            emb = torch.cat(
+                [self.encode(flat_x[i : i + n], flat_mask[i : i + n]) for i in range(0, b * t, n)]
+            ).view(b, t, -1)  # (B, T, D_emb)
         temporal_state = None
         n0 = torch.zeros(b, dtype=torch.int64, device=x.device)
         if state is not None:
             n0 = self._n_epochs(state)
-            temporal_state = {k: v for k, v in state.items() if k != N_EPOCHS_KEY}
+            temporal_state = {k: v for k, v in state.items() if k not in _EXTRA_KEYS}
         y, new_state = self.temporal(self._temporal_input(emb), temporal_state)  # (B, T, d)
         steps = torch.arange(t, dtype=torch.int64, device=x.device)
         epoch_index = n0[:, None] + steps[None, :] - self.cfg.lookahead_epochs  # (B, T)
         new_state[N_EPOCHS_KEY] = n0 + t
+        if run is not None:
+            new_state[RUNNING_MEAN_KEY], new_state[RUNNING_COUNT_KEY] = run_new
         return self._outputs(y, epoch_index, aux, aux_mask), new_state
 
     def step(
@@ -371,7 +421,17 @@ class SleepNet(nn.Module):
         ``SleepNetOutput`` with ``(B, ...)`` fields referring to epoch ``epoch_index``.
         """
         n_epochs = self._n_epochs(state)
-        emb = self.encode(x, mask)  # (B, D_emb)
+        enc = self._running_encoder()
+        if enc is not None:
+            mean = self._state_entry(state, RUNNING_MEAN_KEY)
+            count = self._state_entry(state, RUNNING_COUNT_KEY)
+            emb, new_mean, new_count = self._encode_running(
+                enc, x[:, None, 0], mask[:, None, 0].bool(), mean, count)  # (B, 1, D_emb)
+            emb = emb[:, 0]  # (B, D_emb)
+            mean.copy_(new_mean)
+            count.copy_(new_count)
+        else:
+            emb = self.encode(x, mask)  # (B, D_emb)
         y = self.temporal.step(self._temporal_input(emb), state)  # (B, d)
         out = self._outputs(y, n_epochs - self.cfg.lookahead_epochs, aux, aux_mask)
         n_epochs += 1

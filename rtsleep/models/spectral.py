@@ -13,6 +13,15 @@ log band powers (ln µV²/Hz, shifted by ``log_offset`` before the log) and the 
 log-sum-exp (relative powers, insensitive to the channel's gain). They are standardised with
 fixed per-feature ``center``/``scale`` buffers (set from training data, saved with the model) and
 mapped by a small MLP to ``d_model``.
+
+**Running normalisation** (``running_epochs = N > 0``): a third block of features, the log band
+powers minus their running mean over the stream so far (:meth:`SpectralEncoder.running_mean`),
+i.e. each epoch's power relative to this recording's own level, which a montage or an amplifier
+gain shifts as a whole. The running mean is the mean of all present epochs of the stream up to
+and including the current one (epoch 1 of a stream therefore has zeros there), and after ``N``
+epochs it slides as an exponential mean with weight ``1 / N``, so a bed that streams for days
+follows slow changes. It is causal and carried in the model state
+(``spectral.mean (B, n_bands)``, ``spectral.count (B,)``), so streaming equals offline.
 """
 
 from __future__ import annotations
@@ -52,6 +61,9 @@ class SpectralConfig:
     hidden: int = 64
     d_model: int = 32
     dropout: float = 0.1
+    #: Running normalisation (module doc): 0 = off; ``N > 0`` = cumulative mean of the stream's
+    #: log band powers for its first ``N`` epochs, then exponential with weight ``1 / N``.
+    running_epochs: int = 0
 
     def __post_init__(self) -> None:
         self.bands = tuple((float(lo), float(hi)) for lo, hi in self.bands)
@@ -68,11 +80,15 @@ class SpectralConfig:
                 raise ValueError(f"SpectralConfig: band ({lo}, {hi}) Hz not within 0-{nyq} Hz")
         if self.input_scale_uv <= 0 or self.log_offset <= 0:
             raise ValueError("SpectralConfig: input_scale_uv and log_offset must be positive")
+        if self.running_epochs < 0:
+            raise ValueError(f"SpectralConfig: running_epochs must be >= 0, got "
+                             f"{self.running_epochs}")
 
     @property
     def n_features(self) -> int:
-        """Features per epoch: absolute and relative log power of every band."""
-        return 2 * len(self.bands)
+        """Features per epoch: absolute and relative log power of every band, plus the power
+        relative to the running mean when ``running_epochs > 0``."""
+        return (3 if self.running_epochs > 0 else 2) * len(self.bands)
 
 
 class SpectralEncoder(nn.Module):
@@ -126,27 +142,83 @@ class SpectralEncoder(nn.Module):
         power = psd @ self.band_weights.T * cfg.input_scale_uv**2  # (B, n_bands) µV²/Hz
         return torch.log(power + cfg.log_offset)
 
-    def features(self, log_power: Tensor) -> Tensor:
-        """Standardised features from band log powers: ``(..., n_bands) -> (..., n_features)``."""
+    @property
+    def running(self) -> bool:
+        """True when the features include the running normalisation (module doc)."""
+        return self.cfg.running_epochs > 0
+
+    def features(self, log_power: Tensor, running_mean: Tensor | None = None) -> Tensor:
+        """Standardised features from band log powers: ``(..., n_bands) -> (..., n_features)``.
+
+        ``running_mean (..., n_bands)`` (:meth:`running_mean`) is required when
+        ``running_epochs > 0`` and ignored otherwise.
+        """
         rel = log_power - torch.logsumexp(log_power, dim=-1, keepdim=True)  # (..., n_bands)
-        feats = torch.cat([log_power, rel], dim=-1)  # (..., 2 * n_bands)
+        parts = [log_power, rel]
+        if self.running:
+            if running_mean is None or running_mean.shape != log_power.shape:
+                got = None if running_mean is None else tuple(running_mean.shape)
+                raise ValueError(f"SpectralEncoder: running_epochs > 0 needs a running mean of "
+                                 f"shape {tuple(log_power.shape)}, got {got}")
+            parts.append(log_power - running_mean)
+        feats = torch.cat(parts, dim=-1)  # (..., n_features)
         return (feats - self.center) / self.scale
 
-    def embed(self, log_power: Tensor) -> Tensor:
+    def embed(self, log_power: Tensor, running_mean: Tensor | None = None) -> Tensor:
         """Embedding from band log powers ``(..., n_bands) -> (..., d_model)`` (used directly
-        when training on precomputed band powers)."""
-        return self.mlp(self.features(log_power))
+        when training on precomputed band powers); ``running_mean`` as in :meth:`features`."""
+        return self.mlp(self.features(log_power, running_mean))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (B, S)`` preprocessed EEG -> ``(B, d_model)``."""
-        return self.embed(self.band_log_power(x))
+    def forward(self, x: Tensor, running_mean: Tensor | None = None) -> Tensor:
+        """``x (B, S)`` preprocessed EEG -> ``(B, d_model)``; ``running_mean`` as in
+        :meth:`features`."""
+        return self.embed(self.band_log_power(x), running_mean)
+
+    def init_running(self, batch: int, device: torch.device | str | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """A fresh running mean ``(batch, n_bands)`` float32 and count ``(batch,)`` int64."""
+        mean = torch.zeros(batch, len(self.cfg.bands), device=device)
+        return mean, torch.zeros(batch, dtype=torch.int64, device=device)
+
+    def running_mean(
+        self, log_power: Tensor, present: Tensor, mean: Tensor, count: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Running means along a sequence (module doc); absent epochs leave them unchanged.
+
+        Args:
+            log_power: ``(B, T, n_bands)`` band log powers (rows of absent epochs are ignored,
+                NaN allowed there).
+            present: ``(B, T)`` bool, True = the epoch has EEG.
+            mean, count: the carried ``(B, n_bands)`` mean and ``(B,)`` int64 count of present
+                epochs (:meth:`init_running` for a new stream).
+
+        Returns:
+            ``(means (B, T, n_bands), mean, count)``: entry ``t`` includes epoch ``t`` itself
+            (for an absent epoch it is the mean before it); the new mean and count.
+        """
+        n_cap = max(1, self.cfg.running_epochs)
+        lp = torch.nan_to_num(log_power.float())  # (B, T, n_bands)
+        pres = present.bool()
+        out = []
+        m, c = mean.float(), count.to(torch.int64)
+        for t in range(lp.shape[1]):
+            p = pres[:, t]  # (B,)
+            c = c + p.to(torch.int64)
+            w = (1.0 / c.clamp(1, n_cap).to(lp.dtype)) * p.to(lp.dtype)  # (B,)
+            m = m + w[:, None] * (lp[:, t] - m)  # (B, n_bands)
+            out.append(m)
+        means = torch.stack(out, dim=1) if out else lp.new_zeros(lp.shape)  # (B, T, n_bands)
+        return means, m, c
 
     @torch.no_grad()
-    def fit_standardisation(self, log_power: Tensor) -> None:
-        """Set ``center``/``scale`` to the feature mean/std of ``log_power (N, n_bands)``."""
+    def fit_standardisation(self, log_power: Tensor, running_mean: Tensor | None = None) -> None:
+        """Set ``center``/``scale`` to the feature mean/std of ``log_power (N, n_bands)``
+        (``running_mean (N, n_bands)`` is required when ``running_epochs > 0``)."""
         self.center.zero_()
         self.scale.fill_(1.0)
-        feats = self.features(log_power.reshape(-1, len(self.cfg.bands)))  # (N, n_features)
+        nb = len(self.cfg.bands)
+        rm = None if running_mean is None else running_mean.reshape(-1, nb)
+        feats = self.features(log_power.reshape(-1, nb), rm)  # (N, n_features)
         self.center.copy_(feats.mean(dim=0))
         self.scale.copy_(feats.std(dim=0).clamp_min(1e-3))
 
