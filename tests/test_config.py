@@ -80,6 +80,8 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
          "expected an integer"),
         (("heartbeat_s = 2", "inlet_buffer_mb = -1"), "daemon.inlet_buffer_mb",
          "must be in 0..10000 MB"),
+        (("heartbeat_s = 2", "context_reset_s = -30"), "daemon.context_reset_s",
+         "must be >= 0 s"),
     ],
 )
 def test_bad_values_raise_one_line_error_naming_file_and_key(

@@ -149,3 +149,43 @@ def test_late_stream_gets_its_primary_channel_when_it_appears(model: SleepNet) -
     assert all(r.scored and Modality.EEG in r.used for r in more)
     assert sc.beds["b"].primary == {Modality.EEG: "C3-A2", Modality.EOG: "E1-M2",
                                     Modality.EMG: "Chin1-Chin2"}
+
+
+def test_a_long_unscorable_stretch_starts_a_new_recording(model: SleepNet) -> None:
+    """``context_reset_s`` (here 3 epochs) of unscorable epochs: the next scorable epoch starts
+    from a fresh model state; a shorter gap keeps the context."""
+    eps = blocks("b", synthetic_channels(6))
+    kept = Scorer(model, PreprocessSpec.default(), "model-x", context_reset_s=91.0)  # 4 epochs
+    reset = Scorer(model, PreprocessSpec.default(), "model-x", context_reset_s=90.0)  # 3 epochs
+    for sc in (kept, reset):
+        sc.add_bed("b")
+        out = sc.score([eps[0], eps[4]])  # epochs 1-3: "no data"
+        assert [r.scored for r in out] == [True, False, False, False, True]
+    assert int(kept.beds["b"].state["n_epochs"]) == 2  # epochs 0 and 4 in one context
+    assert int(reset.beds["b"].state["n_epochs"]) == 1  # epoch 4 opened a new one
+    # the run of unscorable epochs survives a restart (it is part of the bed state)
+    before = Scorer(model, PreprocessSpec.default(), "model-x", context_reset_s=90.0)
+    before.add_bed("b")
+    before.score([eps[0]])
+    before.fail(eps[2], "model error", 0.0)  # epoch 1 "no data", epoch 2 failed: a run of 2
+    saved = decode_state(encode_state(before.bed_state("b")))
+    assert saved.extra["unscorable_run"] == 2
+    after = Scorer(model, PreprocessSpec.default(), "model-x", context_reset_s=90.0)
+    after.add_bed("b", saved)
+    out = after.score([eps[4]])  # epoch 3 "no data" completes the run of 3
+    assert [r.scored for r in out] == [False, True]
+    assert int(after.beds["b"].state["n_epochs"]) == 1
+    with pytest.raises(ValueError, match="context_reset_s"):
+        Scorer(model, PreprocessSpec.default(), "model-x", context_reset_s=-1.0)
+
+
+def test_a_new_recording_first_releases_what_waits_in_the_delay_line(model: SleepNet) -> None:
+    delayed = SleepNet(dataclasses.replace(model.cfg, lookahead_epochs=2)).eval()
+    delayed.load_state_dict(model.state_dict())
+    eps = blocks("b", synthetic_channels(7))
+    sc = Scorer(delayed, PreprocessSpec.default(), "model-x", context_reset_s=30.0)  # 1 epoch
+    sc.add_bed("b")
+    out = sc.score([eps[0], eps[2]]) + sc.flush()
+    assert [r.index for r in out] == [0, 1, 2]
+    assert [r.scored for r in out] == [True, False, True]
+    assert int(sc.beds["b"].state["n_epochs"]) == 3  # epoch 2 and the flush's two absent epochs

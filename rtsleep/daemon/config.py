@@ -5,6 +5,7 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     [daemon]
     state_dir = "/var/lib/rtsleep"     # per-bed state files (StateDirectory= under systemd)
     state_max_age_s = 3600.0           # a saved state older than this is not restored
+    context_reset_s = 3600.0           # no scorable epoch this long: a new recording (0: never)
     heartbeat_s = 5.0                  # status/ heartbeat period
     epoch_timeout_s = 10.0             # a stream this late past an epoch end is flagged missing
     poll_s = 0.02                      # main-loop idle sleep
@@ -47,6 +48,7 @@ Every problem raises :class:`ConfigError` with the one-line message ``"<file>: <
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -85,6 +87,9 @@ class DaemonSection:
 
     state_dir: Path = Path("/var/lib/rtsleep")
     state_max_age_s: float = 3600.0
+    #: A bed with no scorable epoch for this long starts its model context afresh at the next
+    #: one (a new recording; ``rtsleep.daemon.scorer`` module doc); 0 = never.
+    context_reset_s: float = 3600.0
     heartbeat_s: float = 5.0
     epoch_timeout_s: float = 10.0
     poll_s: float = 0.02
@@ -326,6 +331,9 @@ def validate(cfg: Config) -> None:
                    ("daemon.state_max_age_s", d.state_max_age_s)):
         if not v > 0:
             raise ConfigError(src, key, f"must be > 0, got {v}")
+    if not 0 <= d.context_reset_s < math.inf:
+        raise ConfigError(src, "daemon.context_reset_s", f"must be >= 0 s (0: never), got "
+                          f"{d.context_reset_s}")
     if not 1 <= d.inlet_buffer_s <= MAX_INLET_BUFFER_S:
         raise ConfigError(src, "daemon.inlet_buffer_s", f"must be in 1..{MAX_INLET_BUFFER_S} s, "
                           f"got {d.inlet_buffer_s}")

@@ -154,7 +154,7 @@ class Daemon:
         self.model_id = model_id
         heads = trained_heads(cfg.model.path)
         self.scorer = Scorer(model, spec, model_id, device=device, max_batch=cfg.model.max_batch,
-                             heads=heads)
+                             heads=heads, context_reset_s=cfg.daemon.context_reset_s)
         members = int(getattr(model, "n_members", 1))
         log.info("model %s on %s (trained heads: %s; %s; output delay %d epoch(s))",
                  model_id[:12], device, ", ".join(sorted(heads)),

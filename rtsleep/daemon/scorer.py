@@ -12,6 +12,13 @@ Per bed it keeps what carries context from epoch to epoch:
 - the next epoch index: an epoch already consumed is skipped (restart dedupe), a skipped index is
   reported as unscorable "no data", so indices never repeat and never jump.
 
+**A new recording.** The model's context (its recurrent state, with the running band-power mean
+of a running-normalised encoder) describes the night so far. After ``context_reset_s`` (default
+:data:`CONTEXT_RESET_S`, one hour) of consecutive unscorable epochs (streams gone, electrodes
+off, the daemon down) the next scorable epoch starts from a fresh state, as a restart does when
+the saved state is older than ``daemon.state_max_age_s``: the bed is taken to hold a new
+recording, possibly of another sleeper. Shorter gaps keep the context.
+
 **Output delay.** A model with ``cfg.lookahead_epochs = k > 0`` gives, when epoch ``i`` arrives,
 the output for the epoch fed ``k`` steps earlier (``SleepNet`` module doc). The scorer keeps the
 fed epochs of each bed in a delay line and releases results strictly in index order: a scored
@@ -51,6 +58,9 @@ from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
 
 log = logging.getLogger(__name__)
+
+CONTEXT_RESET_S = 3600.0
+"""Default ``context_reset_s``: unscorable time after which a bed's model context starts afresh."""
 
 
 @dataclass
@@ -143,6 +153,10 @@ class _Bed:
         self.anchor: float | None = None
         self.n_scored = 0
         self.n_unscorable = 0
+        #: Unscorable epochs since the last scorable one (the new-recording rule).
+        self.unscorable_run = 0
+        #: The scorable epoch of a new recording: the context is reset just before it is fed.
+        self.reset_at: EpochResult | None = None
         #: Results not yet released, in index order (the output delay).
         self.pending: deque[EpochResult] = deque()
         #: What each model step of the delay line fed: the result awaiting that step's output, or
@@ -172,7 +186,12 @@ class Scorer:
         device: torch.device | str = "cpu",
         max_batch: int = 256,
         heads: Collection[str] = ("stage", "apnea", "hypopnea"),
+        context_reset_s: float = CONTEXT_RESET_S,
     ) -> None:
+        if not context_reset_s >= 0:
+            raise ValueError(f"context_reset_s must be >= 0, got {context_reset_s}")
+        #: Consecutive unscorable epochs after which a bed's context starts afresh (0: never).
+        self.context_reset_epochs = math.ceil(context_reset_s / EPOCH_S)
         self.device = torch.device(device)
         #: Heads whose outputs are reported; an untrained head's output is ``None``.
         self.heads = frozenset(heads)
@@ -214,6 +233,7 @@ class Scorer:
             b.pending_pipeline_states = {k: dict(v) for k, v in restored.pipelines.items()}
             b.n_scored = int(restored.extra.get("epochs_scored", 0))
             b.n_unscorable = int(restored.extra.get("epochs_unscorable", 0))
+            b.unscorable_run = int(restored.extra.get("unscorable_run", 0))
             self._restore_line(b, restored.extra.get("delay_line"))
         self.beds[bed] = b
 
@@ -271,6 +291,7 @@ class Scorer:
                 "primary": {str(m): lbl for m, lbl in (b.primary or {}).items()},
                 "epochs_scored": b.n_scored,
                 "epochs_unscorable": b.n_unscorable,
+                "unscorable_run": b.unscorable_run,
                 "delay_line": {
                     "pending": [{"index": r.index, "start": r.start, "end": r.end,
                                  "used": [str(m) for m in r.used], "reason": r.reason}
@@ -348,6 +369,7 @@ class Scorer:
                 ready_at=time.perf_counter(),
             ))
             b.n_unscorable += 1
+            b.unscorable_run += 1
             b.next_epoch += 1
         return out
 
@@ -378,6 +400,9 @@ class Scorer:
         """One batched step per chunk; each bed's delay line takes the fed entry and hands the
         step's output to the entry ``k`` steps back (``None`` entries: absent epochs)."""
         k = self.delay
+        for b, _, _, res in batch:
+            if res is not None and res is b.reset_at:
+                self._reset_context(b)
         for lo in range(0, len(batch), self.max_batch):
             chunk = batch[lo : lo + self.max_batch]
             xs = np.stack([c[1] for c in chunk])  # (B, M, S)
@@ -403,6 +428,17 @@ class Scorer:
                 head.apnea_prob = a if "apnea" in self.heads and math.isfinite(a) else None
                 head.hypopnea_prob = (h if "hypopnea" in self.heads and math.isfinite(h)
                                       else None)
+
+    def _reset_context(self, b: _Bed) -> None:
+        """A new recording on ``b`` (module doc): results still waiting in the delay line get
+        their outputs first, then the recurrent state and the line start afresh."""
+        while b.waiting():
+            self._feed([(b, *self._absent(), None)])
+        b.reset_at = None
+        b.state = self._fresh_state()
+        b.line.clear()
+        log.info("bed %s: no scorable epoch for %d epochs or more; a new recording, the model "
+                 "context starts fresh", b.bed, self.context_reset_epochs)
 
     @staticmethod
     def _release(b: _Bed) -> list[EpochResult]:
@@ -463,11 +499,15 @@ class Scorer:
                 )
                 b.next_epoch = ep.index + 1
                 if reason is None:
+                    if 0 < self.context_reset_epochs <= b.unscorable_run:
+                        b.reset_at = res  # _feed starts a fresh context before feeding it
+                    b.unscorable_run = 0
                     b.pending.append(res)
                     fed.append((x, mask, res))
                     b.n_scored += 1
                 else:
                     b.n_unscorable += 1
+                    b.unscorable_run += 1
                     self._queue_unscorable(b, res, fed)
             depth = max((len(f) for f in feeds.values()), default=0)
             for j in range(depth):
@@ -515,6 +555,7 @@ class Scorer:
         ))
         b.next_epoch = block.index + 1
         b.n_unscorable += 1
+        b.unscorable_run += 1
         return self._release(b)
 
     def known_beds(self) -> Mapping[str, int]:
