@@ -63,11 +63,12 @@ log = logging.getLogger(__name__)
 SEDF_FEATURES = Path("sleep-edf-sc-subset") / "features"
 DREAMS = Path("dreams-spindles")
 
-RUNNING_EPOCHS = 1200
+RUNNING_EPOCHS = 240
 """Running normalisation of the recipe (``--running-epochs``): the cumulative mean of the band
-powers over a stream's first 1200 epochs (10 h, any night), then exponential with weight 1/1200.
-Measured against none (docs/benchmarks.md): better on the Sleep-EDF subject-wise CV with two
-seeds and for the DREAMS LOSO ensemble."""
+powers over a stream's first 240 epochs (2 h, the longest training crop), then exponential with
+weight 1/240. Measured against none and against 480 and 1200 (docs/benchmarks.md): better on the
+Sleep-EDF subject-wise CV, on trimmed nights and on whole 20-h recordings, and for the DREAMS
+LOSO ensemble."""
 
 TRAINING_DATA = [
     {
