@@ -227,14 +227,9 @@ def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
     normalisation (if the encoder has one) unchanged. Output ``t`` refers to epoch
     ``t - lookahead_epochs`` (``SleepNet`` module doc).
     """
-    enc = spectral_encoder(model)
     present = torch.isfinite(log_power).all(dim=-1)  # (B, T)
-    lp = torch.nan_to_num(log_power)  # (B, T, n_bands)
-    means = None
-    if enc.running:  # from a fresh stream, as the crop is one
-        means, _, _ = enc.running_mean(lp, present, *enc.init_running(lp.shape[0], lp.device))
-    emb = enc.embed(lp, means)  # (B, T, D)
-    emb = torch.where(present[..., None], emb, model.missing_embedding.to(emb.dtype))
+    # a fresh stream (running normalisation from zero), as every crop is one
+    emb, _ = model.embed_log_power(torch.nan_to_num(log_power), present)  # (B, T, D)
     y, _ = model.temporal(model.input_proj(model.input_norm(emb)))  # (B, T, d_model)
     return model.heads(y).stage_logits
 

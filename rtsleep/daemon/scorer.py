@@ -167,6 +167,11 @@ class _Bed:
         """Whether a scorable epoch waits in the delay line for its output."""
         return any(r is not None for r in self.line)
 
+    def count_unscorable(self) -> None:
+        """One more unscorable epoch: the total and the current run (the new-recording rule)."""
+        self.n_unscorable += 1
+        self.unscorable_run += 1
+
 
 class Scorer:
     """Scores ready epochs of many beds with one model; see the module docstring.
@@ -368,8 +373,7 @@ class Scorer:
                 reason="no data (daemon not running or all streams absent)", quality=None,
                 ready_at=time.perf_counter(),
             ))
-            b.n_unscorable += 1
-            b.unscorable_run += 1
+            b.count_unscorable()
             b.next_epoch += 1
         return out
 
@@ -432,8 +436,7 @@ class Scorer:
     def _reset_context(self, b: _Bed) -> None:
         """A new recording on ``b`` (module doc): results still waiting in the delay line get
         their outputs first, then the recurrent state and the line start afresh."""
-        while b.waiting():
-            self._feed([(b, *self._absent(), None)])
+        self._drain([b])
         b.reset_at = None
         b.state = self._fresh_state()
         b.line.clear()
@@ -506,8 +509,7 @@ class Scorer:
                     fed.append((x, mask, res))
                     b.n_scored += 1
                 else:
-                    b.n_unscorable += 1
-                    b.unscorable_run += 1
+                    b.count_unscorable()
                     self._queue_unscorable(b, res, fed)
             depth = max((len(f) for f in feeds.values()), default=0)
             for j in range(depth):
@@ -534,12 +536,16 @@ class Scorer:
         line; returns the released results (nothing with ``k = 0``). The end of a recording, or a
         shutdown: the following epochs are treated as missing."""
         chosen = [self.beds[bed] for bed in (beds if beds is not None else list(self.beds))]
+        self._drain(chosen)
+        return [r for b in chosen for r in self._release(b)]
+
+    def _drain(self, beds: list[_Bed]) -> None:
+        """Feed absent epochs, batched, until no scorable epoch of ``beds`` waits in the line."""
         while True:
-            active = [b for b in chosen if b.waiting()]
+            active = [b for b in beds if b.waiting()]
             if not active:
                 break
             self._feed([(b, *self._absent(), None) for b in active])
-        return [r for b in chosen for r in self._release(b)]
 
     def fail(self, block: EpochBlock, reason: str, ready_at: float) -> list[EpochResult]:
         """Report ``block`` unscorable with ``reason`` (after an internal error), keeping the
@@ -554,8 +560,7 @@ class Scorer:
             ready_at=ready_at,
         ))
         b.next_epoch = block.index + 1
-        b.n_unscorable += 1
-        b.unscorable_run += 1
+        b.count_unscorable()
         return self._release(b)
 
     def known_beds(self) -> Mapping[str, int]:

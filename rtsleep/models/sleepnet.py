@@ -287,21 +287,50 @@ class SleepNet(nn.Module):
         enc = self.encoder
         return enc if isinstance(enc, SpectralEncoder) and enc.running else None
 
+    def embed_log_power(
+        self, log_power: Tensor, present: Tensor, running: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Spectral embeddings from band log powers, the step after the Welch estimate.
+
+        Args:
+            log_power: ``(B, T, n_bands)`` finite band log powers (rows of absent epochs are
+                ignored).
+            present: ``(B, T)`` bool, True = the epoch has EEG; absent epochs get
+                ``missing_embedding`` and leave the running normalisation unchanged.
+            running: the carried running mean ``(B, n_bands)`` and count ``(B,)`` of a
+                running-normalised encoder (None: a fresh stream); ignored without one.
+
+        Returns:
+            ``emb (B, T, D)`` and the new running mean and count (None without running
+            normalisation). ``TypeError`` for a model without a spectral encoder.
+        """
+        enc = self.encoder
+        if not isinstance(enc, SpectralEncoder):
+            raise TypeError(f"expected a spectral model, got encoder {self.cfg.encoder!r}")
+        means, new = None, None
+        if enc.running:
+            mean, count = running if running is not None else enc.init_running(
+                log_power.shape[0], log_power.device)
+            means, mean, count = enc.running_mean(log_power, present, mean, count)  # (B, T, nb)
+            new = (mean, count)
+        emb = enc.embed(log_power, means)  # (B, T, D)
+        emb = torch.where(present[..., None], emb, self.missing_embedding.to(emb.dtype))
+        return emb, new
+
     def _encode_running(
-        self, enc: SpectralEncoder, eeg: Tensor, present: Tensor, mean: Tensor, count: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, enc: SpectralEncoder, eeg: Tensor, present: Tensor,
+        running: tuple[Tensor, Tensor] | None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Spectral embeddings with the running normalisation: ``eeg (B, T, S)``, ``present
-        (B, T)`` -> ``(emb (B, T, D), mean, count)`` (the carried running mean and count)."""
+        (B, T)``, the carried running mean and count (None: a fresh stream) -> ``(emb (B, T, D),
+        (mean, count))``."""
         b, t, s = eeg.shape
         flat = torch.nan_to_num(eeg.reshape(b * t, s))  # (B*T, S)
         n = self.cfg.encode_batch
         lp = torch.cat(
             [enc.band_log_power(flat[i : i + n]) for i in range(0, b * t, n)]
         ).view(b, t, -1)  # (B, T, n_bands)
-        means, mean, count = enc.running_mean(lp, present, mean, count)  # (B, T, n_bands)
-        emb = enc.embed(lp, means)  # (B, T, D)
-        emb = torch.where(present[..., None], emb, self.missing_embedding.to(emb.dtype))
-        return emb, mean, count
+        return self.embed_log_power(lp, present, running)
 
     def _temporal_input(self, emb: Tensor) -> Tensor:
         """Per-epoch LayerNorm and projection: ``(..., d_embedding) -> (..., d_model)``."""
@@ -381,12 +410,11 @@ class SleepNet(nn.Module):
         if mask.shape != (b, t, m):
             raise ValueError(f"mask must have shape {(b, t, m)}, got {tuple(mask.shape)}")
         enc = self._running_encoder()
-        run: tuple[Tensor, Tensor] | None = None
+        run_new: tuple[Tensor, Tensor] | None = None
         if enc is not None:
-            run = enc.init_running(b, x.device) if state is None else (
-                self._state_entry(state, RUNNING_MEAN_KEY),
-                self._state_entry(state, RUNNING_COUNT_KEY))
-            emb, *run_new = self._encode_running(enc, x[:, :, 0], mask[:, :, 0].bool(), *run)
+            run = None if state is None else (self._state_entry(state, RUNNING_MEAN_KEY),
+                                              self._state_entry(state, RUNNING_COUNT_KEY))
+            emb, run_new = self._encode_running(enc, x[:, :, 0], mask[:, :, 0].bool(), run)
         else:
             flat_x = x.reshape(b * t, m, s)  # (B*T, M, S)
             flat_mask = mask.reshape(b * t, m)  # (B*T, M)
@@ -403,7 +431,7 @@ class SleepNet(nn.Module):
         steps = torch.arange(t, dtype=torch.int64, device=x.device)
         epoch_index = n0[:, None] + steps[None, :] - self.cfg.lookahead_epochs  # (B, T)
         new_state[N_EPOCHS_KEY] = n0 + t
-        if run is not None:
+        if run_new is not None:
             new_state[RUNNING_MEAN_KEY], new_state[RUNNING_COUNT_KEY] = run_new
         return self._outputs(y, epoch_index, aux, aux_mask), new_state
 
@@ -425,11 +453,12 @@ class SleepNet(nn.Module):
         if enc is not None:
             mean = self._state_entry(state, RUNNING_MEAN_KEY)
             count = self._state_entry(state, RUNNING_COUNT_KEY)
-            emb, new_mean, new_count = self._encode_running(
-                enc, x[:, None, 0], mask[:, None, 0].bool(), mean, count)  # (B, 1, D_emb)
+            emb, carried = self._encode_running(
+                enc, x[:, None, 0], mask[:, None, 0].bool(), (mean, count))  # (B, 1, D_emb)
             emb = emb[:, 0]  # (B, D_emb)
-            mean.copy_(new_mean)
-            count.copy_(new_count)
+            if carried is not None:
+                mean.copy_(carried[0])
+                count.copy_(carried[1])
         else:
             emb = self.encode(x, mask)  # (B, D_emb)
         y = self.temporal.step(self._temporal_input(emb), state)  # (B, d)
