@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 from collections import Counter
 from pathlib import Path
 
+import edfio
 import numpy as np
 import pytest
 
@@ -129,3 +132,35 @@ def test_bad_excerpt_text_is_an_error(tmp_path: Path) -> None:
     sig.write_text("[C3-A1]\n1.0\nabc\n")
     with pytest.raises(DataError, match="non-numeric"):
         read_recording("dreams", sig)
+
+
+def _edf_of_excerpt1(dreams: Path, out: Path) -> Path:
+    """excerpt1's real C3-A1 signal written as an EDF without a ``hypnogram`` channel, like the
+    100/200-Hz excerpt EDFs of the DREAMS distribution may be."""
+    lines = (dreams / "excerpt1.txt").read_text().split()
+    data = np.array(lines[1:], dtype=np.float64)
+    lim = float(np.ceil(np.abs(data).max()))
+    sig = edfio.EdfSignal(data, 100.0, label="C3-A1", physical_dimension="uV",
+                          physical_range=(-lim, lim))
+    edf = edfio.Edf([sig], recording=edfio.Recording(startdate=dt.date(2024, 1, 2)),
+                    starttime=dt.time(0, 0), data_record_duration=1.0)
+    path = out / "excerpt1.edf"
+    edf.write(path)
+    return path
+
+
+def test_edf_excerpt_without_hypnogram_channel_takes_the_text_hypnogram(
+    dreams: Path, recordings: dict[str, Recording], tmp_path: Path
+) -> None:
+    from rtsleep.data.readers.dreams import dreams_fine_stages
+
+    edf = _edf_of_excerpt1(dreams, tmp_path)
+    rec = read_recording("dreams", edf)
+    assert rec.stages is None  # no hypnogram anywhere: a recording without stages, no error
+    shutil.copy(dreams / "Hypnogram_excerpt1.txt", tmp_path)
+    rec = read_recording("dreams", edf)
+    assert [p.name for p in list_sources("dreams", tmp_path)] == ["excerpt1.edf"]
+    np.testing.assert_array_equal(rec.stages, recordings["excerpt1"].stages)
+    fine, step = dreams_fine_stages(rec)
+    assert step == 5.0 and len(fine) == 360
+    assert rec.events == []

@@ -9,7 +9,9 @@
   votes, the one that occurs first in the epoch wins (the stage the epoch starts in). The shared
   excerpts have no ties.
 - ``excerpt3.edf`` (full PSG): all channels via the EDF reader. The stages come from its 1-Hz
-  ``hypnogram`` channel (the same codes, 1 s each) with the same vote over 30 values.
+  ``hypnogram`` channel (the same codes, 1 s each) with the same vote over 30 values; an
+  excerpt EDF without that channel takes its stages from ``Hypnogram_excerptN.txt`` beside it
+  (and has none, with a warning, when that is missing too).
   ``event_pneumo`` (expert respiratory events; codes 1, 3 and 10 are undocumented, 0 = none) is
   kept as a raw 1-Hz OTHER channel, and each run of one non-zero code becomes an
   ``APNEA_HYPOPNEA`` event (disordered breathing, type unknown) labelled ``event_pneumo=<code>``.
@@ -131,11 +133,8 @@ def dreams_fine_stages(rec: Recording) -> tuple[np.ndarray, float]:
     ``(codes int8 (n,), step_s)``. ``excerptN.edf``: its 1-Hz ``hypnogram`` channel (1 s);
     ``excerptN.txt``: ``Hypnogram_excerptN.txt`` (5 s). :func:`majority_stages` of them with
     ``30 / step_s`` steps per epoch gives ``rec.stages``; other offsets give shifted 30-s grids."""
-    if rec.source.suffix.lower() == ".edf":
-        try:
-            hyp = rec.channel("hypnogram")
-        except KeyError:
-            raise DataError(rec.source, "DREAMS EDF has no 'hypnogram' channel") from None
+    if rec.source.suffix.lower() == ".edf" and _has_channel(rec, "hypnogram"):
+        hyp = rec.channel("hypnogram")
         return _map_codes(hyp.data.astype(np.int64), rec.source), 1.0 / hyp.sfreq
     hyp_txt = rec.source.with_name(f"Hypnogram_{_excerpt_name(rec.source)}.txt")
     return read_dreams_hypnogram_steps(hyp_txt, rec.duration_s), HYPNOGRAM_STEP_S
@@ -184,13 +183,18 @@ def read_dreams(source: Path, channel_map: ChannelMap | None = None) -> Recordin
             source, cmap, dataset="dreams", recording_id=name, subject=name,
             unit_overrides=EDF_UNIT_FIXES,
         )
-        edf_stages, events = _edf_labels(rec)
-        if hyp_txt.is_file():
-            from_txt = read_dreams_hypnogram(hyp_txt, rec.duration_s)
-            if not np.array_equal(from_txt, edf_stages):
+        rec.events = _edf_events(rec)
+        from_txt = read_dreams_hypnogram(hyp_txt, rec.duration_s) if hyp_txt.is_file() else None
+        if _has_channel(rec, "hypnogram"):
+            rec.stages = _edf_stages(rec)
+            if from_txt is not None and not np.array_equal(from_txt, rec.stages):
                 log.warning("%s: 'hypnogram' channel differs from %s", source, hyp_txt.name)
-        rec.stages = edf_stages
-        rec.events = events
+        elif from_txt is not None:
+            log.info("%s: no 'hypnogram' channel; stages from %s", source, hyp_txt.name)
+            rec.stages = from_txt
+        else:
+            log.warning("%s: no 'hypnogram' channel and no %s; recording has no stages",
+                        source, hyp_txt.name)
         return rec
     channel = _read_txt_signal(source, cmap)
     if abs(channel.duration_s - EXCERPT_S) > 1e-6:
@@ -214,19 +218,25 @@ def read_dreams(source: Path, channel_map: ChannelMap | None = None) -> Recordin
     )
 
 
-def _edf_labels(rec: Recording) -> tuple[np.ndarray, list[Event]]:
-    try:
-        hyp = rec.channel("hypnogram")
-    except KeyError:
-        raise DataError(rec.source, "DREAMS EDF has no 'hypnogram' channel") from None
+def _has_channel(rec: Recording, label: str) -> bool:
+    return any(c.label == label for c in rec.channels)
+
+
+def _edf_stages(rec: Recording) -> np.ndarray:
+    """30-s stages from the EDF's 1-Hz ``hypnogram`` channel (the caller checked it exists)."""
+    hyp = rec.channel("hypnogram")
     per_epoch = int(round(30.0 * hyp.sfreq))
-    stages = majority_stages(_map_codes(hyp.data.astype(np.int64), rec.source), per_epoch,
-                             rec.source)
+    return majority_stages(_map_codes(hyp.data.astype(np.int64), rec.source), per_epoch,
+                           rec.source)
+
+
+def _edf_events(rec: Recording) -> list[Event]:
+    """Respiratory events from the EDF's ``event_pneumo`` channel (none without it)."""
     events: list[Event] = []
     try:
         pneumo = rec.channel("event_pneumo")
     except KeyError:
-        return stages, events
+        return events
     codes = pneumo.data.astype(np.int64)
     change = np.flatnonzero(np.diff(codes)) + 1
     starts = np.concatenate([[0], change])
@@ -241,4 +251,4 @@ def _edf_labels(rec: Recording) -> tuple[np.ndarray, list[Event]]:
                     label=f"event_pneumo={codes[a]}",
                 )
             )
-    return stages, events
+    return events
