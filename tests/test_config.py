@@ -148,3 +148,24 @@ def test_check_endpoint_accepts_wildcard_and_rejects_garbage() -> None:
     assert check_endpoint("inproc://rtsleep") is None
     assert check_endpoint("tcp://127.0.0.1") is not None
     assert check_endpoint("tcp://127.0.0.1:0") is not None
+
+
+def test_new_recording_command_checks_the_bed_and_writes_the_request(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rtsleep.cli import app
+
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = write(tmp_path, GOOD.replace("/tmp/rtsleep-state", str(state)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["new-recording", "--config", str(cfg), "bed-3"])
+    assert res.exit_code == 1
+    assert "no bed 'bed-3' (beds: bed1, bed-2)" in res.output and not list(state.iterdir())
+    res = runner.invoke(app, ["new-recording", "--config", str(cfg), "bed1", "bed-2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in state.iterdir()) == ["bed-2.new-recording",
+                                                        "bed1.new-recording"]
+    cfg = write(tmp_path, GOOD.replace("/tmp/rtsleep-state", str(tmp_path / "no" / "dir")))
+    res = runner.invoke(app, ["new-recording", "--config", str(cfg), "bed1"])
+    assert res.exit_code == 1 and "cannot write the request for bed bed1" in res.output

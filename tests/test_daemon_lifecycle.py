@@ -24,7 +24,7 @@ from rtsleep.daemon.inlet import StreamLayout
 from rtsleep.daemon.lifecycle import Daemon
 from rtsleep.daemon.messages import decode
 from rtsleep.daemon.replay import load_channels, plan_outlets, stream_info
-from rtsleep.daemon.state import load_state
+from rtsleep.daemon.state import load_state, new_recording_path, request_new_recording
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.models import SleepNet, SleepNetConfig, save_model
 
@@ -47,11 +47,8 @@ def excerpt3_blocks(shared_data: Path) -> list[EpochBlock]:
     return ep.pop_ready()
 
 
-def serve_blocks(tmp_path: Path, model: Path, blocks: list[EpochBlock], extra_toml: str = "",
-                 ) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
-    """Run the daemon in-process on ``blocks`` of bed1 (injected into its backlog), ``N + 2``
-    loop rounds, then SIGTERM; returns the epochs published by the rounds and every message a
-    subscriber got (shutdown included)."""
+def write_config(tmp_path: Path, model: Path, extra_toml: str = "") -> tuple[Path, int]:
+    """A daemon config with beds bed1 and bed2 (streams never found) and a free port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -74,6 +71,15 @@ streams = [{{ source_id = "rtsleep-test-nothing-{port}" }}]
 id = "bed2"
 streams = [{{ source_id = "rtsleep-test-absent-{port}" }}]
 """)
+    return cfg_path, port
+
+
+def serve_blocks(tmp_path: Path, model: Path, blocks: list[EpochBlock], extra_toml: str = "",
+                 ) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+    """Run the daemon in-process on ``blocks`` of bed1 (injected into its backlog), ``N + 2``
+    loop rounds, then SIGTERM; returns the epochs published by the rounds and every message a
+    subscriber got (shutdown included)."""
+    cfg_path, port = write_config(tmp_path, model, extra_toml)
     daemon = Daemon(load_config(cfg_path, env={}))
     ctx: zmq.Context[Any] = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -166,3 +172,64 @@ def test_shutdown_publishes_the_epochs_waiting_in_an_output_delay(shared_data: P
     saved = load_state(tmp_path / "state", "bed1", stages[0]["model_id"], 3600)
     assert saved is not None and saved.next_epoch == N
     assert saved.extra["delay_line"]["pending"] == []
+
+
+def test_new_recording_request_resets_the_bed_in_the_loop_and_at_startup(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """``rtsleep new-recording``: the running loop releases what waits in the output delay, then
+    the bed's model context and alert trackers start afresh; a request found at startup keeps
+    the saved state from being restored."""
+    from offline.spectral_train import spectral_model_config
+
+    torch.manual_seed(0)
+    model = tmp_path / "delayed.safetensors"
+    save_model(SleepNet(spectral_model_config(lookahead_epochs=1)).eval(), model,
+               PreprocessSpec.default())
+    cfg_path, _ = write_config(tmp_path, model)
+    state_dir = tmp_path / "state"
+    blocks = excerpt3_blocks(shared_data)[:4]
+
+    def started() -> Daemon:
+        d = Daemon(load_config(cfg_path, env={}))
+        d.start()
+        return d
+
+    d = started()
+    try:
+        assert d.scorer is not None
+        d.backlog["bed1"] = deque((b, time.perf_counter()) for b in blocks)
+        assert sum(d.step() for _ in range(4)) == 3  # epoch 3 waits in the delay line
+        old_alerts = d.alerts["bed1"]
+        assert d.check_new_recordings() == []  # nothing requested: nothing happens
+        assert int(d.scorer.beds["bed1"].state["n_epochs"]) == 4
+        request_new_recording(state_dir, "bed1")
+        assert d.check_new_recordings() == ["bed1"]
+        assert not new_recording_path(state_dir, "bed1").exists()  # taken once
+        bed = d.scorer.beds["bed1"]
+        assert int(bed.state["n_epochs"]) == 0 and not bed.pending and not bed.line
+        assert d.alerts["bed1"] is not old_alerts
+        assert d.scorer.next_epoch("bed1") == 4  # indices continue
+        saved = load_state(state_dir, "bed1", d.model_id, 3600)
+        assert saved is not None and int(saved.recurrent["n_epochs"]) == 0
+        assert saved.next_epoch == 4 and saved.extra["delay_line"]["pending"] == []
+        d.backlog["bed1"] = deque((b, time.perf_counter()) for b in excerpt3_blocks(
+            shared_data)[4:6])
+        d.step()
+        assert int(d.scorer.beds["bed1"].state["n_epochs"]) == 1
+    finally:
+        d.shutdown()
+    d = started()  # no request: the night continues from the saved state
+    try:
+        assert d.scorer is not None and d.scorer.next_epoch("bed1") == 5
+    finally:
+        d.close()
+    request_new_recording(state_dir, "bed1")
+    d = started()  # a request waiting at startup: the bed starts fresh
+    try:
+        assert d.scorer is not None and d.scorer.next_epoch("bed1") == 0
+        assert int(d.scorer.beds["bed1"].state["n_epochs"]) == 0
+        assert d.scorer.next_epoch("bed2") == 0
+        assert not new_recording_path(state_dir, "bed1").exists()
+    finally:
+        d.close()

@@ -189,3 +189,25 @@ def test_a_new_recording_first_releases_what_waits_in_the_delay_line(model: Slee
     assert [r.index for r in out] == [0, 1, 2]
     assert [r.scored for r in out] == [True, False, True]
     assert int(sc.beds["b"].state["n_epochs"]) == 3  # epoch 2 and the flush's two absent epochs
+
+
+def test_new_recording_releases_the_delay_line_then_starts_a_fresh_context(
+    model: SleepNet,
+) -> None:
+    """``Scorer.new_recording`` (``rtsleep new-recording``): the epoch waiting in the delay line
+    is released, the state starts from zero, the epoch indices continue."""
+    delayed = SleepNet(dataclasses.replace(model.cfg, lookahead_epochs=1)).eval()
+    delayed.load_state_dict(model.state_dict())
+    eps = blocks("b", synthetic_channels(8))
+    sc = Scorer(delayed, PreprocessSpec.default(), "model-x", context_reset_s=0.0)
+    sc.add_bed("b")
+    assert [r.index for r in sc.score(eps[:3])] == [0, 1]  # epoch 2 waits
+    out = sc.new_recording("b")
+    assert [r.index for r in out] == [2] and out[0].scored
+    assert int(sc.beds["b"].state["n_epochs"]) == 0 and not sc.beds["b"].line
+    assert [r.index for r in sc.score([eps[3]]) + sc.flush()] == [3]
+    assert int(sc.beds["b"].state["n_epochs"]) == 2  # epoch 3 and the flush's absent epoch
+    causal = make_scorer(model, "b")
+    assert len(causal.score(eps[:2])) == 2
+    assert causal.new_recording("b") == []
+    assert int(causal.beds["b"].state["n_epochs"]) == 0

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from rtsleep.daemon.state import BedState, load_state, save_state, state_path
+from rtsleep.daemon.state import (
+    BedState,
+    load_state,
+    new_recording_path,
+    request_new_recording,
+    save_state,
+    state_path,
+    take_new_recording,
+)
 
 
 def make_state(bed: str = "bed1", model_id: str = "abc123") -> BedState:
@@ -88,3 +96,14 @@ def test_corrupt_state_is_moved_aside_and_ignored(tmp_path: Path) -> None:
 
 def test_missing_state_starts_fresh(tmp_path: Path) -> None:
     assert load_state(tmp_path / "none", "bed1", "abc123", max_age_s=60) is None
+
+
+def test_a_new_recording_request_is_taken_once_per_bed(tmp_path: Path) -> None:
+    assert take_new_recording(tmp_path, "bed1") is False
+    path = request_new_recording(tmp_path, "bed1")
+    assert path == new_recording_path(tmp_path, "bed1") and path.is_file()
+    assert take_new_recording(tmp_path, "bed2") is False  # another bed's request is not taken
+    assert take_new_recording(tmp_path, "bed1") is True
+    assert take_new_recording(tmp_path, "bed1") is False
+    with pytest.raises(OSError):
+        request_new_recording(tmp_path / "missing-dir", "bed1")

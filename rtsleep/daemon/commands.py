@@ -1,4 +1,4 @@
-"""The ``rtsleep serve``, ``rtsleep check`` and ``rtsleep score`` commands (typer).
+"""The ``rtsleep serve``, ``check``, ``new-recording`` and ``score`` commands (typer).
 
 Every failure prints one line naming the file, key or stream at fault on stderr and exits 1.
 """
@@ -75,7 +75,7 @@ def check_config(cfg: Config, stream_timeout_s: float = 1.0) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``check`` and ``score``."""
+    """Add ``serve``, ``check``, ``new-recording`` and ``score``."""
 
     @app.command()
     def serve(config: ConfigOption, verbose: Annotated[bool, typer.Option(
@@ -106,6 +106,30 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         streams = sum(len(b.streams) for b in cfg.beds)
         typer.echo(f"ok: {config}: {len(cfg.beds)} bed(s), {streams} stream(s) found, model loads")
+
+    @app.command("new-recording")
+    def new_recording(
+        config: ConfigOption,
+        beds: Annotated[list[str], typer.Argument(help="Bed ids from the config.")],
+    ) -> None:
+        """A new sleeper on these beds: the daemon publishes what waits in the output delay,
+        then starts their model context and alert trackers afresh (within a second; a stopped
+        daemon at its next start). Run it as the service user (it writes to the state dir)."""
+        from rtsleep.daemon.state import request_new_recording
+
+        cfg = _load("new-recording", config)
+        known = [b.id for b in cfg.beds]
+        for bed in beds:
+            if bed not in known:
+                raise _fail("new-recording", f"{config}: no bed {bed!r} (beds: "
+                            f"{', '.join(known)})")
+        for bed in beds:
+            try:
+                path = request_new_recording(cfg.daemon.state_dir, bed)
+            except OSError as err:
+                raise _fail("new-recording", f"{cfg.daemon.state_dir}: cannot write the "
+                            f"request for bed {bed}: {err.strerror or err}") from None
+            typer.echo(f"bed {bed}: new recording requested ({path})")
 
     @app.command()
     def score(

@@ -11,7 +11,10 @@ every bed that advanced (atomic, write-ahead) -> publish stage and alert message
 ``status/``
 every ``heartbeat_s`` -> watchdog -> answer late joiners from the last-value cache -> sleep
 ``poll_s`` when idle. An exception while handling one bed's epochs is logged and that bed's epochs
-are reported unscorable; the daemon and the other beds keep going.
+are reported unscorable; the daemon and the other beds keep going. Once a second the loop takes
+the ``rtsleep new-recording`` requests (files in the state directory): such a bed publishes what
+waits in its output delay, then its model context and its alert trackers start afresh (a request
+found at startup: the saved state is not restored).
 
 Shutdown (uvicorn style): SIGTERM/SIGINT only set a flag; the loop finishes the round it is in
 (the current epoch is scored, persisted and published), persists every bed again, publishes a
@@ -54,10 +57,13 @@ from rtsleep.daemon.scorer import (
     result_message,
     trained_heads,
 )
-from rtsleep.daemon.state import load_state, save_state
+from rtsleep.daemon.state import load_state, save_state, take_new_recording
 from rtsleep.data.recording import EPOCH_S, Modality
 
 log = logging.getLogger(__name__)
+
+NEW_RECORDING_CHECK_S = 1.0
+"""How often the loop looks for ``rtsleep new-recording`` requests, s."""
 
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                     logging.CRITICAL: 2}
@@ -124,6 +130,8 @@ class Daemon:
         #: Per bed, epochs cut but not scored yet, with the time they became complete.
         self.backlog: dict[str, deque[tuple[EpochBlock, float]]] = {}
         self.model_id = ""
+        self.thresholds: AlertThresholds | None = None
+        self.ecg_model: Any = None
         self.t_start = time.monotonic()
         self.utc_offset = time.time() - pylsl.local_clock()
 
@@ -176,34 +184,32 @@ class Daemon:
             )
         except PublisherError as err:
             raise StartupError(str(err)) from None
-        thresholds = AlertThresholds(cfg.alerts.apnea_prob, cfg.alerts.hypopnea_prob,
-                                     cfg.alerts.gate_wake)
-        ecg_model = None
+        self.thresholds = AlertThresholds(cfg.alerts.apnea_prob, cfg.alerts.hypopnea_prob,
+                                          cfg.alerts.gate_wake)
         if cfg.alerts.ecg:
             from rtsleep.apnea.ecg_model import load_ecg_model
 
             try:
-                ecg_model = load_ecg_model()
+                self.ecg_model = load_ecg_model()
             except (OSError, ValueError) as err:
                 raise StartupError(f"alerts.ecg: {err}") from None
         for bed in cfg.beds:
-            saved = load_state(cfg.daemon.state_dir, bed.id, model_id,
-                               cfg.daemon.state_max_age_s)
+            if take_new_recording(cfg.daemon.state_dir, bed.id):
+                log.info("bed %s: a new recording was requested; the saved state is not "
+                         "restored", bed.id)
+                saved = None
+            else:
+                saved = load_state(cfg.daemon.state_dir, bed.id, model_id,
+                                   cfg.daemon.state_max_age_s)
             try:
                 self.scorer.add_bed(bed.id, saved)
             except ValueError as err:
                 log.warning("%s; bed %s starts fresh", err, bed.id)
                 saved = None
                 self.scorer.add_bed(bed.id, None)
-            alerts = BedAlerts(bed.id, thresholds, model_id)
+            self._new_trackers(bed.id)
             if saved is not None:
-                alerts.load_state_dict(saved.extra.get("alerts", {}))
-            self.alerts[bed.id] = alerts
-            if cfg.alerts.aasm:
-                self.respiration[bed.id] = BedRespiration(bed.id, cfg.alerts.hypopnea_rule,
-                                                          model_id)
-            if ecg_model is not None:
-                self.ecg[bed.id] = BedEcgApnea(bed.id, ecg_model, thresholds, model_id)
+                self.alerts[bed.id].load_state_dict(saved.extra.get("alerts", {}))
             self.ingests[bed.id] = BedIngest(
                 bed.id, selectors(bed),
                 anchor=self.scorer.anchor(bed.id),
@@ -215,7 +221,37 @@ class Daemon:
             )
         log.info("serving %d bed(s) on %s", len(cfg.beds), ", ".join(self.publisher.endpoints))
 
+    def _new_trackers(self, bed: str) -> None:
+        """Fresh alert trackers (model, AASM, ECG, as configured) for ``bed``."""
+        if self.thresholds is None:
+            raise RuntimeError("alert trackers before start()")
+        self.alerts[bed] = BedAlerts(bed, self.thresholds, self.model_id)
+        if self.cfg.alerts.aasm:
+            self.respiration[bed] = BedRespiration(bed, self.cfg.alerts.hypopnea_rule,
+                                                   self.model_id)
+        if self.ecg_model is not None:
+            self.ecg[bed] = BedEcgApnea(bed, self.ecg_model, self.thresholds, self.model_id)
+
     # ------------------------------------------------------------------ loop
+    def check_new_recordings(self) -> list[str]:
+        """Take the ``rtsleep new-recording`` requests (module doc); returns the beds reset."""
+        scorer = self.scorer
+        if scorer is None:
+            raise RuntimeError("Daemon.check_new_recordings() before start()")
+        reset = []
+        for bed in self.ingests:
+            if not take_new_recording(self.cfg.daemon.state_dir, bed):
+                continue
+            try:
+                # the waiting results belong to the previous sleeper: published as such
+                self._publish_and_persist(scorer.new_recording(bed), {bed})
+            except Exception:  # noqa: BLE001 - one bed never stops the others
+                log.exception("bed %s: releasing the output delay line failed", bed)
+            self._new_trackers(bed)
+            self._persist(bed)
+            reset.append(bed)
+        return reset
+
     def _persist(self, bed: str) -> None:
         if self.scorer is None:
             return
@@ -360,9 +396,13 @@ class Daemon:
         sdnotify.notify(f"READY=1\nSTATUS=scoring {len(self.ingests)} bed(s)")
         next_beat = time.monotonic()
         next_wd = time.monotonic()
+        next_check = time.monotonic()
         while not self.stop_requested:
             n = self.step()
             now = time.monotonic()
+            if now >= next_check:
+                self.check_new_recordings()
+                next_check = now + NEW_RECORDING_CHECK_S
             if now >= next_beat:
                 self.utc_offset = time.time() - pylsl.local_clock()
                 self.heartbeat()

@@ -17,7 +17,8 @@ of a running-normalised encoder) describes the night so far. After ``context_res
 :data:`CONTEXT_RESET_S`, one hour) of consecutive unscorable epochs (streams gone, electrodes
 off, the daemon down) the next scorable epoch starts from a fresh state, as a restart does when
 the saved state is older than ``daemon.state_max_age_s``: the bed is taken to hold a new
-recording, possibly of another sleeper. Shorter gaps keep the context.
+recording, possibly of another sleeper. Shorter gaps keep the context. A new sleeper hooked up
+sooner is announced with ``rtsleep new-recording`` (:meth:`Scorer.new_recording`).
 
 **Output delay.** A model with ``cfg.lookahead_epochs = k > 0`` gives, when epoch ``i`` arrives,
 the output for the epoch fed ``k`` steps earlier (``SleepNet`` module doc). The scorer keeps the
@@ -406,7 +407,8 @@ class Scorer:
         k = self.delay
         for b, _, _, res in batch:
             if res is not None and res is b.reset_at:
-                self._reset_context(b)
+                self._reset_context(b, f"no scorable epoch for {self.context_reset_epochs} "
+                                       "epochs or more; a new recording")
         for lo in range(0, len(batch), self.max_batch):
             chunk = batch[lo : lo + self.max_batch]
             xs = np.stack([c[1] for c in chunk])  # (B, M, S)
@@ -433,15 +435,23 @@ class Scorer:
                 head.hypopnea_prob = (h if "hypopnea" in self.heads and math.isfinite(h)
                                       else None)
 
-    def _reset_context(self, b: _Bed) -> None:
+    def _reset_context(self, b: _Bed, why: str) -> None:
         """A new recording on ``b`` (module doc): results still waiting in the delay line get
         their outputs first, then the recurrent state and the line start afresh."""
         self._drain([b])
         b.reset_at = None
+        b.unscorable_run = 0
         b.state = self._fresh_state()
         b.line.clear()
-        log.info("bed %s: no scorable epoch for %d epochs or more; a new recording, the model "
-                 "context starts fresh", b.bed, self.context_reset_epochs)
+        log.info("bed %s: %s, the model context starts fresh", b.bed, why)
+
+    def new_recording(self, bed: str) -> list[EpochResult]:
+        """A new sleeper on ``bed`` (``rtsleep new-recording``): the results waiting in the delay
+        line get their outputs (the epochs after them treated as missing), then the model
+        context starts afresh. Returns the results released; epoch indices continue."""
+        b = self.beds[bed]
+        self._reset_context(b, "a new recording was requested")
+        return self._release(b)
 
     @staticmethod
     def _release(b: _Bed) -> list[EpochResult]:

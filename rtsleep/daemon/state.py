@@ -58,6 +58,35 @@ def state_path(state_dir: Path, bed: str) -> Path:
     return Path(state_dir) / f"{bed}.state.safetensors"
 
 
+def new_recording_path(state_dir: Path, bed: str) -> Path:
+    """The request file of ``rtsleep new-recording`` for ``bed`` in ``state_dir``."""
+    return Path(state_dir) / f"{bed}.new-recording"
+
+
+def request_new_recording(state_dir: Path, bed: str) -> Path:
+    """Ask the daemon to start ``bed``'s model context afresh (a new sleeper): writes the request
+    file, which the running daemon takes within a second and a stopped one at its next start.
+    Raises ``OSError`` when the state directory cannot be written."""
+    path = new_recording_path(state_dir, bed)
+    path.write_text(f"{time.time():.3f}\n")
+    return path
+
+
+def take_new_recording(state_dir: Path, bed: str) -> bool:
+    """Whether a new recording was requested for ``bed``; the request is removed (taken once).
+    A request file that cannot be removed is logged and not acted on (it would repeat)."""
+    path = new_recording_path(state_dir, bed)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        log.error("bed %s: cannot remove the new-recording request %s: %s", bed, path,
+                  err.strerror or err)
+        return False
+    return True
+
+
 def _to_numpy(value: Any) -> np.ndarray | None:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().contiguous().numpy()
