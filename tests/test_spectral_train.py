@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +111,23 @@ def test_lookahead_training_scores_label_t_with_the_output_k_epochs_later(
     monkeypatch.setattr(st, "stage_logits_from_log_power", oracle)
     loss, acc, _ = st.sequence_loss(model, seqs, torch.ones(5))
     assert acc == 1.0 and loss < 1e-6
+
+
+def test_sleep_edf_nights_keep_the_asked_wake_margin_around_the_sleep_period(
+    shared_data: Path,
+) -> None:
+    from offline.train_default import SEDF_FEATURES
+
+    whole = {n.id: n for n in st.load_sleep_edf_features(shared_data / SEDF_FEATURES,
+                                                         wake_margin_epochs=10**6)}
+    for margin in (0, 60, 240):
+        for n in st.load_sleep_edf_features(shared_data / SEDF_FEATURES,
+                                            wake_margin_epochs=margin):
+            full = whole[n.id].stages
+            sleep_full = torch.nonzero(full != 0).flatten()
+            sleep = torch.nonzero(n.stages != 0).flatten()
+            lead = int(sleep_full[0])
+            trail = len(full) - 1 - int(sleep_full[-1])
+            assert int(sleep[0]) == min(margin, lead), (n.id, margin)
+            assert len(n.stages) - 1 - int(sleep[-1]) == min(margin, trail), (n.id, margin)
+            assert n.log_power.shape == (len(n.stages), 2, 4)

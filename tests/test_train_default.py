@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from offline.train_default import train_default
@@ -18,7 +19,8 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     threads = torch.get_num_threads()
     try:
         card = train_default(shared_data, tmp_path, pretrain_steps=6, finetune_steps=2, seed=3,
-                             lookahead=1, members=2, running_epochs=300)
+                             lookahead=1, members=2, running_epochs=300,
+                             wake_margin_epochs=30)
     finally:
         torch.set_num_threads(threads)
     model = load_predictor(tmp_path / "default.safetensors")
@@ -28,7 +30,9 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     assert "0.spectral.mean" in model.init_state(1)
     meta = load_checkpoint_meta(tmp_path / "default.safetensors")
     assert meta.card is not None
-    assert meta.card["recipe"].endswith("--lookahead 1 --members 2 --running-epochs 300")
+    assert meta.card["recipe"].endswith(
+        "--lookahead 1 --members 2 --running-epochs 300 --wake-margin-epochs 30")
+    assert card["wake_margin_epochs"] == 30
     assert [m["seed"] for m in card["members"]] == [3, 4]
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert cv["members"] == [3, 4] and len(cv["member_splits"]) == 2
@@ -37,3 +41,9 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     assert cv["streaming_matches_offline"] is True
     for s in (3, 4):
         assert (tmp_path / f"pretrained_seed{s}.safetensors").is_file()
+
+
+def test_train_default_rejects_a_negative_wake_margin(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="wake_margin_epochs"):
+        train_default(shared_data, tmp_path, pretrain_steps=1, finetune_steps=1,
+                      wake_margin_epochs=-1)
