@@ -75,12 +75,15 @@ def training_sequences(model: SleepNet, recs: list[StageRecording],
 def run_loso(
     pretrained: SleepNet, recs: list[StageRecording], seed: int = 0, steps: int = 150,
     shift_s: float = SHIFT_S, template: TrainConfig | None = None,
+    rehearsal: list[Sequence] | None = None,
 ) -> tuple[list[RecordingEval], list[dict[str, Any]]]:
     """Fine-tune ``pretrained`` per fold and score each fold's test recordings in both modes.
 
     Training subjects contribute their shifted grids too (``shift_s > 0``); the validation
     subject is scored on its own grid only, like the test subject. ``template`` replaces
-    :func:`finetune_config` (its ``seed`` and ``steps`` are set per fold).
+    :func:`finetune_config` (its ``seed`` and ``steps`` are set per fold); ``rehearsal``
+    sequences (disjoint from the CV dataset) are mixed into every fold's training crops
+    (``TrainConfig.rehearsal_fraction``).
     Returns the evaluations (all folds) and the folds with their chosen step counts.
     """
     seqs: dict[str, list[Sequence]] = {
@@ -93,7 +96,7 @@ def run_loso(
         val = [seqs[r.id][0] for r in recs if r.subject == fold["val"]]
         cfg = dataclasses.replace(template or finetune_config(), seed=seed + i, steps=steps,
                                   history={})
-        model, best_step = finetune(pretrained, train, val, cfg)
+        model, best_step = finetune(pretrained, train, val, cfg, rehearsal)
         fold["best_step"] = best_step
         fold["history"] = cfg.history
         test = [r for r in recs if r.subject == fold["test"]]

@@ -158,6 +158,8 @@ class TrainConfig:
     class_boost: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
     #: Stop after this many steps of the ``steps``-long learning-rate schedule (0: run them all).
     stop_at: int = 0
+    #: Share of the crops drawn from the ``rehearsal`` sequences of :func:`train_phase` (0: none).
+    rehearsal_fraction: float = 0.0
     seed: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
 
@@ -174,21 +176,28 @@ def class_weights(sequences: list[Sequence], power: float = 0.5,
 
 
 def _sample_batch(
-    seqs: list[Sequence], cfg: TrainConfig, gen: torch.Generator, lookahead: int = 0
+    seqs: list[Sequence], cfg: TrainConfig, gen: torch.Generator, lookahead: int = 0,
+    rehearsal: list[Sequence] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Random crops (one length ``L`` per batch): ``lp (B, L + lookahead, n_bands)``,
     ``y (B, L)``.
 
     The labels of a crop are epochs ``[start, start + L)``; its input runs ``lookahead`` epochs
     further, and input past the end of the recording is absent (NaN rows, see
-    :func:`stage_logits_from_log_power`), as at the end of a stream.
+    :func:`stage_logits_from_log_power`), as at the end of a stream. With ``rehearsal`` each crop
+    comes from it with probability ``cfg.rehearsal_fraction``, else from ``seqs``.
     """
-    max_len = min(cfg.max_len, min(len(s.stages) for s in seqs))
+    rehearse = bool(rehearsal) and cfg.rehearsal_fraction > 0
+    pool = seqs + (rehearsal or []) if rehearse else seqs
+    max_len = min(cfg.max_len, min(len(s.stages) for s in pool))
     min_len = min(cfg.min_len, max_len)
     length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
     lps, ys = [], []
     for _ in range(cfg.batch):
-        s = seqs[int(torch.randint(len(seqs), (1,), generator=gen))]
+        source = seqs
+        if rehearse and float(torch.rand(1, generator=gen)) < cfg.rehearsal_fraction:
+            source = rehearsal or seqs
+        s = source[int(torch.randint(len(source), (1,), generator=gen))]
         n = len(s.stages)
         start = int(torch.randint(n - length + 1, (1,), generator=gen))
         ch = int(torch.randint(s.log_power.shape[1], (1,), generator=gen))
@@ -276,10 +285,13 @@ def train_phase(
     val: list[Sequence] | None,
     cfg: TrainConfig,
     name: str,
+    rehearsal: list[Sequence] | None = None,
 ) -> tuple[SleepNet, int]:
-    """Train ``model`` in place on random crops of ``train``; every ``eval_every`` steps score
-    ``val`` (also before the first step) and keep the best weights (highest macro-F1; the
-    earliest step wins a tie).
+    """Train ``model`` in place on random crops of ``train`` (and, a share
+    ``cfg.rehearsal_fraction`` of them, of ``rehearsal``: data of an earlier phase, so that
+    fine-tuning does not forget it; the class weights come from ``train`` alone); every
+    ``eval_every`` steps score ``val`` (also before the first step) and keep the best weights
+    (highest macro-F1; the earliest step wins a tie).
     Returns (best model, best step);
     without ``val`` the final weights and ``cfg.steps``. Losses go to ``cfg.history``."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -307,7 +319,7 @@ def train_phase(
     last = cfg.stop_at if 0 < cfg.stop_at < cfg.steps else cfg.steps
     for step in range(1, last + 1):
         k = model.cfg.lookahead_epochs
-        lp, y = _sample_batch(train, cfg, gen, k)
+        lp, y = _sample_batch(train, cfg, gen, k, rehearsal)
         logits = stage_logits_from_log_power(model, lp)[:, k:]  # (B, L, 5)
         ok = y >= 0
         loss = F.cross_entropy(logits[ok], y[ok], weight=weights)
@@ -390,10 +402,11 @@ def pretrain_sleep_edf(
 
 
 def finetune(
-    model: SleepNet, train: list[Sequence], val: list[Sequence] | None, cfg: TrainConfig
+    model: SleepNet, train: list[Sequence], val: list[Sequence] | None, cfg: TrainConfig,
+    rehearsal: list[Sequence] | None = None,
 ) -> tuple[SleepNet, int]:
-    """Phase 2 on a copy of ``model``."""
-    return train_phase(copy.deepcopy(model), train, val, cfg, "finetune")
+    """Phase 2 on a copy of ``model`` (``rehearsal``: see :func:`train_phase`)."""
+    return train_phase(copy.deepcopy(model), train, val, cfg, "finetune", rehearsal)
 
 
 __all__ = [

@@ -78,6 +78,9 @@ after the last sleep epoch (``--wake-margin-epochs``). Against the 60 of the sco
 mean's start in it: Sleep-EDF subject-wise CV on whole 20-h recordings 0.631 -> 0.90 accuracy,
 and better on trimmed nights too (docs/benchmarks.md)."""
 
+PRETRAIN_VAL_SUBJECTS = ("07",)
+"""The Sleep-EDF subject that chooses the pre-training step (and is never trained on)."""
+
 TRAINING_DATA = [
     {
         "name": "Sleep-EDF Expanded, sleep-cassette SC4001-SC4072 (16 nights, 8 subjects)",
@@ -101,6 +104,7 @@ def pretrain_config(seed: int, steps: int) -> TrainConfig:
 def _train_member(
     out: Path, recs: list[StageRecording], nights: list[Sequence],
     pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int, running_epochs: int,
+    rehearsal_fraction: float = 0.0,
 ) -> tuple[SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
     """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``.
 
@@ -108,20 +112,25 @@ def _train_member(
     """
     spec = PreprocessSpec.default()
     pcfg = pretrain_config(seed, pretrain_steps)
-    pre, pre_step = pretrain_sleep_edf(nights, pcfg, lookahead_epochs=lookahead,
+    pre, pre_step = pretrain_sleep_edf(nights, pcfg, PRETRAIN_VAL_SUBJECTS,
+                                       lookahead_epochs=lookahead,
                                        running_epochs=running_epochs)
     history = {k: list(v) for k, v in pcfg.history.items()}
     save_model(pre, out / f"pretrained_seed{seed}.safetensors", spec,
                card={"name": "rtsleep spectral stage model, pre-trained only",
                      "history": history, "pretrain_best_step": pre_step})
-    evals, folds = run_loso(pre, recs, seed=seed, steps=finetune_steps)
+    # rehearsal: the pre-training nights (not its validation subject) keep being seen
+    rehearsal = [n for n in nights if n.subject not in PRETRAIN_VAL_SUBJECTS]
+    template = dataclasses.replace(finetune_config(), rehearsal_fraction=rehearsal_fraction)
+    evals, folds = run_loso(pre, recs, seed=seed, steps=finetune_steps, template=template,
+                            rehearsal=rehearsal)
     final_steps = int(statistics.median_low([int(f["best_step"]) for f in folds]))
     model = pre
     if final_steps > 0:
         seqs = training_sequences(pre, recs, SHIFT_S)
-        fcfg = dataclasses.replace(finetune_config(seed=seed, steps=finetune_steps),
-                                   stop_at=final_steps)
-        model, _ = finetune(pre, seqs, None, fcfg)
+        fcfg = dataclasses.replace(template, seed=seed, steps=finetune_steps,
+                                   stop_at=final_steps, history={})
+        model, _ = finetune(pre, seqs, None, fcfg, rehearsal)
         history.update(fcfg.history)
     info = {"seed": seed, "pretrain_best_step": pre_step, "finetune_steps": final_steps,
             "history": history}
@@ -131,7 +140,7 @@ def _train_member(
 def train_default(
     data: Path, out: Path, pretrain_steps: int = 600, finetune_steps: int = 150, seed: int = 0,
     lookahead: int = 0, members: int = 1, running_epochs: int = RUNNING_EPOCHS,
-    wake_margin_epochs: int = WAKE_MARGIN_EPOCHS,
+    wake_margin_epochs: int = WAKE_MARGIN_EPOCHS, rehearsal_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Run the whole recipe (module doc) for a model with an output delay of ``lookahead``
     epochs and running normalisation over ``running_epochs``, pre-trained on nights with
@@ -143,6 +152,8 @@ def train_default(
         raise ValueError(f"members must be >= 1, got {members}")
     if wake_margin_epochs < 0:
         raise ValueError(f"wake_margin_epochs must be >= 0, got {wake_margin_epochs}")
+    if not 0.0 <= rehearsal_fraction < 1.0:
+        raise ValueError(f"rehearsal_fraction must be in [0, 1), got {rehearsal_fraction}")
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +167,7 @@ def train_default(
     for s in seeds:
         model, evals, folds, info = _train_member(out, recs, nights, pretrain_steps,
                                                   finetune_steps, s, lookahead,
-                                                  running_epochs)
+                                                  running_epochs, rehearsal_fraction)
         models.append(model)
         runs.append(evals)
         all_folds.append(folds)
@@ -167,6 +178,7 @@ def train_default(
                    "shift_s": SHIFT_S, "members": seeds, "lookahead_epochs": lookahead,
                    "running_epochs": running_epochs,
                    "wake_margin_epochs": wake_margin_epochs,
+                   "rehearsal_fraction": rehearsal_fraction,
                    "member_splits": [split_record(folds) for folds in all_folds]})
     recipe = (f"rtsleep-train train-default --data <shared data> --out DIR --pretrain-steps "
               f"{pretrain_steps} --finetune-steps {finetune_steps} --seed {seed}")
@@ -178,6 +190,8 @@ def train_default(
         recipe += f" --running-epochs {running_epochs}"
     if wake_margin_epochs != WAKE_MARGIN_EPOCHS:
         recipe += f" --wake-margin-epochs {wake_margin_epochs}"
+    if rehearsal_fraction:
+        recipe += f" --rehearsal {rehearsal_fraction:g}"
     kind = "causal Mamba" if not lookahead else f"Mamba, output delay {lookahead} epoch(s)"
     name = f"rtsleep default stage model (spectral encoder + {kind})"
     card: dict[str, Any] = {
@@ -187,6 +201,7 @@ def train_default(
         "lookahead_epochs": lookahead,
         "running_epochs": running_epochs,
         "wake_margin_epochs": wake_margin_epochs,
+        "rehearsal_fraction": rehearsal_fraction,
         "members": [{k: v for k, v in i.items() if k != "history"} for i in infos],
         "pretrain_best_step": infos[0]["pretrain_best_step"],
         "finetune_steps": infos[0]["finetune_steps"],
@@ -230,6 +245,9 @@ def register(app: typer.Typer) -> None:
         wake_margin_epochs: Annotated[int, typer.Option(
             help="Epochs of wake kept before and after each pre-training night's sleep "
                  "period.")] = WAKE_MARGIN_EPOCHS,
+        rehearsal: Annotated[float, typer.Option(
+            help="Share of the fine-tuning crops drawn from the pre-training nights "
+                 "(0: none).")] = 0.0,
     ) -> None:
         """Pre-train, cross-validate and fine-tune the default stage model; writes
         OUT/default.safetensors (copy it to rtsleep/assets/ to ship it)."""
@@ -237,7 +255,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             card = train_default(data, out, pretrain_steps, finetune_steps, seed, lookahead,
-                                 members, running_epochs, wake_margin_epochs)
+                                 members, running_epochs, wake_margin_epochs, rehearsal)
         except DataError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc

@@ -51,7 +51,8 @@ def test_run_loso_never_shows_the_test_subject_to_training_or_selection(
     seen: list[tuple[set[str], set[str]]] = []
 
     def fake_finetune(model: SleepNet, train: list[Sequence], val: list[Sequence] | None,
-                      cfg: TrainConfig) -> tuple[SleepNet, int]:
+                      cfg: TrainConfig, rehearsal: list[Sequence] | None = None,
+                      ) -> tuple[SleepNet, int]:
         seen.append(({s.subject for s in train}, {s.subject for s in val or []}))
         return model, 0
 
@@ -79,25 +80,29 @@ def test_write_cv_records_split_seed_and_both_modes(tmp_path: Path) -> None:
     assert (tmp_path / "report.json").is_file()
 
 
-def test_shifted_grids_train_but_never_validate_nor_reach_the_test_subject(
+def test_shifted_grids_train_but_never_validate_nor_reach_the_test_subject_and_folds_rehearse(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[tuple[list[str], list[str]]] = []
+    calls: list[tuple[list[str], list[str], list[str]]] = []
     real = cv.finetune
 
     def spy(model: SleepNet, train: list[Sequence], val: list[Sequence] | None,
-            cfg: TrainConfig) -> tuple[SleepNet, int]:
-        calls.append(([s.id for s in train], [s.id for s in val or []]))
-        return real(model, train, val, cfg)
+            cfg: TrainConfig, rehearsal: list[Sequence] | None = None) -> tuple[SleepNet, int]:
+        calls.append(([s.id for s in train], [s.id for s in val or []],
+                      [s.id for s in rehearsal or []]))
+        return real(model, train, val, cfg, rehearsal)
 
     monkeypatch.setattr(cv, "finetune", spy)
     torch.manual_seed(0)
     model = SleepNet(spectral_model_config()).eval()
-    tmpl = TrainConfig(batch=2, min_len=3, max_len=5, eval_every=1)  # tiny and fast
+    tmpl = TrainConfig(batch=2, min_len=3, max_len=5, eval_every=1,  # tiny and fast
+                       rehearsal_fraction=0.5)
+    old = [Sequence("night", "other", torch.randn(40, 2, 4), torch.randint(0, 5, (40,)))]
     evals, folds = cv.run_loso(model, _recs(fine=True), seed=1, steps=1, shift_s=5.0,
-                               template=tmpl)
+                               template=tmpl, rehearsal=old)
     assert len(calls) == len(folds) == 4
-    for (train, val), fold in zip(calls, folds, strict=True):
+    for (train, val, rehearsed), fold in zip(calls, folds, strict=True):
+        assert rehearsed == ["night"]  # every fold rehearses the earlier phase's data
         shifts = ["", "@5s", "@10s", "@15s", "@20s", "@25s"]
         assert sorted(train) == sorted(f"rec_{s}{k}" for s in fold["train"] for k in shifts)
         assert val == [f"rec_{fold['val']}"]  # validation: its own grid only

@@ -131,3 +131,23 @@ def test_sleep_edf_nights_keep_the_asked_wake_margin_around_the_sleep_period(
             assert int(sleep[0]) == min(margin, lead), (n.id, margin)
             assert len(n.stages) - 1 - int(sleep[-1]) == min(margin, trail), (n.id, margin)
             assert n.log_power.shape == (len(n.stages), 2, 4)
+
+
+def test_rehearsal_crops_come_from_the_earlier_phase_at_the_asked_share() -> None:
+    """``rehearsal_fraction``: that share of the crops comes from the rehearsal sequences (here
+    all N3), the rest from the training ones (all W); without rehearsal none does."""
+    g = torch.Generator().manual_seed(0)
+    train = [Sequence(f"t{i}", "t", torch.randn(30, 1, 4, generator=g),
+                      torch.zeros(30, dtype=torch.int64)) for i in range(2)]
+    old = [Sequence("r", "r", torch.randn(200, 2, 4, generator=g),
+                    torch.full((200,), 3, dtype=torch.int64))]
+    for frac, lo, hi in ((0.0, 0, 0), (0.5, 0.35, 0.65), (0.9, 0.8, 0.97)):
+        cfg = TrainConfig(batch=400, min_len=10, max_len=60, rehearsal_fraction=frac)
+        lp, y = st._sample_batch(train, cfg, torch.Generator().manual_seed(1), 0, old)
+        assert lp.shape[1] <= 30  # crops fit the shortest sequence of either pool
+        share = float((y[:, 0] == 3).double().mean())
+        assert lo <= share <= hi, (frac, share)
+        assert bool(((y == 0) | (y == 3)).all())
+    cfg = TrainConfig(batch=50, rehearsal_fraction=0.5)
+    _, y = st._sample_batch(train, cfg, torch.Generator().manual_seed(1), 0, None)
+    assert bool((y == 0).all())  # nothing to rehearse: training crops only

@@ -20,7 +20,7 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     try:
         card = train_default(shared_data, tmp_path, pretrain_steps=6, finetune_steps=2, seed=3,
                              lookahead=1, members=2, running_epochs=300,
-                             wake_margin_epochs=30)
+                             wake_margin_epochs=30, rehearsal_fraction=0.25)
     finally:
         torch.set_num_threads(threads)
     model = load_predictor(tmp_path / "default.safetensors")
@@ -31,8 +31,8 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     meta = load_checkpoint_meta(tmp_path / "default.safetensors")
     assert meta.card is not None
     assert meta.card["recipe"].endswith(
-        "--lookahead 1 --members 2 --running-epochs 300 --wake-margin-epochs 30")
-    assert card["wake_margin_epochs"] == 30
+        "--lookahead 1 --members 2 --running-epochs 300 --wake-margin-epochs 30 --rehearsal 0.25")
+    assert card["wake_margin_epochs"] == 30 and card["rehearsal_fraction"] == 0.25
     assert [m["seed"] for m in card["members"]] == [3, 4]
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert cv["members"] == [3, 4] and len(cv["member_splits"]) == 2
@@ -43,7 +43,12 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
         assert (tmp_path / f"pretrained_seed{s}.safetensors").is_file()
 
 
-def test_train_default_rejects_a_negative_wake_margin(shared_data: Path, tmp_path: Path) -> None:
+def test_train_default_rejects_a_negative_wake_margin_and_a_full_rehearsal(
+    shared_data: Path, tmp_path: Path
+) -> None:
     with pytest.raises(ValueError, match="wake_margin_epochs"):
         train_default(shared_data, tmp_path, pretrain_steps=1, finetune_steps=1,
                       wake_margin_epochs=-1)
+    with pytest.raises(ValueError, match="rehearsal_fraction"):
+        train_default(shared_data, tmp_path, pretrain_steps=1, finetune_steps=1,
+                      rehearsal_fraction=1.0)
