@@ -75,8 +75,9 @@ WAKE_MARGIN_EPOCHS = 240
 """Pre-training nights keep this many epochs (2 h) of the recording's wake before the first and
 after the last sleep epoch (``--wake-margin-epochs``). Against the 60 of the scoring convention
 (30 min) it taught the model the evening and morning wake of a whole recording and the running
-mean's start in it: Sleep-EDF subject-wise CV on whole 20-h recordings 0.631 -> 0.90 accuracy,
-and better on trimmed nights too (docs/benchmarks.md)."""
+mean's start in it. Sleep-EDF subject-wise CV, seeds 0 and 1: whole 20-h recordings 0.631 and
+0.555 -> 0.901 and 0.897 accuracy, trimmed nights 0.784 and 0.772 -> 0.797 and 0.798; DREAMS LOSO
+ensemble 0.742 / 0.466 / 0.500 -> 0.742 / 0.485 / 0.513 (docs/benchmarks.md)."""
 
 PRETRAIN_VAL_SUBJECTS = ("07",)
 """The Sleep-EDF subject that chooses the pre-training step (and is never trained on)."""
