@@ -9,6 +9,7 @@ non-causal one is the headline), see :func:`offline.apnea_eval.evaluate_apnea_ec
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsleep.data.errors import DataError
+from rtsleep.data.recording import EPOCH_S
 
 
 class Task(enum.StrEnum):
@@ -41,10 +43,11 @@ def _evaluate_apnea(dataset: str, data: Path, model: Path | None, out: Path) -> 
     return report
 
 
-def _evaluate_stage(dataset: str, data: Path, model: Path | None, out: Path) -> dict[str, Any]:
+def _evaluate_stage(dataset: str, data: Path, model: Path | None, out: Path,
+                    wake_margin_epochs: int | None = None) -> dict[str, Any]:
     from offline.stage_eval import evaluate_stage
 
-    report = evaluate_stage(dataset, data, model, out)
+    report = evaluate_stage(dataset, data, model, out, wake_margin_epochs)
     for mode in ("offline", "streaming"):
         p = report["modes"][mode]["pooled"]
         typer.echo(
@@ -81,9 +84,20 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             Path | None, typer.Option(help="Model file; default: the shipped model.")
         ] = None,
+        wake_margin_min: Annotated[float | None, typer.Option(
+            help="Stage task: score only the expert sleep period plus this many minutes of "
+                 "wake on each side (30: the Sleep-EDF convention); the model still streams "
+                 "the whole recording. Default: every labelled epoch.")] = None,
     ) -> None:
         """Evaluate a model on DATA and write OUT/report.json."""
         fn = TASKS.get(task)
+        if wake_margin_min is not None:
+            if task != Task.stage or not wake_margin_min >= 0:
+                typer.echo(f"evaluate: --wake-margin-min {wake_margin_min:g} needs --task stage "
+                           "and a value >= 0", err=True)
+                raise typer.Exit(2)
+            fn = functools.partial(_evaluate_stage,
+                                   wake_margin_epochs=int(round(wake_margin_min * 60 / EPOCH_S)))
         if fn is None:
             typer.echo(
                 f"evaluate --task {task.value}: not available in this build "

@@ -16,6 +16,7 @@ over the fine stages it covers. The evaluation grid stays offset 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from rtsleep.data.errors import DataError
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
+from rtsleep.data.recording import Stage
 from rtsleep.data.store import exg_input, open_store
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,24 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
     if not out:
         raise DataError(path, f"no staged {dataset} recording found")
     return out
+
+
+def sleep_period(rec: StageRecording, margin_epochs: int) -> StageRecording:
+    """``rec`` scored only from ``margin_epochs`` before its first to ``margin_epochs`` after its
+    last expert sleep epoch (the Sleep-EDF convention: 60 epochs, 30 min); the other epochs
+    become unscored (-1) but stay in the input, so the model still streams the whole recording.
+    A recording without sleep keeps no scored epoch. ``rec`` itself is not changed."""
+    if margin_epochs < 0:
+        raise ValueError(f"margin_epochs must be >= 0, got {margin_epochs}")
+    stages = np.asarray(rec.stages, dtype=np.int64).copy()
+    sleep = np.flatnonzero(stages > int(Stage.W))
+    keep = np.zeros(len(stages), dtype=bool)
+    if sleep.size:
+        keep[max(0, int(sleep[0]) - margin_epochs) : int(sleep[-1]) + 1 + margin_epochs] = True
+    else:
+        log.warning("%s: no sleep epoch in the expert hypnogram; nothing scored", rec.id)
+    stages[~keep] = -1
+    return dataclasses.replace(rec, stages=stages)
 
 
 def shifted_grids(rec: StageRecording, step_s: float = 5.0,
@@ -192,4 +212,4 @@ def load_stage_recordings(
 
 
 __all__ = ["StageRecording", "is_store", "load_raw", "load_stage_recordings", "load_store",
-           "shifted_grids"]
+           "shifted_grids", "sleep_period"]

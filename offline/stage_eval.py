@@ -332,17 +332,22 @@ def default_model_path() -> Path:
 
 
 def evaluate_stage(
-    dataset: str, data: Path, model_path: Path | None, out: Path
+    dataset: str, data: Path, model_path: Path | None, out: Path,
+    wake_margin_epochs: int | None = None,
 ) -> dict[str, Any]:
     """Score the stage model ``model_path`` (the shipped model when None) on ``data`` (a raw
-    ``dataset`` folder or a store), both modes; write ``out/report.json`` and figures."""
-    from offline.stage_data import load_stage_recordings
+    ``dataset`` folder or a store), both modes; write ``out/report.json`` and figures.
+    ``wake_margin_epochs``: score only the sleep period with that many epochs on each side
+    (:func:`offline.stage_data.sleep_period`); None scores every labelled epoch."""
+    from offline.stage_data import load_stage_recordings, sleep_period
     from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
     path = Path(model_path) if model_path is not None else default_model_path()
     meta = load_checkpoint_meta(path)
     model = load_predictor(path)
     recs = load_stage_recordings(Path(data), dataset, meta.preprocess)
+    if wake_margin_epochs is not None:
+        recs = [sleep_period(r, wake_margin_epochs) for r in recs]
     history = None
     if meta.card and isinstance(meta.card.get("history"), dict):
         history = meta.card["history"]
@@ -352,5 +357,6 @@ def evaluate_stage(
         "model_id": meta.model_id,
         "dataset": dataset,
         "data": str(data),
+        "wake_margin_epochs": wake_margin_epochs,
     }
     return write_report(evals, Path(out), extra=extra, history=history)

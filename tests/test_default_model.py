@@ -75,6 +75,27 @@ def test_evaluate_command_writes_report_for_the_bundled_model(
     assert rep["pooled"]["accuracy"] > 0.4  # a trained model, not chance (5 classes)
 
 
+def test_evaluate_wake_margin_scores_only_the_sleep_period(shared_data: Path,
+                                                           tmp_path: Path) -> None:
+    """``--wake-margin-min``: excerpt8 starts with 7 W epochs and ends with 2; one minute (two
+    epochs) of margin leaves 60 - 5 - 0 = 55 scored epochs, and --task apnea refuses it."""
+    from offline.cli import app
+
+    torch.set_num_threads(1)
+    data = _excerpt_folder(shared_data, tmp_path, 8)
+    out = tmp_path / "REPORT"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--dataset", "dreams",
+                                   "--out", str(out), "--wake-margin-min", "1"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pooled"]["n_epochs"] == 55 and rep["wake_margin_epochs"] == 2
+    assert rep["streaming_matches_offline"] is True
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(data), "--dataset", "apnea-ecg",
+                                   "--task", "apnea", "--out", str(out),
+                                   "--wake-margin-min", "30"])
+    assert res.exit_code == 2 and "needs --task stage" in res.output
+
+
 def test_evaluate_command_fails_cleanly_on_a_missing_folder(tmp_path: Path) -> None:
     from offline.cli import app
 

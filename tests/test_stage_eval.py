@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
 from offline.spectral_train import spectral_model_config
-from offline.stage_data import StageRecording, is_store
+from offline.stage_data import StageRecording, is_store, sleep_period
 from offline.stage_eval import (
     build_report,
     confusion,
@@ -123,3 +123,24 @@ def test_is_store_tells_store_from_raw_folder(tmp_path: Path) -> None:
     (tmp_path / "st" / "dreams" / "excerpt1.parquet").write_bytes(b"")
     assert not is_store(tmp_path / "raw")
     assert is_store(tmp_path / "st")
+
+
+def test_sleep_period_unscores_the_wake_outside_the_margin_and_keeps_the_input(
+    model: SleepNet,
+) -> None:
+    rec = _recording("w", 12, 3)
+    rec.stages = np.array([0, 0, 0, 0, 2, 0, 3, -1, 0, 0, 0, 0])  # last sleep epoch: 6
+    got = sleep_period(rec, 1)
+    assert got.stages.tolist() == [-1, -1, -1, 0, 2, 0, 3, -1, -1, -1, -1, -1]
+    assert rec.stages[0] == 0 and got.x is rec.x  # the input and the original stay
+    assert sleep_period(rec, 0).stages.tolist() == [-1] * 4 + [2, 0, 3, -1] + [-1] * 4
+    assert sleep_period(rec, 100).stages.tolist() == rec.stages.tolist()
+    rec.stages = np.zeros(12, dtype=np.int64)
+    assert (sleep_period(rec, 5).stages == -1).all()  # no sleep: nothing scored
+    with pytest.raises(ValueError, match="margin_epochs"):
+        sleep_period(rec, -1)
+    # the model still streams every epoch; only the scored set shrinks
+    rec.stages = np.array([0, 0, 0, 0, 2, 0, 3, -1, 0, 0, 0, 0])
+    full = build_report(evaluate_model(model, [rec]))
+    part = build_report(evaluate_model(model, [sleep_period(rec, 1)]))
+    assert full["pooled"]["n_epochs"] == 11 and part["pooled"]["n_epochs"] == 4
