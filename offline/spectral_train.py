@@ -50,8 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rtsleep.data.errors import DataError
+from rtsleep.data.labels import sleep_period_bounds
 from rtsleep.data.preprocessing import PreprocessSpec
-from rtsleep.data.recording import Modality, Stage
+from rtsleep.data.recording import Modality
 from rtsleep.models.heads import HeadsConfig
 from rtsleep.models.sleepnet import SleepNet, SleepNetConfig
 from rtsleep.models.spectral import SpectralConfig, SpectralEncoder, sleep_edf_band_log_power
@@ -117,11 +118,10 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int = 60) -> list[
             x, y = np.asarray(d["X"], dtype=np.float64), np.asarray(d["y"], dtype=np.int64)
         if x.ndim != 2 or x.shape[1] < 13 or len(y) != len(x):
             raise DataError(path, f"expected X (n, 72) and y (n,), got {x.shape} and {y.shape}")
-        sleep = np.flatnonzero(y != int(Stage.W))
-        if sleep.size == 0:
+        bounds = sleep_period_bounds(y, wake_margin_epochs)
+        if bounds is None:
             continue
-        lo = max(0, int(sleep[0]) - wake_margin_epochs)
-        hi = min(len(y), int(sleep[-1]) + 1 + wake_margin_epochs)
+        lo, hi = bounds
         cols = torch.from_numpy(x[lo:hi])
         lp = torch.stack(
             [sleep_edf_band_log_power(cols[:, list(c)]) for c in SEDF_BAND_COLUMNS], dim=1

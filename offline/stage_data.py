@@ -26,10 +26,10 @@ import numpy as np
 
 from rtsleep.data.epochs import epochs_from_recording
 from rtsleep.data.errors import DataError
+from rtsleep.data.labels import sleep_period_bounds
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
-from rtsleep.data.recording import Stage
 from rtsleep.data.store import exg_input, open_store
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,11 @@ def sleep_period(rec: StageRecording, margin_epochs: int) -> StageRecording:
     last expert sleep epoch (the Sleep-EDF convention: 60 epochs, 30 min); the other epochs
     become unscored (-1) but stay in the input, so the model still streams the whole recording.
     A recording without sleep keeps no scored epoch. ``rec`` itself is not changed."""
-    if margin_epochs < 0:
-        raise ValueError(f"margin_epochs must be >= 0, got {margin_epochs}")
     stages = np.asarray(rec.stages, dtype=np.int64).copy()
-    sleep = np.flatnonzero(stages > int(Stage.W))
+    bounds = sleep_period_bounds(stages, margin_epochs)
     keep = np.zeros(len(stages), dtype=bool)
-    if sleep.size:
-        keep[max(0, int(sleep[0]) - margin_epochs) : int(sleep[-1]) + 1 + margin_epochs] = True
+    if bounds is not None:
+        keep[bounds[0] : bounds[1]] = True
     else:
         log.warning("%s: no sleep epoch in the expert hypnogram; nothing scored", rec.id)
     stages[~keep] = -1

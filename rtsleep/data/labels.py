@@ -164,6 +164,21 @@ def stage_counts(stages: np.ndarray) -> dict[str, int]:
     return {s.name: found.get(int(s), 0) for s in Stage}
 
 
+def sleep_period_bounds(stages: np.ndarray, margin_epochs: int) -> tuple[int, int] | None:
+    """Epochs ``[lo, hi)`` from ``margin_epochs`` before the first to ``margin_epochs`` after the
+    last sleep epoch (N1, N2, N3 or REM) of ``stages`` (``Stage`` values, -1 = unscored), clipped
+    to the recording; ``None`` when it holds no sleep. ``margin_epochs = 60`` (30 min) is the
+    usual Sleep-EDF scoring convention."""
+    if margin_epochs < 0:
+        raise ValueError(f"margin_epochs must be >= 0, got {margin_epochs}")
+    stages = np.asarray(stages)
+    sleep = np.flatnonzero(stages > int(Stage.W))
+    if sleep.size == 0:
+        return None
+    lo = max(0, int(sleep[0]) - margin_epochs)
+    return lo, min(len(stages), int(sleep[-1]) + 1 + margin_epochs)
+
+
 def event_epoch_flags(
     events: Sequence[Event],
     n_epochs: int,
