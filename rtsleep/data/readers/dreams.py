@@ -224,10 +224,8 @@ def _has_channel(rec: Recording, label: str) -> bool:
 
 def _edf_stages(rec: Recording) -> np.ndarray:
     """30-s stages from the EDF's 1-Hz ``hypnogram`` channel (the caller checked it exists)."""
-    hyp = rec.channel("hypnogram")
-    per_epoch = int(round(30.0 * hyp.sfreq))
-    return majority_stages(_map_codes(hyp.data.astype(np.int64), rec.source), per_epoch,
-                           rec.source)
+    codes, step_s = dreams_fine_stages(rec)  # (n,) at the channel's step
+    return majority_stages(codes, int(round(30.0 / step_s)), rec.source)
 
 
 def _edf_events(rec: Recording) -> list[Event]:
