@@ -187,16 +187,14 @@ def _sample_batch(
     :func:`stage_logits_from_log_power`), as at the end of a stream. With ``rehearsal`` each crop
     comes from it with probability ``cfg.rehearsal_fraction``, else from ``seqs``.
     """
-    rehearse = bool(rehearsal) and cfg.rehearsal_fraction > 0
-    pool = seqs + (rehearsal or []) if rehearse else seqs
-    max_len = min(cfg.max_len, min(len(s.stages) for s in pool))
+    old = rehearsal if rehearsal and cfg.rehearsal_fraction > 0 else []
+    max_len = min(cfg.max_len, min(len(s.stages) for s in seqs + old))
     min_len = min(cfg.min_len, max_len)
     length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
     lps, ys = [], []
     for _ in range(cfg.batch):
-        source = seqs
-        if rehearse and float(torch.rand(1, generator=gen)) < cfg.rehearsal_fraction:
-            source = rehearsal or seqs
+        rehearse = bool(old) and float(torch.rand(1, generator=gen)) < cfg.rehearsal_fraction
+        source = old if rehearse else seqs
         s = source[int(torch.randint(len(source), (1,), generator=gen))]
         n = len(s.stages)
         start = int(torch.randint(n - length + 1, (1,), generator=gen))
