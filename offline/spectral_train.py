@@ -234,11 +234,9 @@ def stage_logits_from_log_power(model: SleepNet, log_power: Tensor) -> Tensor:
     normalisation (if the encoder has one) unchanged. Output ``t`` refers to epoch
     ``t - lookahead_epochs`` (``SleepNet`` module doc).
     """
-    present = torch.isfinite(log_power).all(dim=-1)  # (B, T)
     # a fresh stream (running normalisation from zero), as every crop is one
-    emb, _ = model.embed_log_power(torch.nan_to_num(log_power), present)  # (B, T, D)
-    y, _ = model.temporal(model.input_proj(model.input_norm(emb)))  # (B, T, d_model)
-    return model.heads(y).stage_logits
+    out, _ = model.forward_log_power(log_power)  # fields (B, T, ...)
+    return out.stage_logits
 
 
 @torch.no_grad()

@@ -30,9 +30,17 @@ from rtsleep.data.labels import sleep_period_bounds
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
+from rtsleep.data.recording import EXG_MODALITIES, Modality
 from rtsleep.data.store import exg_input, open_store
 
 log = logging.getLogger(__name__)
+
+SLEEP_EDF_FEATURES = "sleep-edf-features"
+"""``--dataset`` of Sleep-EDF per-epoch feature files
+(:func:`load_sleep_edf_feature_recordings`)."""
+FEATURE_EEG_LABEL = "EEG Fpz-Cz"
+"""The derivation of the feature files' band powers that evaluation scores (columns 0-3)."""
+_EVERY_ROW = 1 << 30
 
 
 @dataclass
@@ -47,6 +55,11 @@ class StageRecording:
         fine_stages: the source's stages at their native step before the 30-s vote (int
             ``(k,)``, DREAMS: 5 s), or None when the source scores 30-s epochs only.
         fine_step_s: the step of ``fine_stages`` in s (0 without them).
+        eeg_label: the label of the EEG channel in ``x`` (None without EEG); a grouped ensemble
+            scores the recording with the members of the derivation it names.
+        log_power: float32 ``(n_epochs, n_bands)`` EEG band log powers (ln µV²/Hz) for a
+            recording given as per-epoch features instead of samples (then ``x`` is
+            ``(n_epochs, M, 0)``); a spectral model reads them in place of its Welch step.
     """
 
     id: str
@@ -57,6 +70,8 @@ class StageRecording:
     stages: np.ndarray
     fine_stages: np.ndarray | None = None
     fine_step_s: float = 0.0
+    eeg_label: str | None = None
+    log_power: np.ndarray | None = None
 
     @property
     def n_epochs(self) -> int:
@@ -83,6 +98,9 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
         if rec.stages is None:
             log.warning("%s: no sleep stages; skipped", source)
             continue
+        if not rec.channels:
+            log.warning("%s: labels only, no signal; skipped", source)
+            continue
         arrays = epochs_from_recording(rec, spec)
         n = arrays.n_epochs
         stages = np.full(n, -1, dtype=np.int64)
@@ -99,10 +117,42 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
                 stages=stages,
                 fine_stages=fine,
                 fine_step_s=step,
+                eeg_label=next(iter(arrays.channels.get(Modality.EEG, [])), None),
             )
         )
     if not out:
-        raise DataError(path, f"no staged {dataset} recording found")
+        hint = (f" (per-epoch feature files: --dataset {SLEEP_EDF_FEATURES})"
+                if dataset == "sleep-edf" else "")
+        raise DataError(path, f"no staged {dataset} recording with signals found{hint}")
+    return out
+
+
+def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
+    """The Sleep-EDF nights of the per-epoch feature files under ``path``
+    (``SC4ssnE0.npz``, SOURCES.md layout), each a :class:`StageRecording` of its Fpz-Cz band
+    log powers (``log_power``; ``eeg_label`` :data:`FEATURE_EEG_LABEL`, the channel a Sleep-EDF
+    PSG's reader takes as its EEG) with every labelled row, in file order.
+
+    The files leave out the epochs scored ``?`` or movement time (at most 4 per night here), so
+    the rows either side of such a gap follow each other in the stream."""
+    from offline.spectral_train import load_sleep_edf_features
+
+    out = []
+    for night in load_sleep_edf_features(Path(path), wake_margin_epochs=_EVERY_ROW):
+        lp = night.log_power[:, 0].numpy().astype(np.float32)  # (n, n_bands): Fpz-Cz
+        n = lp.shape[0]
+        out.append(
+            StageRecording(
+                id=night.id,
+                subject=night.subject,
+                dataset=SLEEP_EDF_FEATURES,
+                x=np.zeros((n, len(EXG_MODALITIES), 0), dtype=np.float32),  # (n, M, 0)
+                mask=np.array([m == Modality.EEG for m in EXG_MODALITIES]),
+                stages=night.stages.numpy().astype(np.int64),
+                eeg_label=FEATURE_EEG_LABEL,
+                log_power=lp,
+            )
+        )
     return out
 
 
@@ -157,7 +207,7 @@ def shifted_grids(rec: StageRecording, step_s: float = 5.0,
         stages = np.asarray(majority_stages(fine, per_epoch, rec.id), dtype=np.int64)
         out.append(StageRecording(
             id=f"{rec.id}@{k * step_s:g}s", subject=rec.subject, dataset=rec.dataset,
-            x=np.ascontiguousarray(x), mask=rec.mask, stages=stages,
+            x=np.ascontiguousarray(x), mask=rec.mask, stages=stages, eeg_label=rec.eeg_label,
         ))
     return out
 
@@ -193,6 +243,9 @@ def load_store(
                 x=x,
                 mask=mask,
                 stages=np.asarray(batch.labels["stage"], dtype=np.int64),
+                eeg_label=next((c.label for c in meta.channels
+                                if c.modality == Modality.EEG.value and c.role == "primary"),
+                               None),
             )
         )
     if not out:
@@ -203,11 +256,15 @@ def load_store(
 def load_stage_recordings(
     path: Path, dataset: str, spec: PreprocessSpec
 ) -> list[StageRecording]:
-    """A store (detected by its ``.parquet`` files) or else a raw ``dataset`` folder."""
+    """A store (detected by its ``.parquet`` files), Sleep-EDF feature files (``dataset``
+    :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder."""
+    if dataset == SLEEP_EDF_FEATURES:
+        return load_sleep_edf_feature_recordings(Path(path))
     if is_store(Path(path)):
         return load_store(Path(path), spec, dataset=dataset or None)
     return load_raw(dataset, Path(path), spec)
 
 
-__all__ = ["StageRecording", "is_store", "load_raw", "load_stage_recordings", "load_store",
+__all__ = ["FEATURE_EEG_LABEL", "SLEEP_EDF_FEATURES", "StageRecording", "is_store", "load_raw",
+           "load_sleep_edf_feature_recordings", "load_stage_recordings", "load_store",
            "shifted_grids", "sleep_period"]

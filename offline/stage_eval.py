@@ -5,7 +5,12 @@ Each recording is scored twice by the same model:
 - **offline**: ``SleepNet.forward`` over the whole recording (state from zero);
 - **streaming**: epoch by epoch through ``SleepNet.step``, as the daemon does.
 
-The model is a ``SleepNet`` or a ``SleepNetEnsemble`` (same calls).
+The model is a ``SleepNet`` or a ``SleepNetEnsemble`` (same calls). A grouped ensemble scores each
+recording with the members of the derivation its EEG label names
+(:func:`~rtsleep.models.ensemble.route_derivation`), as the daemon does per bed; the report
+names the group per recording. A recording given as band log powers (Sleep-EDF feature files,
+``StageRecording.log_power``) is run through ``forward_log_power`` / ``step_log_power``, the
+same model after its Welch step.
 
 Outputs are aligned to epochs through ``epoch_index``. A model with a look-ahead of ``k`` epochs
 gets ``k`` absent epochs (EEG masked) after the end of the recording, as the daemon feeds it when
@@ -31,6 +36,7 @@ import torch
 from offline.stage_data import StageRecording
 from rtsleep.data.recording import STAGE_NAMES
 from rtsleep.models.checkpoint import Predictor
+from rtsleep.models.ensemble import route_derivation
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,23 @@ class ModeResult:
 
     probs: np.ndarray
     epochs: np.ndarray
+    #: The ensemble derivation group that scored the recording (None: an ungrouped model).
+    group: str | None = None
+
+
+def _fresh_state(model: Predictor, rec: StageRecording) -> tuple[dict[str, torch.Tensor],
+                                                                  str | None]:
+    """``init_state(1)`` pointed at the derivation group of ``rec``'s EEG label."""
+    state = model.init_state(1)
+    return state, route_derivation(model, state, rec.eeg_label)
+
+
+def _log_power(rec: StageRecording, lookahead: int) -> torch.Tensor:
+    """``(T + k, n_bands)``: the recording's band log powers, then ``k`` absent (NaN) rows."""
+    if rec.log_power is None:
+        raise ValueError(f"{rec.id}: no band log powers")
+    lp = torch.from_numpy(np.ascontiguousarray(rec.log_power, dtype=np.float32))  # (T, nb)
+    return torch.cat([lp, lp.new_full((lookahead, lp.shape[1]), float("nan"))])
 
 
 def _inputs(rec: StageRecording, lookahead: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,26 +125,35 @@ def _inputs(rec: StageRecording, lookahead: int) -> tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def run_offline(model: Predictor, rec: StageRecording) -> ModeResult:
     """``SleepNet.forward`` over the whole recording from a zero state."""
-    x, mask = _inputs(rec, model.cfg.lookahead_epochs)
-    out, _ = model(x[None], mask[None])  # fields (1, T, ...)
+    state, group = _fresh_state(model, rec)
+    if rec.log_power is not None:
+        lp = _log_power(rec, model.cfg.lookahead_epochs)
+        out, _ = model.forward_log_power(lp[None], state)  # fields (1, T, ...)
+    else:
+        x, mask = _inputs(rec, model.cfg.lookahead_epochs)
+        out, _ = model(x[None], mask[None], state)  # fields (1, T, ...)
     idx = out.epoch_index[0].numpy()
     keep = idx >= 0
-    return ModeResult(out.stage_probs[0].float().numpy()[keep], idx[keep])
+    return ModeResult(out.stage_probs[0].float().numpy()[keep], idx[keep], group)
 
 
 @torch.no_grad()
 def run_streaming(model: Predictor, rec: StageRecording) -> ModeResult:
     """``SleepNet.step`` epoch by epoch from ``init_state(1)``, as the daemon runs."""
-    x, mask = _inputs(rec, model.cfg.lookahead_epochs)
-    state = model.init_state(1)
+    state, group = _fresh_state(model, rec)
     probs, idx = [], []
-    for t in range(x.shape[0]):
-        out = model.step(x[t : t + 1], mask[t : t + 1], state)  # fields (1, ...)
+    if rec.log_power is not None:
+        lp = _log_power(rec, model.cfg.lookahead_epochs)  # (T + k, n_bands)
+        outs = (model.step_log_power(lp[t : t + 1], state) for t in range(lp.shape[0]))
+    else:
+        x, mask = _inputs(rec, model.cfg.lookahead_epochs)
+        outs = (model.step(x[t : t + 1], mask[t : t + 1], state) for t in range(x.shape[0]))
+    for out in outs:  # fields (1, ...)
         probs.append(out.stage_probs[0].float().numpy())
         idx.append(int(out.epoch_index[0]))
     p, i = np.stack(probs), np.asarray(idx, dtype=np.int64)  # (T, 5), (T,)
     keep = i >= 0
-    return ModeResult(p[keep], i[keep])
+    return ModeResult(p[keep], i[keep], group)
 
 
 def scored(rec: StageRecording, res: ModeResult) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +192,9 @@ def build_report(evals: list[RecordingEval], extra: dict[str, Any] | None = None
             yt, yp = scored(ev.rec, ev.runs[mode])
             c = confusion(yt, yp)
             cm += c
-            per_rec[ev.rec.id] = {"subject": ev.rec.subject, **metrics_from_confusion(c)}
+            per_rec[ev.rec.id] = {"subject": ev.rec.subject, "eeg_label": ev.rec.eeg_label,
+                                  "derivation_group": ev.runs[mode].group,
+                                  **metrics_from_confusion(c)}
         modes[mode] = {"pooled": metrics_from_confusion(cm), "recordings": per_rec}
     diff = 0.0
     same = True

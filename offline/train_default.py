@@ -19,6 +19,17 @@
    licences, CV figures, training curves) in its metadata. Copy it to
    ``rtsleep/assets/default.safetensors`` to ship it.
 
+**Derivation groups** (default; ``--no-bipolar-members`` ships the fine-tuned members alone).
+The fine-tuning adapts the members to the referential central derivations of DREAMS (C3-A1,
+Cz-A1) and costs them what they had learnt of the bipolar Sleep-EDF derivations (Fpz-Cz,
+Pz-Oz): on Sleep-EDF subject 07, Fpz-Cz, 0.710 accuracy against 0.863 for the pre-trained
+members (docs/benchmarks.md). So the shipped ensemble holds both: the fine-tuned members as group
+``referential`` (group 0, also used when a label names no derivation) and the pre-trained members
+as group ``bipolar``; each recording or bed is scored by the group its EEG label names
+(:func:`rtsleep.models.ensemble.route_derivation`). The LOSO figures are the referential group's
+(every DREAMS excerpt is referential); the bipolar group's are the Sleep-EDF subject-wise CV
+(``tools/bench_sleepedf_cv.py``).
+
 ``--lookahead K`` trains every phase with an output delay of ``K`` epochs (``SleepNet`` module
 doc); the daemon then publishes each epoch's stage ``K`` epochs after it ends.
 ``--running-epochs N`` gives the encoder its running normalisation (band powers relative to the
@@ -54,6 +65,7 @@ from offline.spectral_train import (
 )
 from offline.stage_data import StageRecording, load_raw
 from offline.stage_eval import RecordingEval
+from rtsleep.data.channels import BIPOLAR, REFERENTIAL
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.models.checkpoint import Predictor, save_model
 from rtsleep.models.ensemble import SleepNetEnsemble
@@ -106,10 +118,11 @@ def _train_member(
     out: Path, recs: list[StageRecording], nights: list[Sequence],
     pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int, running_epochs: int,
     rehearsal_fraction: float = 0.0,
-) -> tuple[SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[SleepNet, SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
     """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``.
 
-    Returns the final model, its CV evaluations and folds, and its card entries (history, steps).
+    Returns the final model, the pre-trained model, its CV evaluations and folds, and its card
+    entries (history, steps).
     """
     spec = PreprocessSpec.default()
     pcfg = pretrain_config(seed, pretrain_steps)
@@ -135,19 +148,21 @@ def _train_member(
         history.update(fcfg.history)
     info = {"seed": seed, "pretrain_best_step": pre_step, "finetune_steps": final_steps,
             "history": history}
-    return model, evals, folds, info
+    return model, pre, evals, folds, info
 
 
 def train_default(
     data: Path, out: Path, pretrain_steps: int = 600, finetune_steps: int = 150, seed: int = 0,
     lookahead: int = 0, members: int = 1, running_epochs: int = RUNNING_EPOCHS,
     wake_margin_epochs: int = WAKE_MARGIN_EPOCHS, rehearsal_fraction: float = 0.0,
+    bipolar_members: bool = True,
 ) -> dict[str, Any]:
     """Run the whole recipe (module doc) for a model with an output delay of ``lookahead``
     epochs and running normalisation over ``running_epochs``, pre-trained on nights with
     ``wake_margin_epochs`` of wake around their sleep period; with ``members > 1`` once per
     seed ``seed, seed + 1, ...`` and the models are shipped as one :class:`SleepNetEnsemble`
-    (its CV figures: the mean of the members' fold models).
+    (its CV figures: the mean of the members' fold models). With ``bipolar_members`` the
+    pre-trained models join the ensemble as the ``bipolar`` derivation group (module doc).
     Returns the model card."""
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
@@ -163,13 +178,14 @@ def train_default(
                                      wake_margin_epochs=wake_margin_epochs)
     recs = load_raw("dreams", Path(data) / DREAMS, spec)
     seeds = list(range(seed, seed + members))
-    models, runs, infos = [], [], []
+    models, pretrained, runs, infos = [], [], [], []
     all_folds: list[list[dict[str, Any]]] = []
     for s in seeds:
-        model, evals, folds, info = _train_member(out, recs, nights, pretrain_steps,
+        model, pre, evals, folds, info = _train_member(out, recs, nights, pretrain_steps,
                                                   finetune_steps, s, lookahead,
                                                   running_epochs, rehearsal_fraction)
         models.append(model)
+        pretrained.append(pre)
         runs.append(evals)
         all_folds.append(folds)
         infos.append(info)
@@ -193,6 +209,8 @@ def train_default(
         recipe += f" --wake-margin-epochs {wake_margin_epochs}"
     if rehearsal_fraction:
         recipe += f" --rehearsal {rehearsal_fraction:g}"
+    if not bipolar_members:
+        recipe += " --no-bipolar-members"
     kind = "causal Mamba" if not lookahead else f"Mamba, output delay {lookahead} epoch(s)"
     name = f"rtsleep default stage model (spectral encoder + {kind})"
     card: dict[str, Any] = {
@@ -203,6 +221,11 @@ def train_default(
         "running_epochs": running_epochs,
         "wake_margin_epochs": wake_margin_epochs,
         "rehearsal_fraction": rehearsal_fraction,
+        "derivation_groups": (
+            {REFERENTIAL: "members fine-tuned on DREAMS (C3-A1, Cz-A1); also for labels that "
+                          "name no derivation",
+             BIPOLAR: "the same seeds pre-trained only (Sleep-EDF Fpz-Cz, Pz-Oz)"}
+            if bipolar_members else None),
         "members": [{k: v for k, v in i.items() if k != "history"} for i in infos],
         "pretrain_best_step": infos[0]["pretrain_best_step"],
         "finetune_steps": infos[0]["finetune_steps"],
@@ -220,7 +243,12 @@ def train_default(
                   "medical device; REM barely represented in DREAMS",
         "history": infos[0]["history"],
     }
-    shipped: Predictor = models[0] if members == 1 else SleepNetEnsemble.from_members(models)
+    shipped: Predictor
+    if bipolar_members:
+        shipped = SleepNetEnsemble.from_members(
+            models + pretrained, [REFERENTIAL] * members + [BIPOLAR] * members)
+    else:
+        shipped = models[0] if members == 1 else SleepNetEnsemble.from_members(models)
     model_id = save_model(shipped, out / "default.safetensors", spec, card=card)
     card["model_id"] = model_id
     return card
@@ -249,6 +277,9 @@ def register(app: typer.Typer) -> None:
         rehearsal: Annotated[float, typer.Option(
             help="Share of the fine-tuning crops drawn from the pre-training nights "
                  "(0: none).")] = 0.0,
+        bipolar_members: Annotated[bool, typer.Option(
+            help="Ship the pre-trained models too, as the group for bipolar EEG derivations "
+                 "(Fpz-Cz, Pz-Oz).")] = True,
     ) -> None:
         """Pre-train, cross-validate and fine-tune the default stage model; writes
         OUT/default.safetensors (copy it to rtsleep/assets/ to ship it)."""
@@ -256,7 +287,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             card = train_default(data, out, pretrain_steps, finetune_steps, seed, lookahead,
-                                 members, running_epochs, wake_margin_epochs, rehearsal)
+                                 members, running_epochs, wake_margin_epochs, rehearsal,
+                                 bipolar_members)
         except DataError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from rtsleep.data.channels import (
+    BIPOLAR,
+    REFERENTIAL,
     ChannelMap,
     default_modality,
+    eeg_derivation,
     primary_channel,
     rank_channels,
     require_modalities,
@@ -131,3 +134,15 @@ def test_primary_channel_skips_flat_and_slow_exg_channels() -> None:
     assert primary_channel(rec, M.EMG) is None
     eeg = primary_channel(rec, M.EEG)
     assert eeg is not None and eeg.label == "C3-A2"
+
+
+@pytest.mark.parametrize(("label", "kind"), [
+    ("EEG Fpz-Cz", BIPOLAR), ("EEG Pz-Oz", BIPOLAR), ("Fp1-F7", BIPOLAR),
+    ("C3-A1", REFERENTIAL), ("CZ-A1", REFERENTIAL), ("EEG C3-A2", REFERENTIAL),
+    ("C4-M1", REFERENTIAL), ("O1-A2", REFERENTIAL), ("C3A2", REFERENTIAL),
+    ("EEG", None), ("EEG(sec)", None), ("C3", None), ("C3-AVG", None), ("EOG1-A1", None),
+])
+def test_eeg_labels_name_their_derivation_kind(label: str, kind: str | None) -> None:
+    """Referential (ear or mastoid reference) against bipolar (two scalp electrodes); a label
+    that does not say gives None."""
+    assert eeg_derivation(label) == kind

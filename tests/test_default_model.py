@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from offline.stage_data import load_raw
 from offline.stage_eval import default_model_path, run_offline, run_streaming
+from rtsleep.data.channels import BIPOLAR, REFERENTIAL
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 from rtsleep.models.ensemble import SleepNetEnsemble
@@ -23,7 +24,10 @@ def test_bundled_model_loads_with_the_default_preprocessing() -> None:
     path = default_model_path()
     assert path.stat().st_size <= MAX_BYTES
     model = load_predictor(path, expected_preprocess=PreprocessSpec.default())
-    assert isinstance(model, SleepNetEnsemble) and model.n_members == 5  # a seed ensemble
+    assert isinstance(model, SleepNetEnsemble) and model.n_members == 10
+    # five seeds fine-tuned for referential derivations, the same five pre-trained only for
+    # bipolar ones
+    assert model.groups == (REFERENTIAL,) * 5 + (BIPOLAR,) * 5
     assert model.cfg.encoder == "spectral"
     assert model.cfg.lookahead_epochs == 0  # the daemon publishes each stage without delay
     meta = load_checkpoint_meta(path)
@@ -104,3 +108,46 @@ def test_evaluate_command_fails_cleanly_on_a_missing_folder(tmp_path: Path) -> N
                                    "dreams", "--out", str(tmp_path / "R")])
     assert res.exit_code != 0
     assert missing in res.output
+
+
+def test_evaluate_scores_sleep_edf_feature_files_with_the_bipolar_members(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """``--dataset sleep-edf-features``: every labelled row of the night (SC4011E0: 951, the
+    partial night), read as Fpz-Cz band powers and scored by the bundled model's members for
+    bipolar derivations, streaming identical to offline."""
+    from offline.cli import app
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "features"
+    folder.mkdir()
+    (folder / "SC4011E0.npz").symlink_to(
+        shared_data / "sleep-edf-sc-subset" / "features" / "SC4011E0.npz")
+    out = tmp_path / "REPORT"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(folder), "--dataset",
+                                   "sleep-edf-features", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    night = rep["modes"]["streaming"]["recordings"]["SC4011E0"]
+    assert night["eeg_label"] == "EEG Fpz-Cz" and night["derivation_group"] == "bipolar"
+    assert rep["pooled"]["n_epochs"] == 951
+    assert rep["streaming_matches_offline"] is True
+    assert rep["max_abs_prob_diff"] < 1e-4
+
+
+def test_evaluate_on_a_sleep_edf_folder_skips_label_only_hypnograms(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The shared Sleep-EDF folder holds one PSG (the 5-min excerpt of SC4001E0) and 16
+    hypnograms without a PSG: the excerpt is scored (10 epochs), the hypnograms are skipped."""
+    from offline.cli import app
+
+    torch.set_num_threads(1)
+    out = tmp_path / "REPORT"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(shared_data / "sleep-edf-sc-subset"),
+                                   "--dataset", "sleep-edf", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    (rec,) = rep["modes"]["offline"]["recordings"].values()
+    assert rec["eeg_label"] == "EEG Fpz-Cz" and rec["derivation_group"] == "bipolar"
+    assert rep["pooled"]["n_epochs"] == 10

@@ -11,9 +11,11 @@ from test_daemon_scorer import blocks, synthetic_channels
 
 from offline.spectral_train import spectral_model_config
 from rtsleep.daemon.scorer import Scorer, load_scoring_model
+from rtsleep.data.channels import BIPOLAR, REFERENTIAL
 from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.data.recording import Channel, Modality
 from rtsleep.models.checkpoint import load_checkpoint_meta, load_model, load_predictor, save_model
-from rtsleep.models.ensemble import SleepNetEnsemble
+from rtsleep.models.ensemble import GROUP_KEY, SleepNetEnsemble, route_derivation
 from rtsleep.models.sleepnet import SleepNet
 
 
@@ -108,3 +110,101 @@ def test_daemon_scorer_streams_an_ensemble_checkpoint(tmp_path: Path) -> None:
         per_member.append(np.array([r.probs for r in one.score(eps)]))
     np.testing.assert_allclose(np.array([r.probs for r in res]), np.mean(per_member, axis=0),
                                atol=1e-6)
+
+
+def _grouped(lookahead: int = 0) -> tuple[SleepNetEnsemble, list[SleepNet]]:
+    members = _members(3, lookahead)
+    return SleepNetEnsemble.from_members(members, [REFERENTIAL, BIPOLAR, BIPOLAR]), members
+
+
+def test_a_grouped_ensemble_scores_each_bed_with_the_members_of_its_derivation() -> None:
+    ens, members = _grouped()
+    x, mask = _inputs()
+    state = ens.init_state(2)
+    assert state[GROUP_KEY].tolist() == [0, 0]  # fresh: group 0, the first member's
+    ens.select_group(state, BIPOLAR)
+    state[GROUP_KEY][0] = 0  # bed 0 referential, bed 1 bipolar
+    with torch.no_grad():
+        out, new = ens(x, mask, state)
+        each = [m(x, mask)[0].stage_probs for m in members]
+    torch.testing.assert_close(out.stage_probs[0], each[0][0])
+    torch.testing.assert_close(out.stage_probs[1], (each[1][1] + each[2][1]) / 2)
+    assert new[GROUP_KEY].tolist() == [0, 1]
+    with torch.no_grad():  # step by step, the same
+        steps = [ens.step(x[:, t], mask[:, t], state) for t in range(x.shape[1])]
+    torch.testing.assert_close(torch.stack([s.stage_probs for s in steps], 1), out.stage_probs,
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("label", "group", "index"), [
+    ("EEG Fpz-Cz", BIPOLAR, 1), ("C3-A1", REFERENTIAL, 0), ("EEG", REFERENTIAL, 0),
+    (None, REFERENTIAL, 0),
+])
+def test_route_derivation_follows_the_eeg_label(label: str | None, group: str,
+                                                index: int) -> None:
+    ens, _ = _grouped()
+    state = ens.init_state(1)
+    state[GROUP_KEY].fill_(1 - index)
+    assert route_derivation(ens, state, label) == group
+    assert state[GROUP_KEY].tolist() == [index]
+    plain = SleepNetEnsemble.from_members(_members(2))  # no groups: nothing to choose
+    assert route_derivation(plain, plain.init_state(1), label) is None
+    assert GROUP_KEY not in plain.init_state(1)
+
+
+def test_grouped_checkpoint_round_trip_keeps_the_groups_and_refuses_edited_ones(
+    tmp_path: Path,
+) -> None:
+    ens, _ = _grouped()
+    path = tmp_path / "grouped.safetensors"
+    save_model(ens, path, PreprocessSpec.default())
+    assert load_checkpoint_meta(path).member_groups == [REFERENTIAL, BIPOLAR, BIPOLAR]
+    back = load_predictor(path)
+    assert isinstance(back, SleepNetEnsemble)
+    assert back.groups == (REFERENTIAL, BIPOLAR, BIPOLAR)
+    # the model id covers the group names: swapping them is an edit
+    from safetensors.torch import load_file, save_file
+
+    from rtsleep.models.checkpoint import read_header
+
+    meta = read_header(path)["__metadata__"]
+    swapped = {**meta, "member_groups": '["bipolar", "referential", "referential"]'}
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(str(path)), str(edited), metadata=swapped)
+    with pytest.raises(ValueError, match="edited.safetensors: model_id mismatch"):
+        load_predictor(edited)
+    short = {**meta, "member_groups": '["bipolar"]'}
+    save_file(load_file(str(path)), str(edited), metadata=short)
+    with pytest.raises(ValueError, match="one group name per member"):
+        load_checkpoint_meta(edited)
+    with pytest.raises(ValueError, match="groups names 1 members"):
+        SleepNetEnsemble(ens.cfg, 3, [BIPOLAR])
+
+
+def test_daemon_scorer_routes_each_bed_by_its_eeg_label_and_keeps_it_on_a_new_recording(
+) -> None:
+    ens, members = _grouped()
+    sc = Scorer(ens, PreprocessSpec.default(), "grouped")
+    sc.add_bed("central")
+    sc.add_bed("frontal")
+    central = blocks("central", synthetic_channels(3))  # EEG C3-A2
+    frontal_channels = [
+        Channel("EEG Fpz-Cz", Modality.EEG, c.sfreq, c.unit, c.data) if c.label == "C3-A2"
+        else c for c in synthetic_channels(3)
+    ]
+    frontal = blocks("frontal", frontal_channels)
+    res = sc.score(central + frontal)
+    assert sc.beds["central"].state[GROUP_KEY].tolist() == [0]
+    assert sc.beds["frontal"].state[GROUP_KEY].tolist() == [1]
+    probs = {bed: np.array([r.probs for r in res if r.bed == bed]) for bed in ("central",
+                                                                               "frontal")}
+    # the same signal: the frontal bed is scored by the two bipolar members alone
+    alone = []
+    for m in members[1:]:
+        one = Scorer(m, PreprocessSpec.default(), "m")
+        one.add_bed("central")
+        alone.append(np.array([r.probs for r in one.score(central)]))
+    np.testing.assert_allclose(probs["frontal"], np.mean(alone, axis=0), atol=1e-6)
+    assert not np.allclose(probs["central"], probs["frontal"], atol=1e-3)
+    sc.new_recording("frontal")
+    assert sc.beds["frontal"].state[GROUP_KEY].tolist() == [1]

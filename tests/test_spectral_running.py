@@ -111,6 +111,28 @@ def test_band_power_training_path_equals_forward_with_the_running_block() -> Non
     torch.testing.assert_close(logits, out.stage_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_band_power_steps_equal_forward_on_samples_for_a_model_and_an_ensemble() -> None:
+    """``step_log_power`` epoch by epoch (what evaluation streams for feature files) equals
+    ``forward`` on the samples, absent epoch included."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 7, 4, 3000, generator=g) * 15
+    mask = torch.zeros(1, 7, 4, dtype=torch.bool)
+    mask[0, :, 0] = True
+    mask[0, 3, 0] = False
+    for model in (_model(running=3), SleepNetEnsemble.from_members([_model(3, 0), _model(3, 1)])):
+        with torch.no_grad():
+            out, _ = model(x, mask)
+            enc = st.spectral_encoder(model if isinstance(model, SleepNet) else model.members[0])
+            lp = enc.band_log_power(x[0, :, 0])  # (T, n_bands)
+            lp[3] = math.nan
+            state = model.init_state(1)
+            steps = [model.step_log_power(lp[t : t + 1], state) for t in range(7)]
+        torch.testing.assert_close(torch.stack([o.stage_probs for o in steps], 1),
+                                   out.stage_probs, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="log_power must have shape"):
+        _model().step_log_power(lp[None], _model().init_state(1))  # (1, T, n_bands)
+
+
 def test_standardisation_centres_all_three_feature_blocks() -> None:
     model = _model(running=50)
     g = torch.Generator().manual_seed(3)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from offline.train_default import train_default
+from rtsleep.data.channels import BIPOLAR, REFERENTIAL
 from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 from rtsleep.models.ensemble import SleepNetEnsemble
 
@@ -24,7 +25,13 @@ def test_train_default_ships_a_delayed_seed_ensemble_scored_on_every_epoch(
     finally:
         torch.set_num_threads(threads)
     model = load_predictor(tmp_path / "default.safetensors")
-    assert isinstance(model, SleepNetEnsemble) and model.n_members == 2
+    # the two fine-tuned seeds, then the same two pre-trained only (the bipolar group)
+    assert isinstance(model, SleepNetEnsemble) and model.n_members == 4
+    assert model.groups == (REFERENTIAL, REFERENTIAL, BIPOLAR, BIPOLAR)
+    pre = load_predictor(tmp_path / "pretrained_seed3.safetensors")
+    for name, v in pre.state_dict().items():
+        assert torch.equal(model.members[2].state_dict()[name], v)
+    assert set(card["derivation_groups"]) == {REFERENTIAL, BIPOLAR}
     assert model.cfg.lookahead_epochs == 1
     assert model.cfg.spectral.running_epochs == 300 and card["running_epochs"] == 300
     assert "0.spectral.mean" in model.init_state(1)
@@ -52,3 +59,17 @@ def test_train_default_rejects_a_negative_wake_margin_and_a_full_rehearsal(
     with pytest.raises(ValueError, match="rehearsal_fraction"):
         train_default(shared_data, tmp_path, pretrain_steps=1, finetune_steps=1,
                       rehearsal_fraction=1.0)
+
+
+def test_train_default_without_bipolar_members_ships_the_fine_tuned_models_alone(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        card = train_default(shared_data, tmp_path, pretrain_steps=2, finetune_steps=1,
+                             members=1, bipolar_members=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert card["derivation_groups"] is None
+    assert card["recipe"].endswith("--no-bipolar-members")
+    assert not isinstance(load_predictor(tmp_path / "default.safetensors"), SleepNetEnsemble)

@@ -164,10 +164,11 @@ class Daemon:
         self.scorer = Scorer(model, spec, model_id, device=device, max_batch=cfg.model.max_batch,
                              heads=heads, context_reset_s=cfg.daemon.context_reset_s)
         members = int(getattr(model, "n_members", 1))
+        kind = f"ensemble of {members}" if members > 1 else "single model"
+        if getattr(model, "grouped", False):
+            kind += " in derivation groups " + ", ".join(model.group_names)
         log.info("model %s on %s (trained heads: %s; %s; output delay %d epoch(s))",
-                 model_id[:12], device, ", ".join(sorted(heads)),
-                 f"ensemble of {members}" if members > 1 else "single model",
-                 self.scorer.delay)
+                 model_id[:12], device, ", ".join(sorted(heads)), kind, self.scorer.delay)
         try:
             cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True)
             probe = cfg.daemon.state_dir / ".write-test"

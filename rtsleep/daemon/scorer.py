@@ -57,6 +57,7 @@ from rtsleep.daemon.state import BedState
 from rtsleep.data.channels import MIN_EXG_SFREQ, PRIMARY_PREFERENCE, normalize_label
 from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
+from rtsleep.models.ensemble import route_derivation
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,8 @@ class Scorer:
                 if ch is not None:
                     b.primary[m] = ch.label
                     log.info("bed %s: primary %s channel %s", b.bed, m, ch.label)
+                    if m == Modality.EEG:
+                        self._route(b, announce=True)
         by_label = {c.label: c for c in ep.channels}
         usable = {c.label for c in ep.quality.channels if c.usable}
         x = np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32)
@@ -442,8 +445,17 @@ class Scorer:
         b.reset_at = None
         b.unscorable_run = 0
         b.state = self._fresh_state()
+        self._route(b)
         b.line.clear()
         log.info("bed %s: %s, the model context starts fresh", b.bed, why)
+
+    def _route(self, b: _Bed, announce: bool = False) -> None:
+        """Point the bed's state at the ensemble members for its EEG derivation (a grouped
+        ensemble; nothing otherwise). The EEG label is the bed's primary EEG channel."""
+        label = (b.primary or {}).get(Modality.EEG)
+        group = route_derivation(self.model, b.state, label)
+        if group is not None and announce:
+            log.info("bed %s: EEG %s scored by the model's %r members", b.bed, label, group)
 
     def new_recording(self, bed: str) -> list[EpochResult]:
         """A new sleeper on ``bed`` (``rtsleep new-recording``): the results waiting in the delay

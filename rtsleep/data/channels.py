@@ -89,6 +89,37 @@ _REFERENCE = rf"(?:[AM][12]|{_ELECTRODE}|AVG|REF|LE|CAR)"
 _EEG_PATTERN = re.compile(rf"^{_ELECTRODE}(?:-?{_REFERENCE})?$")  # C3-A2, C3A2 (ucddb)
 _EOG_PATTERN = re.compile(r"^(?:E[12]|LOC|ROC|EOG\w*)(?:-\w+)?$")
 
+REFERENTIAL = "referential"
+"""An EEG derivation against an ear or mastoid reference (C3-A2, Cz-A1, C4-M1)."""
+BIPOLAR = "bipolar"
+"""An EEG derivation between two scalp electrodes (Fpz-Cz, Pz-Oz: Sleep-EDF)."""
+DERIVATION_KINDS: tuple[str, ...] = (REFERENTIAL, BIPOLAR)
+
+_EAR_REFERENCE = re.compile(r"^[AM][12]$")
+_SCALP_ELECTRODE = re.compile(rf"^{_ELECTRODE}$")
+_GLUED_REFERENTIAL = re.compile(rf"^{_ELECTRODE}[AM][12]$")
+
+
+def eeg_derivation(label: str) -> str | None:
+    """The kind of EEG derivation a channel label names: :data:`REFERENTIAL` (``C3-A2``,
+    ``EEG Cz-A1``, ``C4-M1``), :data:`BIPOLAR` (``EEG Fpz-Cz``, ``Pz-Oz``), or ``None`` when the
+    label does not say (``EEG``, ``EEG(sec)``, ``C3``, an average reference)."""
+    key = normalize_label(label)
+    if key.startswith("EEG") and "-" in key:
+        key = key[3:]
+    active, sep, reference = key.partition("-")
+    if not sep:  # ucddb writes C3A2
+        m = _GLUED_REFERENTIAL.match(key)
+        return REFERENTIAL if m else None
+    if not _SCALP_ELECTRODE.match(active):
+        return None
+    if _EAR_REFERENCE.match(reference):
+        return REFERENTIAL
+    if _SCALP_ELECTRODE.match(reference):
+        return BIPOLAR
+    return None
+
+
 LABEL_CHANNELS: frozenset[str] = frozenset(
     normalize_label(x)
     for x in ("hypnogram", "hypnogram_aut", "event_pneumo", "event_pneumo_aut", "event_neuro")

@@ -10,7 +10,10 @@ Tensors are the model's ``state_dict`` (parameters and persistent buffers). The 
 - ``model_id``: sha256 (hex) over the config JSON and every tensor (name, dtype, shape, bytes);
 - ``card``: optional JSON object (the model card);
 - ``members``: optional, the member count of a :class:`~rtsleep.models.ensemble.SleepNetEnsemble`
-  (``config`` is then the members' config and tensors are named ``members.<i>.<name>``).
+  (``config`` is then the members' config and tensors are named ``members.<i>.<name>``);
+- ``member_groups``: optional, JSON list of each member's derivation group in a grouped ensemble
+  (the model id then covers it too: it is computed over the config JSON followed by a newline
+  and this JSON).
 
 ``load_model(path)`` rebuilds a single model from the file alone and checks, with a one-line
 ``ValueError`` naming the file: the safetensors framing, the format version, the config, the
@@ -71,6 +74,10 @@ class CheckpointMeta:
     tensors: dict[str, tuple[str, tuple[int, ...]]]
     #: Ensemble member count (1: a single model).
     members: int = 1
+    #: Each member's derivation group (None: not a grouped ensemble).
+    member_groups: list[str] | None = None
+    #: ``member_groups`` exactly as stored (the model id is computed over it).
+    member_groups_json: str | None = None
 
 
 def compute_model_id(config_json: str, tensors: dict[str, Tensor]) -> str:
@@ -82,6 +89,12 @@ def compute_model_id(config_json: str, tensors: dict[str, Tensor]) -> str:
         h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _id_text(config_json: str, groups_json: str | None) -> str:
+    """What the model id hashes besides the tensors: the config, and a grouped ensemble's
+    ``member_groups``."""
+    return config_json if groups_json is None else f"{config_json}\n{groups_json}"
 
 
 def _state_tensors(model: Predictor) -> dict[str, Tensor]:
@@ -113,7 +126,9 @@ def save_model(
             )
     tensors = _state_tensors(model)
     config_json = model.cfg.to_json()
-    model_id = compute_model_id(config_json, tensors)
+    groups_json = (json.dumps(list(model.groups))
+                   if isinstance(model, SleepNetEnsemble) and model.grouped else None)
+    model_id = compute_model_id(_id_text(config_json, groups_json), tensors)
     metadata = {
         "format_version": FORMAT_VERSION,
         "config": config_json,
@@ -129,6 +144,8 @@ def save_model(
         metadata["card"] = json.dumps(card, sort_keys=True, allow_nan=False)
     if isinstance(model, SleepNetEnsemble):
         metadata["members"] = str(model.n_members)
+        if groups_json is not None:
+            metadata["member_groups"] = groups_json
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -227,6 +244,12 @@ def load_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     if not members_text.isdigit() or int(members_text) < 1:
         raise ValueError(f"{path}: metadata 'members' must be a positive integer, "
                          f"got {members_text!r}")
+    groups = _json_field(path, meta, "member_groups") if "member_groups" in meta else None
+    if groups is not None and (
+        not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)
+        or len(groups) != int(members_text)
+    ):
+        raise ValueError(f"{path}: metadata 'member_groups' must list one group name per member")
     return CheckpointMeta(
         path=path,
         format_version=version,
@@ -238,6 +261,8 @@ def load_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         card=card,
         tensors=tensors,
         members=int(members_text),
+        member_groups=groups,
+        member_groups_json=meta.get("member_groups"),
     )
 
 
@@ -285,7 +310,7 @@ def load_predictor(
                 + "; ".join(diffs)
             )
     tensors = load_file(str(path), device="cpu")
-    model_id = compute_model_id(meta.config_json, tensors)
+    model_id = compute_model_id(_id_text(meta.config_json, meta.member_groups_json), tensors)
     if model_id != meta.model_id:
         raise ValueError(
             f"{path}: model_id mismatch (header {meta.model_id[:12]}..., contents "
@@ -293,7 +318,7 @@ def load_predictor(
         )
     model: Predictor = (
         SleepNet(meta.config) if meta.members == 1
-        else SleepNetEnsemble(meta.config, meta.members)
+        else SleepNetEnsemble(meta.config, meta.members, meta.member_groups)
     )
     _check_tensors(path, model, tensors)
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}

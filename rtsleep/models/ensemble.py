@@ -8,37 +8,78 @@ caller of ``SleepNet`` (the daemon's scorer, evaluation) runs an ensemble unchan
 
 State: the members' state dicts merged under ``"<member>.<key>"`` (flat, so it persists with
 safetensors like a single model's).
+
+**Derivation groups.** Members may be grouped by the kind of EEG derivation they were trained for
+(``groups``, one name per member, e.g. :data:`~rtsleep.data.channels.REFERENTIAL` for members
+fine-tuned on C3-A1/Cz-A1 and :data:`~rtsleep.data.channels.BIPOLAR` for members trained on
+Fpz-Cz/Pz-Oz). An ensemble with more than one group carries, per bed, the group it scores with
+in the state entry ``"group"`` (``(B,)`` int64, index into :attr:`SleepNetEnsemble.group_names`;
+0, the group of member 0, in a fresh state): the output is the mean over that group's members
+only. :func:`route_derivation` sets it from the EEG channel's label; a label that names no
+derivation, or one no group was trained for, keeps group 0. Every member still steps on every
+epoch (one code path; the members are small), so offline equals streaming for any group.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
 
+from rtsleep.data.channels import eeg_derivation
 from rtsleep.data.recording import Modality
 from rtsleep.models.sleepnet import SleepNet, SleepNetConfig, SleepNetOutput
+
+GROUP_KEY = "group"
+"""State entry of a grouped ensemble: ``(B,)`` int64, the group each bed scores with."""
 
 
 class SleepNetEnsemble(nn.Module):
     """``n_members`` SleepNets of config ``cfg``, outputs averaged (see the module doc)."""
 
-    def __init__(self, cfg: SleepNetConfig, n_members: int) -> None:
+    member_group: Tensor
+
+    def __init__(
+        self, cfg: SleepNetConfig, n_members: int, groups: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         if n_members < 2:
             raise ValueError(f"an ensemble needs >= 2 members, got {n_members}")
         self.cfg = cfg
         self.members = nn.ModuleList(SleepNet(cfg) for _ in range(n_members))
+        groups = tuple(groups) if groups is not None else ("",) * n_members
+        if len(groups) != n_members:
+            raise ValueError(f"groups names {len(groups)} members, the ensemble has {n_members}")
+        if not all(isinstance(g, str) for g in groups):
+            raise TypeError("ensemble group names must be strings")
+        #: Group names in order of first appearance (index 0 = the group of member 0).
+        self.group_names: tuple[str, ...] = tuple(dict.fromkeys(groups))
+        #: One group name per member.
+        self.groups: tuple[str, ...] = groups
+        if self.grouped:  # each member's group index (the checkpoint stores the names)
+            self.register_buffer("member_group", torch.tensor(
+                [self.group_names.index(g) for g in groups], dtype=torch.int64),
+                persistent=False)
+
+    @property
+    def grouped(self) -> bool:
+        """True when the members form more than one derivation group."""
+        return len(self.group_names) > 1
 
     @classmethod
-    def from_members(cls, members: list[SleepNet]) -> SleepNetEnsemble:
-        """An ensemble holding copies of the weights of ``members`` (all of one config)."""
+    def from_members(
+        cls, members: list[SleepNet], groups: Sequence[str] | None = None
+    ) -> SleepNetEnsemble:
+        """An ensemble holding copies of the weights of ``members`` (all of one config), with
+        optional derivation ``groups`` (one name per member)."""
         if len(members) < 2:
             raise ValueError(f"an ensemble needs >= 2 members, got {len(members)}")
         cfg = members[0].cfg
         for i, m in enumerate(members[1:], start=1):
             if m.cfg.to_json() != cfg.to_json():
                 raise ValueError(f"ensemble member {i} has another config than member 0")
-        ens = cls(cfg, len(members))
+        ens = cls(cfg, len(members), groups)
         for dst, src in zip(ens.members, members, strict=True):
             dst.load_state_dict(src.state_dict())
         return ens.eval()
@@ -71,6 +112,9 @@ class SleepNetEnsemble(nn.Module):
         for i in range(self.n_members):
             for k, v in self._member(i).init_state(batch, device=device, dtype=dtype).items():
                 state[f"{i}.{k}"] = v
+        if self.grouped:
+            dev = device if device is not None else self.member_group.device
+            state[GROUP_KEY] = torch.zeros(batch, dtype=torch.int64, device=dev)
         return state
 
     def state_nbytes(self, batch: int = 1) -> int:
@@ -80,6 +124,8 @@ class SleepNetEnsemble(nn.Module):
     def _split(self, state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         parts: list[dict[str, Tensor]] = [{} for _ in range(self.n_members)]
         for key, v in state.items():
+            if key == GROUP_KEY and self.grouped:
+                continue
             head, _, rest = key.partition(".")
             if not head.isdigit() or int(head) >= self.n_members or not rest:
                 raise ValueError(f"SleepNetEnsemble: unexpected state entry {key!r}")
@@ -87,11 +133,35 @@ class SleepNetEnsemble(nn.Module):
         return parts
 
     # ------------------------------------------------------------- running
+    def _weights(self, state: dict[str, Tensor] | None, batch: int,
+                 device: torch.device) -> Tensor | None:
+        """``(n_members, B)`` float, each bed's members weighted 1 / (size of its group); None
+        for an ungrouped ensemble (plain mean)."""
+        if not self.grouped:
+            return None
+        group = (torch.zeros(batch, dtype=torch.int64, device=device) if state is None
+                 else self._group(state))  # (B,)
+        hit = (self.member_group[:, None] == group[None, :]).to(torch.float32)  # (n, B)
+        return hit / hit.sum(dim=0, keepdim=True)
+
+    def _group(self, state: dict[str, Tensor]) -> Tensor:
+        try:
+            return state[GROUP_KEY]
+        except KeyError:
+            raise ValueError(f"SleepNetEnsemble: state has no entry {GROUP_KEY!r}") from None
+
     @staticmethod
-    def _mean(outs: list[SleepNetOutput]) -> SleepNetOutput:
-        stage = torch.stack([o.stage_probs for o in outs]).mean(dim=0)  # (..., 5)
-        apnea = torch.stack([o.apnea_prob for o in outs]).mean(dim=0)  # (...)
-        hypopnea = torch.stack([o.hypopnea_prob for o in outs]).mean(dim=0)  # (...)
+    def _mean(outs: list[SleepNetOutput], weights: Tensor | None = None) -> SleepNetOutput:
+        def avg(xs: list[Tensor]) -> Tensor:  # (n, B, ...) -> (B, ...)
+            stacked = torch.stack(xs)
+            if weights is None:
+                return stacked.mean(dim=0)
+            w = weights.to(stacked.dtype).view(*weights.shape, *(1,) * (stacked.dim() - 2))
+            return (stacked * w).sum(dim=0)
+
+        stage = avg([o.stage_probs for o in outs])  # (..., 5)
+        apnea = avg([o.apnea_prob for o in outs])  # (...)
+        hypopnea = avg([o.hypopnea_prob for o in outs])  # (...)
         return SleepNetOutput(
             stage_logits=torch.log(stage.clamp_min(1e-12)),
             stage_probs=stage,
@@ -112,13 +182,41 @@ class SleepNetEnsemble(nn.Module):
         aux_mask: Tensor | None = None,
     ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
         """``SleepNet.forward`` of every member, averaged; ``state`` is not modified."""
-        parts = self._split(state) if state is not None else [None] * self.n_members
+        return self._forward_all(
+            lambda m, part: m(x, mask, part, aux, aux_mask), state, x.shape[0], x.device)
+
+    def forward_log_power(
+        self,
+        log_power: Tensor,
+        state: dict[str, Tensor] | None = None,
+        aux: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+    ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
+        """``SleepNet.forward_log_power`` of every member (``log_power (B, T, n_bands)``),
+        averaged; ``state`` is not modified."""
+        return self._forward_all(
+            lambda m, part: m.forward_log_power(log_power, part, aux, aux_mask), state,
+            log_power.shape[0], log_power.device)
+
+    def _forward_all(
+        self,
+        run: Callable[[SleepNet, dict[str, Tensor] | None],
+                      tuple[SleepNetOutput, dict[str, Tensor]]],
+        state: dict[str, Tensor] | None,
+        batch: int,
+        device: torch.device,
+    ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
+        parts: list[dict[str, Tensor] | None] = (
+            list(self._split(state)) if state is not None else [None] * self.n_members)
         outs, new_state = [], {}
         for i, part in enumerate(parts):
-            out, st = self._member(i)(x, mask, part, aux, aux_mask)
+            out, st = run(self._member(i), part)
             outs.append(out)
             new_state.update({f"{i}.{k}": v for k, v in st.items()})
-        return self._mean(outs), new_state
+        if self.grouped:
+            new_state[GROUP_KEY] = (self._group(state).clone() if state is not None else
+                                    torch.zeros(batch, dtype=torch.int64, device=device))
+        return self._mean(outs, self._weights(state, batch, device)), new_state
 
     def step(
         self,
@@ -129,12 +227,55 @@ class SleepNetEnsemble(nn.Module):
         aux_mask: Tensor | None = None,
     ) -> SleepNetOutput:
         """``SleepNet.step`` of every member, averaged; ``state`` is updated in place."""
+        return self._step_all(lambda m, part: m.step(x, mask, part, aux, aux_mask), state,
+                              x.shape[0], x.device)
+
+    def step_log_power(
+        self,
+        log_power: Tensor,
+        state: dict[str, Tensor],
+        aux: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+    ) -> SleepNetOutput:
+        """``SleepNet.step_log_power`` of every member (``log_power (B, n_bands)``), averaged;
+        ``state`` is updated in place."""
+        return self._step_all(
+            lambda m, part: m.step_log_power(log_power, part, aux, aux_mask), state,
+            log_power.shape[0], log_power.device)
+
+    def _step_all(
+        self,
+        run: Callable[[SleepNet, dict[str, Tensor]], SleepNetOutput],
+        state: dict[str, Tensor],
+        batch: int,
+        device: torch.device,
+    ) -> SleepNetOutput:
         parts = self._split(state)
-        outs = [self._member(i).step(x, mask, part, aux, aux_mask)
-                for i, part in enumerate(parts)]
+        outs = [run(self._member(i), part) for i, part in enumerate(parts)]
         for i, part in enumerate(parts):  # members update their dicts in place; mirror them
             state.update({f"{i}.{k}": v for k, v in part.items()})
-        return self._mean(outs)
+        return self._mean(outs, self._weights(state, batch, device))
+
+    def select_group(self, state: dict[str, Tensor], name: str | None) -> str:
+        """Score every bed of ``state`` with the members of group ``name`` (group 0 when
+        ``name`` is None or names no group); returns the group used."""
+        if not self.grouped:
+            return self.group_names[0]
+        idx = self.group_names.index(name) if name in self.group_names else 0
+        self._group(state).fill_(idx)
+        return self.group_names[idx]
 
 
-__all__ = ["SleepNetEnsemble"]
+def route_derivation(
+    model: nn.Module, state: dict[str, Tensor], eeg_label: str | None
+) -> str | None:
+    """Point ``state`` (every bed in it) at the ensemble members trained for the derivation
+    ``eeg_label`` names (:func:`~rtsleep.data.channels.eeg_derivation`). Returns the group used,
+    or None for a model without derivation groups (nothing to choose)."""
+    if not isinstance(model, SleepNetEnsemble) or not model.grouped:
+        return None
+    kind = eeg_derivation(eeg_label) if eeg_label else None
+    return model.select_group(state, kind)
+
+
+__all__ = ["GROUP_KEY", "SleepNetEnsemble", "route_derivation"]

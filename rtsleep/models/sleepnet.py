@@ -412,9 +412,8 @@ class SleepNet(nn.Module):
         enc = self._running_encoder()
         run_new: tuple[Tensor, Tensor] | None = None
         if enc is not None:
-            run = None if state is None else (self._state_entry(state, RUNNING_MEAN_KEY),
-                                              self._state_entry(state, RUNNING_COUNT_KEY))
-            emb, run_new = self._encode_running(enc, x[:, :, 0], mask[:, :, 0].bool(), run)
+            emb, run_new = self._encode_running(enc, x[:, :, 0], mask[:, :, 0].bool(),
+                                                self._carried_running(state))
         else:
             flat_x = x.reshape(b * t, m, s)  # (B*T, M, S)
             flat_mask = mask.reshape(b * t, m)  # (B*T, M)
@@ -422,18 +421,51 @@ class SleepNet(nn.Module):
             emb = torch.cat(
                 [self.encode(flat_x[i : i + n], flat_mask[i : i + n]) for i in range(0, b * t, n)]
             ).view(b, t, -1)  # (B, T, D_emb)
+        return self._forward_embedded(emb, state, run_new, aux, aux_mask)
+
+    def _forward_embedded(
+        self, emb: Tensor, state: dict[str, Tensor] | None,
+        run_new: tuple[Tensor, Tensor] | None, aux: Tensor | None, aux_mask: Tensor | None,
+    ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
+        """The temporal module and heads over embeddings ``emb (B, T, D_emb)``."""
+        b, t = emb.shape[:2]
         temporal_state = None
-        n0 = torch.zeros(b, dtype=torch.int64, device=x.device)
+        n0 = torch.zeros(b, dtype=torch.int64, device=emb.device)
         if state is not None:
             n0 = self._n_epochs(state)
             temporal_state = {k: v for k, v in state.items() if k not in _EXTRA_KEYS}
         y, new_state = self.temporal(self._temporal_input(emb), temporal_state)  # (B, T, d)
-        steps = torch.arange(t, dtype=torch.int64, device=x.device)
+        steps = torch.arange(t, dtype=torch.int64, device=emb.device)
         epoch_index = n0[:, None] + steps[None, :] - self.cfg.lookahead_epochs  # (B, T)
         new_state[N_EPOCHS_KEY] = n0 + t
         if run_new is not None:
             new_state[RUNNING_MEAN_KEY], new_state[RUNNING_COUNT_KEY] = run_new
         return self._outputs(y, epoch_index, aux, aux_mask), new_state
+
+    def _carried_running(self, state: dict[str, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+        if state is None or self._running_encoder() is None:
+            return None
+        return (self._state_entry(state, RUNNING_MEAN_KEY),
+                self._state_entry(state, RUNNING_COUNT_KEY))
+
+    def forward_log_power(
+        self,
+        log_power: Tensor,
+        state: dict[str, Tensor] | None = None,
+        aux: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+    ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
+        """:meth:`forward` for a spectral model given each epoch's band log powers (the Welch
+        step already done, e.g. Sleep-EDF per-epoch features): ``log_power (B, T, n_bands)``
+        in ln µV²/Hz of the preprocessed EEG; a row with a NaN is an absent epoch (no EEG).
+        ``TypeError`` for a model without a spectral encoder."""
+        if log_power.dim() != 3:
+            raise ValueError(f"log_power must have shape (B, T, n_bands), got "
+                             f"{tuple(log_power.shape)}")
+        present = torch.isfinite(log_power).all(dim=-1)  # (B, T)
+        emb, run_new = self.embed_log_power(torch.nan_to_num(log_power), present,
+                                            self._carried_running(state))  # (B, T, D_emb)
+        return self._forward_embedded(emb, state, run_new, aux, aux_mask)
 
     def step(
         self,
@@ -448,20 +480,49 @@ class SleepNet(nn.Module):
         ``x (B, M, S)``, ``mask (B, M)``, optional ``aux``/``aux_mask (B, n_aux)``. Returns
         ``SleepNetOutput`` with ``(B, ...)`` fields referring to epoch ``epoch_index``.
         """
-        n_epochs = self._n_epochs(state)
         enc = self._running_encoder()
         if enc is not None:
-            mean = self._state_entry(state, RUNNING_MEAN_KEY)
-            count = self._state_entry(state, RUNNING_COUNT_KEY)
             emb, carried = self._encode_running(
-                enc, x[:, None, 0], mask[:, None, 0].bool(), (mean, count))  # (B, 1, D_emb)
+                enc, x[:, None, 0], mask[:, None, 0].bool(),
+                self._carried_running(state))  # (B, 1, D_emb)
+            self._update_running(state, carried)
             emb = emb[:, 0]  # (B, D_emb)
-            if carried is not None:
-                mean.copy_(carried[0])
-                count.copy_(carried[1])
         else:
             emb = self.encode(x, mask)  # (B, D_emb)
+        return self._step_embedded(emb, state, aux, aux_mask)
+
+    def _update_running(
+        self, state: dict[str, Tensor], carried: tuple[Tensor, Tensor] | None
+    ) -> None:
+        if carried is not None:
+            self._state_entry(state, RUNNING_MEAN_KEY).copy_(carried[0])
+            self._state_entry(state, RUNNING_COUNT_KEY).copy_(carried[1])
+
+    def _step_embedded(
+        self, emb: Tensor, state: dict[str, Tensor], aux: Tensor | None, aux_mask: Tensor | None
+    ) -> SleepNetOutput:
+        """One temporal step and the heads for embeddings ``emb (B, D_emb)``."""
+        n_epochs = self._n_epochs(state)
         y = self.temporal.step(self._temporal_input(emb), state)  # (B, d)
         out = self._outputs(y, n_epochs - self.cfg.lookahead_epochs, aux, aux_mask)
         n_epochs += 1
         return out
+
+    def step_log_power(
+        self,
+        log_power: Tensor,
+        state: dict[str, Tensor],
+        aux: Tensor | None = None,
+        aux_mask: Tensor | None = None,
+    ) -> SleepNetOutput:
+        """:meth:`step` given one epoch's band log powers per bed, ``(B, n_bands)`` (NaN row:
+        absent epoch); see :meth:`forward_log_power`."""
+        if log_power.dim() != 2:
+            raise ValueError(f"log_power must have shape (B, n_bands), got "
+                             f"{tuple(log_power.shape)}")
+        lp = log_power[:, None]  # (B, 1, n_bands)
+        present = torch.isfinite(lp).all(dim=-1)  # (B, 1)
+        emb, carried = self.embed_log_power(torch.nan_to_num(lp), present,
+                                            self._carried_running(state))  # (B, 1, D_emb)
+        self._update_running(state, carried)
+        return self._step_embedded(emb[:, 0], state, aux, aux_mask)
