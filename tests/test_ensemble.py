@@ -208,3 +208,41 @@ def test_daemon_scorer_routes_each_bed_by_its_eeg_label_and_keeps_it_on_a_new_re
     assert not np.allclose(probs["central"], probs["frontal"], atol=1e-3)
     sc.new_recording("frontal")
     assert sc.beds["frontal"].state[GROUP_KEY].tolist() == [1]
+
+
+def test_members_of_a_group_no_bed_uses_are_not_run_and_their_state_is_left_alone() -> None:
+    ens, members = _grouped()
+    x, mask = _inputs()
+    state = ens.init_state(2)
+    ens.select_group(state, BIPOLAR)  # both beds bipolar: member 0 idle
+    idle = {k: v.clone() for k, v in state.items() if k.startswith("0.")}
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            out = ens.step(x[:, t], mask[:, t], state)
+        whole, new = ens(x, mask, ens.init_state(2))  # group 0: members 1 and 2 idle
+    for k, v in idle.items():
+        assert torch.equal(state[k], v), k
+    assert state["1.n_epochs"].tolist() == [6, 6]
+    assert new["1.n_epochs"].tolist() == [0, 0] and new["0.n_epochs"].tolist() == [6, 6]
+    assert torch.equal(out.epoch_index, torch.tensor([5, 5]))
+    assert out.embedding.shape[-1] == 3 * members[0].cfg.temporal.d_model
+    with torch.no_grad():
+        torch.testing.assert_close(whole.stage_probs, members[0](x, mask)[0].stage_probs)
+
+
+def test_a_group_chosen_mid_stream_starts_its_members_context_with_the_epoch_count() -> None:
+    """EEG known only from epoch 2 on: the bipolar members score epochs 2.. as from a fresh
+    stream, and the epoch indices run on."""
+    ens, members = _grouped()
+    x, mask = _inputs()
+    state = ens.init_state(2)
+    with torch.no_grad():
+        for t in range(2):
+            ens.step(x[:, t], mask[:, t], state)
+        assert ens.select_group(state, BIPOLAR) == BIPOLAR
+        assert state["1.n_epochs"].tolist() == [2, 2]
+        late = [ens.step(x[:, t], mask[:, t], state) for t in range(2, 6)]
+        fresh = [m(x[:, 2:], mask[:, 2:])[0].stage_probs for m in members[1:]]
+    torch.testing.assert_close(torch.stack([o.stage_probs for o in late], 1),
+                               (fresh[0] + fresh[1]) / 2, atol=1e-5, rtol=1e-5)
+    assert [int(o.epoch_index[0]) for o in late] == [2, 3, 4, 5]

@@ -16,8 +16,11 @@ Fpz-Cz/Pz-Oz). An ensemble with more than one group carries, per bed, the group 
 in the state entry ``"group"`` (``(B,)`` int64, index into :attr:`SleepNetEnsemble.group_names`;
 0, the group of member 0, in a fresh state): the output is the mean over that group's members
 only. :func:`route_derivation` sets it from the EEG channel's label; a label that names no
-derivation, or one no group was trained for, keeps group 0. Every member still steps on every
-epoch (one code path; the members are small), so offline equals streaming for any group.
+derivation, or one no group was trained for, keeps group 0. A member whose group no bed of the
+batch uses is not run, and its state stays as it was (the daemon's beds of one lab usually
+share a montage, so this halves the cost). When a bed's group changes (its EEG label became known
+after some epochs), the newly chosen members' context for that bed starts afresh, their epoch
+count carried over; so the output never depends on which other beds shared a batch.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 
 from rtsleep.data.channels import eeg_derivation
 from rtsleep.data.recording import Modality
-from rtsleep.models.sleepnet import SleepNet, SleepNetConfig, SleepNetOutput
+from rtsleep.models.sleepnet import N_EPOCHS_KEY, SleepNet, SleepNetConfig, SleepNetOutput
 
 GROUP_KEY = "group"
 """State entry of a grouped ensemble: ``(B,)`` int64, the group each bed scores with."""
@@ -150,18 +153,30 @@ class SleepNetEnsemble(nn.Module):
         except KeyError:
             raise ValueError(f"SleepNetEnsemble: state has no entry {GROUP_KEY!r}") from None
 
+    def _used(self, weights: Tensor | None) -> list[bool]:
+        """Per member: whether some bed of the batch scores with it."""
+        if weights is None:
+            return [True] * self.n_members
+        return [bool(v) for v in (weights > 0).any(dim=1).tolist()]
+
     @staticmethod
-    def _mean(outs: list[SleepNetOutput], weights: Tensor | None = None) -> SleepNetOutput:
-        def avg(xs: list[Tensor]) -> Tensor:  # (n, B, ...) -> (B, ...)
+    def _mean(outs: list[SleepNetOutput | None], weights: Tensor | None = None) -> SleepNetOutput:
+        """Average the members' outputs (``None``: a member that was not run; its weight row
+        is zero and its embedding block zeros)."""
+        keep = [i for i, o in enumerate(outs) if o is not None]
+        ran = [o for o in outs if o is not None]
+
+        def avg(xs: list[Tensor]) -> Tensor:  # (n_run, B, ...) -> (B, ...)
             stacked = torch.stack(xs)
             if weights is None:
                 return stacked.mean(dim=0)
-            w = weights.to(stacked.dtype).view(*weights.shape, *(1,) * (stacked.dim() - 2))
-            return (stacked * w).sum(dim=0)
+            w = weights[keep].to(stacked.dtype)  # (n_run, B)
+            return (stacked * w.view(*w.shape, *(1,) * (stacked.dim() - 2))).sum(dim=0)
 
-        stage = avg([o.stage_probs for o in outs])  # (..., 5)
-        apnea = avg([o.apnea_prob for o in outs])  # (...)
-        hypopnea = avg([o.hypopnea_prob for o in outs])  # (...)
+        stage = avg([o.stage_probs for o in ran])  # (..., 5)
+        apnea = avg([o.apnea_prob for o in ran])  # (...)
+        hypopnea = avg([o.hypopnea_prob for o in ran])  # (...)
+        blank = torch.zeros_like(ran[0].embedding)
         return SleepNetOutput(
             stage_logits=torch.log(stage.clamp_min(1e-12)),
             stage_probs=stage,
@@ -169,8 +184,9 @@ class SleepNetEnsemble(nn.Module):
             apnea_prob=apnea,
             hypopnea_logit=torch.logit(hypopnea, eps=1e-6),
             hypopnea_prob=hypopnea,
-            embedding=torch.cat([o.embedding for o in outs], dim=-1),  # (..., n * d_model)
-            epoch_index=outs[0].epoch_index,
+            embedding=torch.cat([blank if o is None else o.embedding for o in outs],
+                                dim=-1),  # (..., n * d_model)
+            epoch_index=ran[0].epoch_index,
         )
 
     def forward(
@@ -208,15 +224,21 @@ class SleepNetEnsemble(nn.Module):
     ) -> tuple[SleepNetOutput, dict[str, Tensor]]:
         parts: list[dict[str, Tensor] | None] = (
             list(self._split(state)) if state is not None else [None] * self.n_members)
-        outs, new_state = [], {}
-        for i, part in enumerate(parts):
-            out, st = run(self._member(i), part)
+        weights = self._weights(state, batch, device)
+        outs: list[SleepNetOutput | None] = []
+        new_state: dict[str, Tensor] = {}
+        for i, (part, used) in enumerate(zip(parts, self._used(weights), strict=True)):
+            if used:
+                out, st = run(self._member(i), part)
+            else:  # not run: its state as it was
+                out, st = None, (part if part is not None else
+                                 self._member(i).init_state(batch, device=device))
             outs.append(out)
             new_state.update({f"{i}.{k}": v for k, v in st.items()})
         if self.grouped:
             new_state[GROUP_KEY] = (self._group(state).clone() if state is not None else
                                     torch.zeros(batch, dtype=torch.int64, device=device))
-        return self._mean(outs, self._weights(state, batch, device)), new_state
+        return self._mean(outs, weights), new_state
 
     def step(
         self,
@@ -251,10 +273,12 @@ class SleepNetEnsemble(nn.Module):
         device: torch.device,
     ) -> SleepNetOutput:
         parts = self._split(state)
-        outs = [run(self._member(i), part) for i, part in enumerate(parts)]
+        weights = self._weights(state, batch, device)
+        outs = [run(self._member(i), part) if used else None
+                for i, (part, used) in enumerate(zip(parts, self._used(weights), strict=True))]
         for i, part in enumerate(parts):  # members update their dicts in place; mirror them
             state.update({f"{i}.{k}": v for k, v in part.items()})
-        return self._mean(outs, self._weights(state, batch, device))
+        return self._mean(outs, weights)
 
     def select_group(self, state: dict[str, Tensor], name: str | None) -> str:
         """Score every bed of ``state`` with the members of group ``name`` (group 0 when
@@ -262,8 +286,28 @@ class SleepNetEnsemble(nn.Module):
         if not self.grouped:
             return self.group_names[0]
         idx = self.group_names.index(name) if name in self.group_names else 0
-        self._group(state).fill_(idx)
+        group = self._group(state)
+        changed = group != idx  # (B,)
+        if bool(changed.any()):
+            self._restart_members(state, idx, changed)
+        group.fill_(idx)
         return self.group_names[idx]
+
+    def _restart_members(self, state: dict[str, Tensor], idx: int, rows: Tensor) -> None:
+        """Fresh context for the members of group ``idx`` on the beds ``rows`` (``(B,)`` bool),
+        each bed's epoch count carried over (the most any member has seen)."""
+        batch = rows.shape[0]
+        count = torch.stack([state[f"{i}.{N_EPOCHS_KEY}"]
+                             for i in range(self.n_members)]).amax(dim=0)  # (B,)
+        for i in range(self.n_members):
+            if int(self.member_group[i]) != idx:
+                continue
+            fresh = self._member(i).init_state(batch, device=rows.device)
+            fresh[N_EPOCHS_KEY] = count
+            for k, v in fresh.items():
+                cur = state[f"{i}.{k}"]
+                sel = rows.view(-1, *(1,) * (cur.dim() - 1))
+                cur.copy_(torch.where(sel, v.to(cur.dtype), cur))
 
 
 def route_derivation(
