@@ -28,6 +28,7 @@ channels = { "C3-A2" = "eeg", "X1" = "EMG" }
 [[beds]]
 id = "bed-2"
 streams = [{ name = "b2" }]
+eeg_derivation = "bipolar"
 """
 
 
@@ -48,6 +49,8 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
     assert cfg.beds[0].streams[0].type == "EEG" and cfg.beds[0].streams[0].source_id == "amp1"
     assert cfg.beds[0].streams[1].name == "amp1-ecg"
     assert cfg.beds[0].channels == {"C3-A2": Modality.EEG, "X1": Modality.EMG}
+    # read from the EEG label unless the bed names its derivation
+    assert [b.eeg_derivation for b in cfg.beds] == ["auto", "bipolar"]
     assert not cfg.zmq.curve_enabled
     assert cfg.model.threads == 1
     assert (cfg.alerts.aasm, cfg.alerts.hypopnea_rule, cfg.alerts.ecg) == (True, "1A", False)
@@ -69,6 +72,8 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
         (("\"X1\" = \"EMG\"", "\"X1\" = \"EMGX\""), "beds[0].channels.X1", "unknown modality"),
         (("{ name = \"b2\" }", "{ nme = \"b2\" }"), "beds[1].streams[0].nme", "unknown key"),
         (("[daemon]", "[demon]"), "demon", "unknown section"),
+        (("eeg_derivation = \"bipolar\"", "eeg_derivation = \"mastoid\""),
+         "beds[1].eeg_derivation", "expected one of ['auto', 'referential', 'bipolar']"),
         (("device = \"cpu\"", "device = \"cpu\"\nthreads = -1"), "model.threads", ">= 0"),
         (("[zmq]", "[alerts]\nhypopnea_rule = \"2C\"\n[zmq]"), "alerts.hypopnea_rule",
          "expected '1A' or '1B'"),

@@ -246,3 +246,17 @@ def test_a_group_chosen_mid_stream_starts_its_members_context_with_the_epoch_cou
     torch.testing.assert_close(torch.stack([o.stage_probs for o in late], 1),
                                (fresh[0] + fresh[1]) / 2, atol=1e-5, rtol=1e-5)
     assert [int(o.epoch_index[0]) for o in late] == [2, 3, 4, 5]
+
+
+def test_a_configured_derivation_overrides_a_label_that_does_not_say() -> None:
+    """``[[beds]] eeg_derivation = "bipolar"``: a bare ``C3`` label would get group 0."""
+    ens, _ = _grouped()
+    sc = Scorer(ens, PreprocessSpec.default(), "grouped")
+    sc.add_bed("told", derivation=BIPOLAR)
+    sc.add_bed("guess")
+    assert sc.beds["told"].state[GROUP_KEY].tolist() == [1]  # from the start
+    bare = [Channel("C3", Modality.EEG, c.sfreq, c.unit, c.data) if c.label == "C3-A2" else c
+            for c in synthetic_channels(3)]
+    sc.score(blocks("told", bare) + blocks("guess", bare))
+    assert sc.beds["told"].state[GROUP_KEY].tolist() == [1]
+    assert sc.beds["guess"].state[GROUP_KEY].tolist() == [0]

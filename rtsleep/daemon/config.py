@@ -37,6 +37,7 @@ Layout (every section and key optional except ``[[beds]]``; see ``systemd/rtslee
     id = "bed1"                        # [A-Za-z0-9_.-]+ (used in topics and file names)
     streams = [{ type = "EEG", source_id = "amp1-eeg" }, { name = "amp1-ecg" }]
     channels = { "C3-A2" = "EEG" }     # label -> modality overrides of the alias table
+    eeg_derivation = "auto"            # auto (from the EEG label), referential or bipolar
 
 Environment overrides: ``RTSLEEP_<SECTION>_<KEY>`` (``RTSLEEP_MODEL_DEVICE=cpu``,
 ``RTSLEEP_DAEMON_STATE_DIR=/tmp/s``); lists are comma-separated (``RTSLEEP_ZMQ_ENDPOINTS``).
@@ -59,10 +60,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtsleep.data.channels import DERIVATION_KINDS
 from rtsleep.data.recording import Modality
 
 ENV_PREFIX = "RTSLEEP_"
 BED_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+AUTO_DERIVATION = "auto"
+"""``[[beds]] eeg_derivation`` default: the kind is read from the EEG channel's label."""
 _TCP_RE = re.compile(r"^tcp://(\*|[A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 _IPC_RE = re.compile(r"^ipc://.+$")
 _INPROC_RE = re.compile(r"^inproc://[A-Za-z0-9_.\-]+$")
@@ -152,11 +156,15 @@ class StreamSpec:
 
 @dataclass
 class BedConfig:
-    """One bed: the streams that feed it and channel-label -> modality overrides."""
+    """One bed: the streams that feed it, channel-label -> modality overrides, and the kind of
+    its EEG derivation (``"auto"``: read from the EEG channel's label; or
+    ``rtsleep.data.channels.REFERENTIAL`` / ``BIPOLAR``, for labels that do not say, such as a
+    bare ``C3``), which picks the model's derivation group."""
 
     id: str
     streams: list[StreamSpec]
     channels: dict[str, Modality] = field(default_factory=dict)
+    eeg_derivation: str = AUTO_DERIVATION
 
 
 @dataclass
@@ -275,10 +283,10 @@ def _build_beds(value: Any, src: str) -> list[BedConfig]:
         key = f"beds[{i}]"
         if not isinstance(table, Mapping):
             raise ConfigError(src, key, "expected a table")
-        unknown = set(table) - {"id", "streams", "channels"}
+        unknown = set(table) - {"id", "streams", "channels", "eeg_derivation"}
         if unknown:
             raise ConfigError(src, f"{key}.{sorted(unknown)[0]}", "unknown key (known: "
-                              "['channels', 'id', 'streams'])")
+                              "['channels', 'eeg_derivation', 'id', 'streams'])")
         bed_id = table.get("id")
         if not isinstance(bed_id, str) or not BED_ID_RE.match(bed_id):
             raise ConfigError(src, f"{key}.id", f"expected 1-64 of [A-Za-z0-9_.-], got {bed_id!r}")
@@ -307,7 +315,13 @@ def _build_beds(value: Any, src: str) -> list[BedConfig]:
                 raise ConfigError(src, f"{key}.channels.{label}",
                                   f"unknown modality {mod!r} (known: "
                                   f"{[m.value for m in Modality]})") from None
-        beds.append(BedConfig(id=bed_id, streams=streams, channels=channels))
+        derivation = table.get("eeg_derivation", AUTO_DERIVATION)
+        allowed = (AUTO_DERIVATION, *DERIVATION_KINDS)
+        if derivation not in allowed:
+            raise ConfigError(src, f"{key}.eeg_derivation",
+                              f"expected one of {list(allowed)}, got {derivation!r}")
+        beds.append(BedConfig(id=bed_id, streams=streams, channels=channels,
+                              eeg_derivation=derivation))
     return beds
 
 

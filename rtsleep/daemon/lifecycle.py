@@ -42,7 +42,7 @@ import torch
 
 from rtsleep.daemon import sdnotify
 from rtsleep.daemon.alerts import AlertThresholds, BedAlerts
-from rtsleep.daemon.config import BedConfig, Config
+from rtsleep.daemon.config import AUTO_DERIVATION, BedConfig, Config
 from rtsleep.daemon.ecg_apnea import BedEcgApnea
 from rtsleep.daemon.epocher import EpochBlock, default_modality
 from rtsleep.daemon.ingest import BedIngest
@@ -59,6 +59,7 @@ from rtsleep.daemon.scorer import (
 )
 from rtsleep.daemon.state import load_state, save_state, take_new_recording
 from rtsleep.data.recording import EPOCH_S, Modality
+from rtsleep.models.ensemble import SleepNetEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Daemon:
                              heads=heads, context_reset_s=cfg.daemon.context_reset_s)
         members = int(getattr(model, "n_members", 1))
         kind = f"ensemble of {members}" if members > 1 else "single model"
-        if getattr(model, "grouped", False):
+        if isinstance(model, SleepNetEnsemble) and model.grouped:
             kind += " in derivation groups " + ", ".join(model.group_names)
         log.info("model %s on %s (trained heads: %s; %s; output delay %d epoch(s))",
                  model_id[:12], device, ", ".join(sorted(heads)), kind, self.scorer.delay)
@@ -202,12 +203,13 @@ class Daemon:
             else:
                 saved = load_state(cfg.daemon.state_dir, bed.id, model_id,
                                    cfg.daemon.state_max_age_s)
+            derivation = None if bed.eeg_derivation == AUTO_DERIVATION else bed.eeg_derivation
             try:
-                self.scorer.add_bed(bed.id, saved)
+                self.scorer.add_bed(bed.id, saved, derivation)
             except ValueError as err:
                 log.warning("%s; bed %s starts fresh", err, bed.id)
                 saved = None
-                self.scorer.add_bed(bed.id, None)
+                self.scorer.add_bed(bed.id, None, derivation)
             self._new_trackers(bed.id)
             if saved is not None:
                 self.alerts[bed.id].load_state_dict(saved.extra.get("alerts", {}))

@@ -145,9 +145,12 @@ def fill_nonfinite(x: np.ndarray) -> np.ndarray:
 class _Bed:
     """Per-bed context: primary channels, their pipelines, recurrent state, counters."""
 
-    def __init__(self, bed: str, state: dict[str, torch.Tensor]) -> None:
+    def __init__(self, bed: str, state: dict[str, torch.Tensor],
+                 derivation: str | None = None) -> None:
         self.bed = bed
         self.state = state
+        #: The bed's EEG derivation kind when configured (None: read from the EEG label).
+        self.derivation = derivation
         self.primary: dict[Modality, str] | None = None
         self.pipelines: dict[str, ChannelPipeline] = {}
         self.pending_pipeline_states: dict[str, dict[str, Any]] = {}
@@ -219,9 +222,13 @@ class Scorer:
             state = self.model.init_state(1)  # type: ignore[operator]
         return {k: v.to(self.device) for k, v in state.items()}
 
-    def add_bed(self, bed: str, restored: BedState | None = None) -> None:
-        """Register a bed, optionally continuing from a persisted :class:`BedState`."""
-        b = _Bed(bed, self._fresh_state())
+    def add_bed(self, bed: str, restored: BedState | None = None,
+                derivation: str | None = None) -> None:
+        """Register a bed, optionally continuing from a persisted :class:`BedState`.
+        ``derivation``: the kind of the bed's EEG derivation
+        (:data:`~rtsleep.data.channels.DERIVATION_KINDS`) when its label does not say; None
+        reads it from the label."""
+        b = _Bed(bed, self._fresh_state(), derivation)
         if restored is not None:
             if restored.model_id != self.model_id:
                 raise ValueError(f"bed {bed}: state from model {restored.model_id[:12]}, "
@@ -242,6 +249,8 @@ class Scorer:
             b.n_unscorable = int(restored.extra.get("epochs_unscorable", 0))
             b.unscorable_run = int(restored.extra.get("unscorable_run", 0))
             self._restore_line(b, restored.extra.get("delay_line"))
+        elif derivation is not None:
+            self._route(b)
         self.beds[bed] = b
 
     @property
@@ -451,11 +460,14 @@ class Scorer:
 
     def _route(self, b: _Bed, announce: bool = False) -> None:
         """Point the bed's state at the ensemble members for its EEG derivation (a grouped
-        ensemble; nothing otherwise). The EEG label is the bed's primary EEG channel."""
+        ensemble; nothing otherwise): the configured kind, else the one the bed's primary EEG
+        label names."""
         label = (b.primary or {}).get(Modality.EEG)
-        group = route_derivation(self.model, b.state, label)
+        group = route_derivation(self.model, b.state, label, b.derivation)
         if group is not None and announce:
-            log.info("bed %s: EEG %s scored by the model's %r members", b.bed, label, group)
+            how = "configured" if b.derivation else "from its label"
+            log.info("bed %s: EEG %s (%s) scored by the model's %r members", b.bed, label,
+                     how, group)
 
     def new_recording(self, bed: str) -> list[EpochResult]:
         """A new sleeper on ``bed`` (``rtsleep new-recording``): the results waiting in the delay

@@ -311,14 +311,17 @@ class SleepNetEnsemble(nn.Module):
 
 
 def route_derivation(
-    model: nn.Module, state: dict[str, Tensor], eeg_label: str | None
+    model: nn.Module, state: dict[str, Tensor], eeg_label: str | None,
+    kind: str | None = None,
 ) -> str | None:
     """Point ``state`` (every bed in it) at the ensemble members trained for the derivation
-    ``eeg_label`` names (:func:`~rtsleep.data.channels.eeg_derivation`). Returns the group used,
-    or None for a model without derivation groups (nothing to choose)."""
+    ``kind``, or when None the one ``eeg_label`` names
+    (:func:`~rtsleep.data.channels.eeg_derivation`). Returns the group used, or None for a
+    model without derivation groups (nothing to choose)."""
     if not isinstance(model, SleepNetEnsemble) or not model.grouped:
         return None
-    kind = eeg_derivation(eeg_label) if eeg_label else None
+    if kind is None and eeg_label:
+        kind = eeg_derivation(eeg_label)
     return model.select_group(state, kind)
 
 
