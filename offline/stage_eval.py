@@ -374,12 +374,16 @@ def evaluate_stage(
     ``wake_margin_epochs``: score only the sleep period with that many epochs on each side
     (:func:`offline.stage_data.sleep_period`); None scores every labelled epoch."""
     from offline.stage_data import load_stage_recordings, sleep_period
+    from rtsleep.data.errors import DataError
     from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
     path = Path(model_path) if model_path is not None else default_model_path()
     meta = load_checkpoint_meta(path)
     model = load_predictor(path)
     recs = load_stage_recordings(Path(data), dataset, meta.preprocess)
+    if meta.config.encoder != "spectral" and any(r.log_power is not None for r in recs):
+        raise DataError(Path(data), f"band-power features need a spectral model; {path.name} "
+                                    f"has encoder {meta.config.encoder!r}")
     if wake_margin_epochs is not None:
         recs = [sleep_period(r, wake_margin_epochs) for r in recs]
     history = None

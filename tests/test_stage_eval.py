@@ -144,3 +144,27 @@ def test_sleep_period_unscores_the_wake_outside_the_margin_and_keeps_the_input(
     full = build_report(evaluate_model(model, [rec]))
     part = build_report(evaluate_model(model, [sleep_period(rec, 1)]))
     assert full["pooled"]["n_epochs"] == 11 and part["pooled"]["n_epochs"] == 4
+
+
+def test_evaluate_refuses_feature_files_for_a_model_without_a_spectral_encoder(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A one-line error naming the folder, exit 1: only a spectral model reads band powers."""
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+    from rtsleep.data.preprocessing import PreprocessSpec
+    from rtsleep.models.checkpoint import save_model
+    from rtsleep.models.sleepnet import SleepNetConfig
+
+    model = tmp_path / "tiny.safetensors"
+    save_model(SleepNet(SleepNetConfig.tiny()), model, PreprocessSpec.default())
+    folder = tmp_path / "features"
+    folder.mkdir()
+    (folder / "SC4011E0.npz").symlink_to(
+        shared_data / "sleep-edf-sc-subset" / "features" / "SC4011E0.npz")
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(folder), "--dataset",
+                                   "sleep-edf-features", "--model", str(model),
+                                   "--out", str(tmp_path / "R")])
+    assert res.exit_code == 1
+    assert f"{folder}: band-power features need a spectral model" in res.output
