@@ -25,7 +25,7 @@ import numpy as np
 import typer
 
 from offline.spectral_train import Sequence, TrainConfig, finetune, raw_sequence
-from offline.stage_data import StageRecording, shifted_grids
+from offline.stage_data import StageRecording, shifted_grids, stage_fractions
 from offline.stage_eval import ModeResult, RecordingEval, evaluate_model, write_report
 from rtsleep.models.sleepnet import SleepNet
 
@@ -68,7 +68,8 @@ def training_sequences(model: SleepNet, recs: list[StageRecording],
     out = []
     for r in recs:
         for g in [r, *(shifted_grids(r, shift_s) if shift_s > 0 else [])]:
-            out.append(raw_sequence(model, g.id, g.subject, g.x, g.mask, g.stages))
+            out.append(raw_sequence(model, g.id, g.subject, g.x, g.mask, g.stages,
+                                    stage_fractions(g)))
     return out
 
 

@@ -95,13 +95,16 @@ class Sequence:
     """One labelled sequence in the band-power domain.
 
     ``log_power`` float32 ``(n, C, n_bands)`` (``C`` alternative channels, one drawn per crop),
-    ``stages`` int64 ``(n,)`` (-1 = unscored, ignored by the loss).
+    ``stages`` int64 ``(n,)`` (-1 = unscored, ignored by the loss), ``fractions`` optional
+    float32 ``(n, 5)``: each epoch's mixture of the finer expert stages it covers (see
+    ``TrainConfig.soft_labels``).
     """
 
     id: str
     subject: str
     log_power: Tensor
     stages: Tensor
+    fractions: Tensor | None = None
 
 
 def load_sleep_edf_features(folder: Path, wake_margin_epochs: int = 60) -> list[Sequence]:
@@ -160,6 +163,8 @@ class TrainConfig:
     stop_at: int = 0
     #: Share of the crops drawn from the ``rehearsal`` sequences of :func:`train_phase` (0: none).
     rehearsal_fraction: float = 0.0
+    #: Soft targets: ``(1 - a) * one-hot(stage) + a * Sequence.fractions`` (0: the 30-s labels).
+    soft_labels: float = 0.0
     seed: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
 
@@ -178,9 +183,10 @@ def class_weights(sequences: list[Sequence], power: float = 0.5,
 def _sample_batch(
     seqs: list[Sequence], cfg: TrainConfig, gen: torch.Generator, lookahead: int = 0,
     rehearsal: list[Sequence] | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Random crops (one length ``L`` per batch): ``lp (B, L + lookahead, n_bands)``,
-    ``y (B, L)``.
+    ``y (B, L)`` and the stage fractions ``q (B, L, 5)`` (one-hot of ``y`` for a sequence
+    without them; zeros where unscored).
 
     The labels of a crop are epochs ``[start, start + L)``; its input runs ``lookahead`` epochs
     further, and input past the end of the recording is absent (NaN rows, see
@@ -191,7 +197,7 @@ def _sample_batch(
     max_len = min(cfg.max_len, min(len(s.stages) for s in seqs + old))
     min_len = min(cfg.min_len, max_len)
     length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
-    lps, ys = [], []
+    lps, ys, qs = [], [], []
     for _ in range(cfg.batch):
         rehearse = bool(old) and float(torch.rand(1, generator=gen)) < cfg.rehearsal_fraction
         source = old if rehearse else seqs
@@ -201,13 +207,27 @@ def _sample_batch(
         ch = int(torch.randint(s.log_power.shape[1], (1,), generator=gen))
         lps.append(absent_padded(s.log_power[start : start + length + lookahead, ch],
                                   length + lookahead))  # (L + k, n_bands)
-        ys.append(s.stages[start : start + length])
+        y = s.stages[start : start + length]
+        ys.append(y)
+        qs.append(s.fractions[start : start + length] if s.fractions is not None else
+                  F.one_hot(y.clamp_min(0), N_CLASSES).float() * (y >= 0)[:, None])  # (L, 5)
     lp = torch.stack(lps)  # (B, L + k, n_bands)
     b, _, nb = lp.shape
     gain = (torch.rand(b, 1, 1, generator=gen) * 2 - 1) * cfg.gain_log  # (B, 1, 1)
     band = torch.randn(b, 1, nb, generator=gen) * cfg.band_log_std  # (B, 1, n_bands)
     noise = torch.randn(lp.shape, generator=gen) * cfg.noise_std  # (B, L + k, n_bands)
-    return lp + gain + band + noise, torch.stack(ys)
+    return lp + gain + band + noise, torch.stack(ys), torch.stack(qs)
+
+
+def soft_cross_entropy(logits: Tensor, y: Tensor, fractions: Tensor, weights: Tensor,
+                       soft: float) -> Tensor:
+    """Class-weighted cross-entropy against ``(1 - soft) * one-hot(y) + soft * fractions``
+    (``logits (n, C)``, ``y (n,)``, ``fractions (n, C)``), normalised by the summed weight of
+    the targets as the weighted hard loss is; ``soft = 0`` gives ``F.cross_entropy(logits, y,
+    weight=weights)``."""
+    target = (1 - soft) * F.one_hot(y, logits.shape[-1]).to(logits.dtype) + soft * fractions
+    wt = target * weights[None, :]  # (n, C)
+    return -(wt * F.log_softmax(logits, dim=-1)).sum() / wt.sum().clamp_min(1e-12)
 
 
 def absent_padded(log_power: Tensor, length: int) -> Tensor:
@@ -315,10 +335,13 @@ def train_phase(
     last = cfg.stop_at if 0 < cfg.stop_at < cfg.steps else cfg.steps
     for step in range(1, last + 1):
         k = model.cfg.lookahead_epochs
-        lp, y = _sample_batch(train, cfg, gen, k, rehearsal)
+        lp, y, q = _sample_batch(train, cfg, gen, k, rehearsal)
         logits = stage_logits_from_log_power(model, lp)[:, k:]  # (B, L, 5)
         ok = y >= 0
-        loss = F.cross_entropy(logits[ok], y[ok], weight=weights)
+        if cfg.soft_labels > 0:
+            loss = soft_cross_entropy(logits[ok], y[ok], q[ok], weights, cfg.soft_labels)
+        else:
+            loss = F.cross_entropy(logits[ok], y[ok], weight=weights)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -350,8 +373,9 @@ def train_phase(
 
 @torch.no_grad()
 def raw_sequence(model: SleepNet, rec_id: str, subject: str, x: np.ndarray, mask: np.ndarray,
-                 stages: np.ndarray) -> Sequence:
-    """Band log powers of a recording's EEG through the model's own encoder (``x (n, M, S)``)."""
+                 stages: np.ndarray, fractions: np.ndarray | None = None) -> Sequence:
+    """Band log powers of a recording's EEG through the model's own encoder (``x (n, M, S)``);
+    ``fractions``: the optional ``(n, 5)`` stage mixtures of :class:`Sequence`."""
     if not bool(mask[0]):
         raise DataError(rec_id, "no EEG channel; the spectral model needs EEG")
     eeg = torch.from_numpy(np.ascontiguousarray(x[:, 0]))  # (n, S)
@@ -359,6 +383,7 @@ def raw_sequence(model: SleepNet, rec_id: str, subject: str, x: np.ndarray, mask
     return Sequence(
         id=rec_id, subject=subject, log_power=lp[:, None, :].float(),
         stages=torch.as_tensor(np.asarray(stages), dtype=torch.int64),
+        fractions=None if fractions is None else torch.as_tensor(fractions, dtype=torch.float32),
     )
 
 
@@ -418,6 +443,7 @@ __all__ = [
     "raw_sequence",
     "sequence_loss",
     "spectral_encoder",
+    "soft_cross_entropy",
     "spectral_model_config",
     "stage_logits_from_log_power",
     "train_phase",

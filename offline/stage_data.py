@@ -208,8 +208,25 @@ def shifted_grids(rec: StageRecording, step_s: float = 5.0,
         out.append(StageRecording(
             id=f"{rec.id}@{k * step_s:g}s", subject=rec.subject, dataset=rec.dataset,
             x=np.ascontiguousarray(x), mask=rec.mask, stages=stages, eeg_label=rec.eeg_label,
+            fine_stages=fine, fine_step_s=rec.fine_step_s,
         ))
     return out
+
+
+def stage_fractions(rec: StageRecording, n_classes: int = 5) -> np.ndarray | None:
+    """``(n_epochs, n_classes)`` float32: the share of each stage among the scored fine stages
+    each 30-s epoch covers (a transitional epoch's mixture; rows sum to 1, or 0 where no fine
+    stage is scored). None without fine stages."""
+    if rec.fine_stages is None or rec.fine_step_s <= 0:
+        return None
+    per_epoch = int(round(30.0 / rec.fine_step_s))
+    fine = np.asarray(rec.fine_stages[: rec.n_epochs * per_epoch], dtype=np.int64)
+    if len(fine) < rec.n_epochs * per_epoch:
+        raise ValueError(f"{rec.id}: {len(fine)} fine stages do not cover {rec.n_epochs} epochs")
+    blocks = fine.reshape(rec.n_epochs, per_epoch)  # (n, per_epoch)
+    counts = np.stack([(blocks == c).sum(1) for c in range(n_classes)], axis=1)  # (n, C)
+    total = counts.sum(1, keepdims=True)
+    return (counts / np.maximum(total, 1)).astype(np.float32)
 
 
 def load_store(
@@ -267,4 +284,4 @@ def load_stage_recordings(
 
 __all__ = ["FEATURE_EEG_LABEL", "SLEEP_EDF_FEATURES", "StageRecording", "is_store", "load_raw",
            "load_sleep_edf_feature_recordings", "load_stage_recordings", "load_store",
-           "shifted_grids", "sleep_period"]
+           "shifted_grids", "sleep_period", "stage_fractions"]

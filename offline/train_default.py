@@ -117,7 +117,7 @@ def pretrain_config(seed: int, steps: int) -> TrainConfig:
 def _train_member(
     out: Path, recs: list[StageRecording], nights: list[Sequence],
     pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int, running_epochs: int,
-    rehearsal_fraction: float = 0.0,
+    rehearsal_fraction: float = 0.0, soft_labels: float = 0.0,
 ) -> tuple[SleepNet, SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
     """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``.
 
@@ -135,7 +135,8 @@ def _train_member(
                      "history": history, "pretrain_best_step": pre_step})
     # rehearsal: the pre-training nights (not its validation subject) keep being seen
     rehearsal = [n for n in nights if n.subject not in PRETRAIN_VAL_SUBJECTS]
-    template = dataclasses.replace(finetune_config(), rehearsal_fraction=rehearsal_fraction)
+    template = dataclasses.replace(finetune_config(), rehearsal_fraction=rehearsal_fraction,
+                                   soft_labels=soft_labels)
     evals, folds = run_loso(pre, recs, seed=seed, steps=finetune_steps, template=template,
                             rehearsal=rehearsal)
     final_steps = int(statistics.median_low([int(f["best_step"]) for f in folds]))
@@ -155,7 +156,7 @@ def train_default(
     data: Path, out: Path, pretrain_steps: int = 600, finetune_steps: int = 150, seed: int = 0,
     lookahead: int = 0, members: int = 1, running_epochs: int = RUNNING_EPOCHS,
     wake_margin_epochs: int = WAKE_MARGIN_EPOCHS, rehearsal_fraction: float = 0.0,
-    bipolar_members: bool = True,
+    bipolar_members: bool = True, soft_labels: float = 0.0,
 ) -> dict[str, Any]:
     """Run the whole recipe (module doc) for a model with an output delay of ``lookahead``
     epochs and running normalisation over ``running_epochs``, pre-trained on nights with
@@ -170,6 +171,8 @@ def train_default(
         raise ValueError(f"wake_margin_epochs must be >= 0, got {wake_margin_epochs}")
     if not 0.0 <= rehearsal_fraction < 1.0:
         raise ValueError(f"rehearsal_fraction must be in [0, 1), got {rehearsal_fraction}")
+    if not 0.0 <= soft_labels <= 1.0:
+        raise ValueError(f"soft_labels must be in [0, 1], got {soft_labels}")
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,8 @@ def train_default(
     for s in seeds:
         model, pre, evals, folds, info = _train_member(out, recs, nights, pretrain_steps,
                                                   finetune_steps, s, lookahead,
-                                                  running_epochs, rehearsal_fraction)
+                                                  running_epochs, rehearsal_fraction,
+                                                  soft_labels)
         models.append(model)
         pretrained.append(pre)
         runs.append(evals)
@@ -196,6 +200,7 @@ def train_default(
                    "running_epochs": running_epochs,
                    "wake_margin_epochs": wake_margin_epochs,
                    "rehearsal_fraction": rehearsal_fraction,
+                   "soft_labels": soft_labels,
                    "member_splits": [split_record(folds) for folds in all_folds]})
     recipe = (f"rtsleep-train train-default --data <shared data> --out DIR --pretrain-steps "
               f"{pretrain_steps} --finetune-steps {finetune_steps} --seed {seed}")
@@ -211,6 +216,8 @@ def train_default(
         recipe += f" --rehearsal {rehearsal_fraction:g}"
     if not bipolar_members:
         recipe += " --no-bipolar-members"
+    if soft_labels:
+        recipe += f" --soft-labels {soft_labels:g}"
     kind = "causal Mamba" if not lookahead else f"Mamba, output delay {lookahead} epoch(s)"
     name = f"rtsleep default stage model (spectral encoder + {kind})"
     card: dict[str, Any] = {
@@ -221,6 +228,7 @@ def train_default(
         "running_epochs": running_epochs,
         "wake_margin_epochs": wake_margin_epochs,
         "rehearsal_fraction": rehearsal_fraction,
+        "soft_labels": soft_labels,
         "derivation_groups": (
             {REFERENTIAL: "members fine-tuned on DREAMS (C3-A1, Cz-A1); also for labels that "
                           "name no derivation",
@@ -280,6 +288,9 @@ def register(app: typer.Typer) -> None:
         bipolar_members: Annotated[bool, typer.Option(
             help="Ship the pre-trained models too, as the group for bipolar EEG derivations "
                  "(Fpz-Cz, Pz-Oz).")] = True,
+        soft_labels: Annotated[float, typer.Option(
+            help="Fine-tuning targets mix the 30-s label with this share of the epoch's 5-s "
+                 "stage mixture (0: the 30-s labels).")] = 0.0,
     ) -> None:
         """Pre-train, cross-validate and fine-tune the default stage model; writes
         OUT/default.safetensors (copy it to rtsleep/assets/ to ship it)."""
@@ -288,7 +299,7 @@ def register(app: typer.Typer) -> None:
         try:
             card = train_default(data, out, pretrain_steps, finetune_steps, seed, lookahead,
                                  members, running_epochs, wake_margin_epochs, rehearsal,
-                                 bipolar_members)
+                                 bipolar_members, soft_labels)
         except DataError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc

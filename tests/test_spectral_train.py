@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import offline.spectral_train as st
 from offline.spectral_train import Sequence, TrainConfig, class_weights, spectral_model_config
@@ -75,7 +76,7 @@ def test_lookahead_crops_read_k_epochs_past_their_labels_and_absent_rows_past_th
                       noise_std=0.0)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
-        lp, y = st._sample_batch(seqs, cfg, gen, lookahead=2)
+        lp, y, _ = st._sample_batch(seqs, cfg, gen, lookahead=2)
         length = y.shape[1]
         assert lp.shape[:2] == (16, length + 2)
         src, stages = seqs[0].log_power[:, 0], seqs[0].stages
@@ -143,11 +144,31 @@ def test_rehearsal_crops_come_from_the_earlier_phase_at_the_asked_share() -> Non
                     torch.full((200,), 3, dtype=torch.int64))]
     for frac, lo, hi in ((0.0, 0, 0), (0.5, 0.35, 0.65), (0.9, 0.8, 0.97)):
         cfg = TrainConfig(batch=400, min_len=10, max_len=60, rehearsal_fraction=frac)
-        lp, y = st._sample_batch(train, cfg, torch.Generator().manual_seed(1), 0, old)
+        lp, y, _ = st._sample_batch(train, cfg, torch.Generator().manual_seed(1), 0, old)
         assert lp.shape[1] <= 30  # crops fit the shortest sequence of either pool
         share = float((y[:, 0] == 3).double().mean())
         assert lo <= share <= hi, (frac, share)
         assert bool(((y == 0) | (y == 3)).all())
     cfg = TrainConfig(batch=50, rehearsal_fraction=0.5)
-    _, y = st._sample_batch(train, cfg, torch.Generator().manual_seed(1), 0, None)
+    _, y, _ = st._sample_batch(train, cfg, torch.Generator().manual_seed(1), 0, None)
     assert bool((y == 0).all())  # nothing to rehearse: training crops only
+
+
+
+def test_soft_cross_entropy_is_the_weighted_hard_loss_at_zero_and_follows_the_mixture() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 5, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)
+    w = torch.rand(5, generator=g) + 0.5
+    q = torch.rand(40, 5, generator=g)
+    q = q / q.sum(1, keepdim=True)
+    torch.testing.assert_close(st.soft_cross_entropy(logits, y, q, w, 0.0),
+                               F.cross_entropy(logits, y, weight=w))
+    # soft = 1, equal weights: the gradient pulls each row's softmax towards its mixture
+    lg = logits.clone().requires_grad_(True)
+    st.soft_cross_entropy(lg, y, q, torch.ones(5), 1.0).backward()
+    assert lg.grad is not None
+    torch.testing.assert_close(lg.grad, (torch.softmax(logits, -1) - q) / 40)
+    one_hot = F.one_hot(y, 5).float()
+    torch.testing.assert_close(st.soft_cross_entropy(logits, y, one_hot, w, 1.0),
+                               F.cross_entropy(logits, y, weight=w))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.stage_data import StageRecording, load_raw, shifted_grids
+from offline.stage_data import StageRecording, load_raw, shifted_grids, stage_fractions
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
@@ -29,7 +29,10 @@ def test_shifted_grids_cut_the_continuous_signal_and_vote_over_the_covered_5s_st
     assert [g.id for g in grids] == ["r@5s", "r@10s", "r@15s", "r@20s", "r@25s"]
     flat = rec.x.transpose(1, 0, 2).reshape(4, -1)  # (M, n * 3000)
     for k, g in enumerate(grids, start=1):
-        assert g.subject == "s" and g.n_epochs == 3 and g.fine_stages is None
+        assert g.subject == "s" and g.n_epochs == 3 and g.fine_step_s == 5.0
+        # each grid carries the fine stages it covers, from its own start
+        np.testing.assert_array_equal(g.fine_stages,  # type: ignore[arg-type]
+                                      rec.fine_stages[k : k + 18])  # type: ignore[index]
         for e in range(3):
             np.testing.assert_array_equal(g.x[e], flat[:, 500 * k + 3000 * e:][:, :3000])
             codes = rec.fine_stages[k + 6 * e : k + 6 * e + 6].tolist()  # type: ignore[index]
@@ -84,3 +87,34 @@ def test_load_raw_keeps_fine_stages_and_grids_come_from_the_same_epochs(
     np.testing.assert_array_equal(grids[-1].x[0, 0, 500:], rec.x[1, 0, :2500])
     np.testing.assert_array_equal(grids[2].stages,
                                   majority_stages(rec.fine_stages[3 : 3 + 6 * 59], 6, "e1"))
+
+
+
+def test_stage_fractions_are_each_epochs_mixture_of_its_fine_stages_on_every_grid(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """excerpt1: 60 epochs, 17 transitional (their six 5-s stages differ); a pure epoch's row
+    is its one-hot stage; each shifted grid carries the fine stages it covers."""
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for name in ("excerpt1.txt", "Hypnogram_excerpt1.txt"):
+        (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    (rec,) = load_raw("dreams", folder, PreprocessSpec.default())
+    q = stage_fractions(rec)
+    assert q is not None and q.shape == (60, 5)
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-6)
+    pure = q.max(1) == 1.0
+    assert int((~pure).sum()) == 17
+    np.testing.assert_array_equal(q[pure].argmax(1), rec.stages[pure])
+    fine = np.asarray(rec.fine_stages)
+    grid = shifted_grids(rec)[1]  # 10 s: two 5-s steps later
+    qg = stage_fractions(grid)
+    assert qg is not None and qg.shape == (59, 5)
+    expected = np.bincount(fine[2 + 6 * 7 : 2 + 6 * 8], minlength=5) / 6
+    np.testing.assert_allclose(qg[7], expected, atol=1e-6)
+    assert stage_fractions(_rec_without_fine()) is None
+
+
+def _rec_without_fine() -> StageRecording:
+    r = _rec()
+    return StageRecording(r.id, r.subject, r.dataset, r.x, r.mask, r.stages)
