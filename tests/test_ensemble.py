@@ -260,3 +260,18 @@ def test_a_configured_derivation_overrides_a_label_that_does_not_say() -> None:
     sc.score(blocks("told", bare) + blocks("guess", bare))
     assert sc.beds["told"].state[GROUP_KEY].tolist() == [1]
     assert sc.beds["guess"].state[GROUP_KEY].tolist() == [0]
+
+
+def test_a_restored_bed_follows_a_changed_derivation_in_the_config() -> None:
+    ens, _ = _grouped()
+    sc = Scorer(ens, PreprocessSpec.default(), "grouped")
+    sc.add_bed("b")
+    sc.score(blocks("b", synthetic_channels(3)))  # C3-A2: referential
+    saved = sc.bed_state("b")
+    assert saved.recurrent[GROUP_KEY].tolist() == [0]
+    again = Scorer(ens, PreprocessSpec.default(), "grouped")
+    again.add_bed("b", saved, derivation=BIPOLAR)
+    assert again.beds["b"].state[GROUP_KEY].tolist() == [1]
+    # epoch count carried
+    assert again.beds["b"].state["1.n_epochs"].tolist() == saved.recurrent["0.n_epochs"].tolist()
+    assert saved.recurrent["0.n_epochs"].tolist() == [6]

@@ -249,8 +249,9 @@ class Scorer:
             b.n_unscorable = int(restored.extra.get("epochs_unscorable", 0))
             b.unscorable_run = int(restored.extra.get("unscorable_run", 0))
             self._restore_line(b, restored.extra.get("delay_line"))
-        elif derivation is not None:
-            self._route(b)
+        # the configured derivation (or, restored, the saved EEG label's) from the first epoch;
+        # a changed config takes effect on restart
+        self._route(b)
         self.beds[bed] = b
 
     @property
