@@ -107,9 +107,11 @@ class Sequence:
     fractions: Tensor | None = None
 
 
-def load_sleep_edf_features(folder: Path, wake_margin_epochs: int = 60) -> list[Sequence]:
+def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60
+                            ) -> list[Sequence]:
     """Sleep-EDF nights from ``features/SC4ssnE0.npz`` files (sorted), trimmed to the sleep period
-    plus ``wake_margin_epochs`` on each side. Subject = the two digits ``ss``."""
+    plus ``wake_margin_epochs`` on each side (None: every row, the whole recording). Nights
+    without sleep are left out. Subject = the two digits ``ss``."""
     folder = Path(folder)
     files = [(p, _SEDF_NAME.match(p.name)) for p in sorted(folder.rglob("*.npz"))]
     matched = [(p, m) for p, m in files if m is not None]
@@ -121,7 +123,8 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int = 60) -> list[
             x, y = np.asarray(d["X"], dtype=np.float64), np.asarray(d["y"], dtype=np.int64)
         if x.ndim != 2 or x.shape[1] < 13 or len(y) != len(x):
             raise DataError(path, f"expected X (n, 72) and y (n,), got {x.shape} and {y.shape}")
-        bounds = sleep_period_bounds(y, wake_margin_epochs)
+        bounds = sleep_period_bounds(
+            y, len(y) if wake_margin_epochs is None else wake_margin_epochs)
         if bounds is None:
             continue
         lo, hi = bounds

@@ -40,7 +40,6 @@ SLEEP_EDF_FEATURES = "sleep-edf-features"
 (:func:`load_sleep_edf_feature_recordings`)."""
 FEATURE_EEG_LABEL = "EEG Fpz-Cz"
 """The derivation of the feature files' band powers that evaluation scores (columns 0-3)."""
-_EVERY_ROW = 1 << 30
 
 
 @dataclass
@@ -138,7 +137,7 @@ def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
     from offline.spectral_train import load_sleep_edf_features
 
     out = []
-    for night in load_sleep_edf_features(Path(path), wake_margin_epochs=_EVERY_ROW):
+    for night in load_sleep_edf_features(Path(path), wake_margin_epochs=None):
         lp = night.log_power[:, 0].numpy().astype(np.float32)  # (n, n_bands): Fpz-Cz
         n = lp.shape[0]
         out.append(

@@ -48,8 +48,8 @@ from rtsleep.settings import data_dir  # noqa: E402
 log = logging.getLogger("bench_sleepedf_cv")
 
 
-SCORED = {"trimmed": 60, "whole": 10**6}
-"""Scored nights: wake margin (epochs) around the sleep period; 10**6 keeps whole recordings."""
+SCORED: dict[str, int | None] = {"trimmed": 60, "whole": None}
+"""Scored nights: wake margin (epochs) around the sleep period; None keeps whole recordings."""
 
 
 def _score(model: SleepNet, nights: list[Sequence], lookahead: int) -> tuple[list[np.ndarray],

@@ -462,10 +462,17 @@ class SleepNet(nn.Module):
         if log_power.dim() != 3:
             raise ValueError(f"log_power must have shape (B, T, n_bands), got "
                              f"{tuple(log_power.shape)}")
-        present = torch.isfinite(log_power).all(dim=-1)  # (B, T)
-        emb, run_new = self.embed_log_power(torch.nan_to_num(log_power), present,
-                                            self._carried_running(state))  # (B, T, D_emb)
+        emb, run_new = self._embed_carried(log_power, state)  # (B, T, D_emb)
         return self._forward_embedded(emb, state, run_new, aux, aux_mask)
+
+    def _embed_carried(
+        self, log_power: Tensor, state: dict[str, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """:meth:`embed_log_power` of ``log_power (B, T, n_bands)`` (NaN rows: absent epochs)
+        from the running mean carried in ``state``."""
+        present = torch.isfinite(log_power).all(dim=-1)  # (B, T)
+        return self.embed_log_power(torch.nan_to_num(log_power), present,
+                                    self._carried_running(state))
 
     def step(
         self,
@@ -520,9 +527,6 @@ class SleepNet(nn.Module):
         if log_power.dim() != 2:
             raise ValueError(f"log_power must have shape (B, n_bands), got "
                              f"{tuple(log_power.shape)}")
-        lp = log_power[:, None]  # (B, 1, n_bands)
-        present = torch.isfinite(lp).all(dim=-1)  # (B, 1)
-        emb, carried = self.embed_log_power(torch.nan_to_num(lp), present,
-                                            self._carried_running(state))  # (B, 1, D_emb)
+        emb, carried = self._embed_carried(log_power[:, None], state)  # (B, 1, D_emb)
         self._update_running(state, carried)
         return self._step_embedded(emb[:, 0], state, aux, aux_mask)
