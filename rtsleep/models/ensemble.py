@@ -142,10 +142,16 @@ class SleepNetEnsemble(nn.Module):
         for an ungrouped ensemble (plain mean)."""
         if not self.grouped:
             return None
-        group = (torch.zeros(batch, dtype=torch.int64, device=device) if state is None
-                 else self._group(state))  # (B,)
+        group = self._batch_group(state, batch, device)  # (B,)
         hit = (self.member_group[:, None] == group[None, :]).to(torch.float32)  # (n, B)
         return hit / hit.sum(dim=0, keepdim=True)
+
+    def _batch_group(self, state: dict[str, Tensor] | None, batch: int,
+                     device: torch.device) -> Tensor:
+        """``(B,)`` int64: each bed's group (group 0 for every bed without a state)."""
+        if state is None:
+            return torch.zeros(batch, dtype=torch.int64, device=device)
+        return self._group(state)
 
     def _group(self, state: dict[str, Tensor]) -> Tensor:
         try:
@@ -236,8 +242,7 @@ class SleepNetEnsemble(nn.Module):
             outs.append(out)
             new_state.update({f"{i}.{k}": v for k, v in st.items()})
         if self.grouped:
-            new_state[GROUP_KEY] = (self._group(state).clone() if state is not None else
-                                    torch.zeros(batch, dtype=torch.int64, device=device))
+            new_state[GROUP_KEY] = self._batch_group(state, batch, device).clone()
         return self._mean(outs, weights), new_state
 
     def step(
