@@ -23,9 +23,9 @@
 The fine-tuning adapts the members to the referential central derivations of DREAMS (C3-A1,
 Cz-A1) and costs them what they had learnt of the bipolar Sleep-EDF derivations (Fpz-Cz,
 Pz-Oz): on Sleep-EDF subject 07, Fpz-Cz, whole recordings, 0.748 accuracy against 0.924 with
-the pre-trained members (docs/benchmarks.md, "Derivation groups"). So the shipped ensemble holds both: the fine-tuned members as group
-``referential`` (group 0, also used when a label names no derivation) and the pre-trained members
-as group ``bipolar``; each recording or bed is scored by the group its EEG label names
+the pre-trained members (docs/benchmarks.md, "Derivation groups"). So the shipped ensemble holds
+both: the fine-tuned members as group ``referential`` (group 0, also used when a label names no
+derivation) and the pre-trained members as group ``bipolar``; each recording or bed is scored by the group its EEG label names
 (:func:`rtsleep.models.ensemble.route_derivation`). The LOSO figures are the referential group's
 (every DREAMS excerpt is referential); the bipolar group's are the Sleep-EDF subject-wise CV
 (``tools/bench_sleepedf_cv.py``).
