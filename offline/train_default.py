@@ -25,10 +25,10 @@ Cz-A1) and costs them what they had learnt of the bipolar Sleep-EDF derivations 
 Pz-Oz): on Sleep-EDF subject 07, Fpz-Cz, whole recordings, 0.748 accuracy against 0.924 with
 the pre-trained members (docs/benchmarks.md, "Derivation groups"). So the shipped ensemble holds
 both: the fine-tuned members as group ``referential`` (group 0, also used when a label names no
-derivation) and the pre-trained members as group ``bipolar``; each recording or bed is scored by the group its EEG label names
-(:func:`rtsleep.models.ensemble.route_derivation`). The LOSO figures are the referential group's
-(every DREAMS excerpt is referential); the bipolar group's are the Sleep-EDF subject-wise CV
-(``tools/bench_sleepedf_cv.py``).
+derivation) and the pre-trained members as group ``bipolar``; each recording or bed is scored
+by the group its EEG label names (:func:`rtsleep.models.ensemble.route_derivation`). The LOSO
+figures are the referential group's (every DREAMS excerpt is referential); the bipolar group's
+are the Sleep-EDF subject-wise CV (``tools/bench_sleepedf_cv.py``).
 
 ``--lookahead K`` trains every phase with an output delay of ``K`` epochs (``SleepNet`` module
 doc); the daemon then publishes each epoch's stage ``K`` epochs after it ends.
