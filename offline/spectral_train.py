@@ -64,7 +64,9 @@ N_CLASSES = 5
 SEDF_BAND_COLUMNS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (9, 10, 11, 12))
 """Sleep-EDF feature columns of the four bands: Fpz-Cz, then Pz-Oz."""
 
-_SEDF_NAME = re.compile(r"^SC4(\d\d)(\d)E0\.npz$")
+SEDF_FILE_NAME = re.compile(r"^SC4(\d\d)(\d)E0\.npz$")
+"""File name of a Sleep-EDF per-epoch feature night (``SC4ssnE0.npz``: subject ``ss``, night
+``n``)."""
 
 
 def spectral_model_config(
@@ -113,7 +115,7 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60
     plus ``wake_margin_epochs`` on each side (None: every row, the whole recording). Nights
     without sleep are left out. Subject = the two digits ``ss``."""
     folder = Path(folder)
-    files = [(p, _SEDF_NAME.match(p.name)) for p in sorted(folder.rglob("*.npz"))]
+    files = [(p, SEDF_FILE_NAME.match(p.name)) for p in sorted(folder.rglob("*.npz"))]
     matched = [(p, m) for p, m in files if m is not None]
     if not matched:
         raise DataError(folder, "no Sleep-EDF feature files (SC4ssnE0.npz)")
@@ -435,6 +437,7 @@ def finetune(
 
 __all__ = [
     "SEDF_BAND_COLUMNS",
+    "SEDF_FILE_NAME",
     "absent_padded",
     "Sequence",
     "TrainConfig",

@@ -4,9 +4,11 @@ offline on real EEG, and ``evaluate`` writes its report."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -136,18 +138,24 @@ def test_evaluate_scores_sleep_edf_feature_files_with_the_bipolar_members(
 
 
 def test_evaluate_on_a_sleep_edf_folder_skips_label_only_hypnograms(
-    shared_data: Path, tmp_path: Path
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The shared Sleep-EDF folder holds one PSG (the 5-min excerpt of SC4001E0) and 16
-    hypnograms without a PSG: the excerpt is scored (10 epochs), the hypnograms are skipped."""
+    hypnograms without a PSG: the excerpt is scored (10 epochs), the hypnograms are skipped, and
+    one line points at the feature files of those nights."""
     from offline.cli import app
 
     torch.set_num_threads(1)
     out = tmp_path / "REPORT"
-    res = CliRunner().invoke(app, ["evaluate", "--data", str(shared_data / "sleep-edf-sc-subset"),
-                                   "--dataset", "sleep-edf", "--out", str(out)])
+    folder = shared_data / "sleep-edf-sc-subset"
+    with caplog.at_level(logging.WARNING, logger="offline.stage_data"):
+        res = CliRunner().invoke(app, ["evaluate", "--data", str(folder),
+                                       "--dataset", "sleep-edf", "--out", str(out)])
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
     (rec,) = rep["modes"]["offline"]["recordings"].values()
     assert rec["eeg_label"] == "EEG Fpz-Cz" and rec["derivation_group"] == "bipolar"
     assert rep["pooled"]["n_epochs"] == 10
+    hints = [r.getMessage() for r in caplog.records if "feature files" in r.getMessage()]
+    assert hints == [f"{folder}: 16 hypnogram(s) without a PSG skipped; 16 night(s) there exist "
+                     "as per-epoch feature files: score them with --dataset sleep-edf-features"]
