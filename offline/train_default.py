@@ -28,7 +28,8 @@ both: the fine-tuned members as group ``referential`` (group 0, also used when a
 derivation) and models pre-trained only, with the same seeds, as group ``bipolar``; each
 recording or bed is scored by the group its EEG label names
 (:func:`rtsleep.models.ensemble.route_derivation`). The bipolar members have a pre-training of
-their own, ``--bipolar-pretrain-steps`` (:data:`BIPOLAR_PRETRAIN_STEPS`) long, saved as
+their own, ``--bipolar-pretrain-steps`` long (default :data:`BIPOLAR_PRETRAIN_FACTOR` times
+``--pretrain-steps``), saved as
 ``DIR/bipolar_seed<S>.safetensors``: longer than the fine-tuning base's, which helps Sleep-EDF and
 hurts the transfer to DREAMS. The LOSO figures are the referential group's (every DREAMS excerpt
 is referential); the bipolar group's are the Sleep-EDF subject-wise CV
@@ -95,10 +96,11 @@ mean's start in it. Sleep-EDF subject-wise CV, seeds 0 and 1: whole 20-h recordi
 0.555 -> 0.901 and 0.897 accuracy, trimmed nights 0.784 and 0.772 -> 0.797 and 0.798; DREAMS LOSO
 ensemble 0.742 / 0.466 / 0.500 -> 0.742 / 0.485 / 0.513 (docs/benchmarks.md)."""
 
-BIPOLAR_PRETRAIN_STEPS = 1200
-"""Pre-training steps of the bipolar members (``--bipolar-pretrain-steps``; 0 = the fine-tuning
-base, pre-trained for ``--pretrain-steps``, serves as the bipolar member too). Sleep-EDF
-subject-wise CV, seeds 0 and 1, against 600 steps: trimmed nights 0.797 and 0.798 -> 0.807 and
+BIPOLAR_PRETRAIN_FACTOR = 2
+"""The bipolar members' pre-training is this many times as long as the fine-tuning base's
+(``--bipolar-pretrain-steps`` sets it directly; 0 = the fine-tuning base, pre-trained for
+``--pretrain-steps``, serves as the bipolar member too). The recipe's 1200 against 600 steps,
+Sleep-EDF subject-wise CV, seeds 0 and 1: trimmed nights 0.797 and 0.798 -> 0.807 and
 0.802 accuracy, whole recordings 0.901 and 0.897 -> 0.914 and 0.907, better on all six figures
 with both seeds. The same longer pre-training as the base of the DREAMS fine-tuning lowers the
 DREAMS LOSO ensemble (0.742 -> 0.692 accuracy with seeds 0-4, 0.725 -> 0.683 with 5-9), so the
@@ -183,15 +185,16 @@ def train_default(
     lookahead: int = 0, members: int = 1, running_epochs: int = RUNNING_EPOCHS,
     wake_margin_epochs: int = WAKE_MARGIN_EPOCHS, rehearsal_fraction: float = 0.0,
     bipolar_members: bool = True, soft_labels: float = 0.0,
-    bipolar_pretrain_steps: int = BIPOLAR_PRETRAIN_STEPS,
+    bipolar_pretrain_steps: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole recipe (module doc) for a model with an output delay of ``lookahead``
     epochs and running normalisation over ``running_epochs``, pre-trained on nights with
     ``wake_margin_epochs`` of wake around their sleep period; with ``members > 1`` once per
     seed ``seed, seed + 1, ...`` and the models are shipped as one :class:`SleepNetEnsemble`
     (its CV figures: the mean of the members' fold models). With ``bipolar_members`` models
-    pre-trained for ``bipolar_pretrain_steps`` with the same seeds join the ensemble as the
-    ``bipolar`` derivation group (module doc). Returns the model card."""
+    pre-trained for ``bipolar_pretrain_steps`` (None: :data:`BIPOLAR_PRETRAIN_FACTOR` times
+    ``pretrain_steps``) with the same seeds join the ensemble as the ``bipolar`` derivation
+    group (module doc). Returns the model card."""
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
     if wake_margin_epochs < 0:
@@ -200,8 +203,10 @@ def train_default(
         raise ValueError(f"rehearsal_fraction must be in [0, 1), got {rehearsal_fraction}")
     if not 0.0 <= soft_labels <= 1.0:
         raise ValueError(f"soft_labels must be in [0, 1], got {soft_labels}")
-    if bipolar_pretrain_steps < 0:
+    if bipolar_pretrain_steps is not None and bipolar_pretrain_steps < 0:
         raise ValueError(f"bipolar_pretrain_steps must be >= 0, got {bipolar_pretrain_steps}")
+    bipolar_default = BIPOLAR_PRETRAIN_FACTOR * pretrain_steps
+    bipolar_steps = bipolar_default if bipolar_pretrain_steps is None else bipolar_pretrain_steps
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +220,7 @@ def train_default(
     for s in seeds:
         model, bip, evals, folds, info = _train_member(
             out, recs, nights, pretrain_steps, finetune_steps, s, lookahead, running_epochs,
-            rehearsal_fraction, soft_labels, bipolar_pretrain_steps if bipolar_members else 0)
+            rehearsal_fraction, soft_labels, bipolar_steps if bipolar_members else 0)
         models.append(model)
         bipolar.append(bip)
         runs.append(evals)
@@ -246,8 +251,8 @@ def train_default(
         recipe += " --no-bipolar-members"
     if soft_labels:
         recipe += f" --soft-labels {soft_labels:g}"
-    if bipolar_members and bipolar_pretrain_steps != BIPOLAR_PRETRAIN_STEPS:
-        recipe += f" --bipolar-pretrain-steps {bipolar_pretrain_steps}"
+    if bipolar_members and bipolar_steps != bipolar_default:
+        recipe += f" --bipolar-pretrain-steps {bipolar_steps}"
     kind = "causal Mamba" if not lookahead else f"Mamba, output delay {lookahead} epoch(s)"
     name = f"rtsleep default stage model (spectral encoder + {kind})"
     card: dict[str, Any] = {
@@ -259,13 +264,13 @@ def train_default(
         "wake_margin_epochs": wake_margin_epochs,
         "rehearsal_fraction": rehearsal_fraction,
         "soft_labels": soft_labels,
-        "bipolar_pretrain_steps": (bipolar_pretrain_steps or pretrain_steps) if bipolar_members
+        "bipolar_pretrain_steps": (bipolar_steps or pretrain_steps) if bipolar_members
         else None,
         "derivation_groups": (
             {REFERENTIAL: "members fine-tuned on DREAMS (C3-A1, Cz-A1); also for labels that "
                           "name no derivation",
              BIPOLAR: "the same seeds pre-trained only (Sleep-EDF Fpz-Cz, Pz-Oz), for "
-                      f"{bipolar_pretrain_steps or pretrain_steps} steps"}
+                      f"{bipolar_steps or pretrain_steps} steps"}
             if bipolar_members else None),
         "members": [{k: v for k, v in i.items() if k != "history"} for i in infos],
         "pretrain_best_step": infos[0]["pretrain_best_step"],
@@ -324,9 +329,9 @@ def register(app: typer.Typer) -> None:
         soft_labels: Annotated[float, typer.Option(
             help="Fine-tuning targets mix the 30-s label with this share of the epoch's 5-s "
                  "stage mixture (0: the 30-s labels).")] = 0.0,
-        bipolar_pretrain_steps: Annotated[int, typer.Option(
-            help="Pre-training steps of the bipolar members (0: they are the fine-tuning "
-                 "bases, pre-trained for --pretrain-steps).")] = BIPOLAR_PRETRAIN_STEPS,
+        bipolar_pretrain_steps: Annotated[int | None, typer.Option(
+            help="Pre-training steps of the bipolar members (default: twice --pretrain-steps; "
+                 "0: they are the fine-tuning bases).", show_default=False)] = None,
     ) -> None:
         """Pre-train, cross-validate and fine-tune the default stage model; writes
         OUT/default.safetensors (copy it to rtsleep/assets/ to ship it)."""
@@ -345,5 +350,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"model: {out / 'default.safetensors'} ({card['model_id'][:12]})")
 
 
-__all__ = ["BIPOLAR_PRETRAIN_STEPS", "RUNNING_EPOCHS", "TRAINING_DATA", "WAKE_MARGIN_EPOCHS",
+__all__ = ["BIPOLAR_PRETRAIN_FACTOR", "RUNNING_EPOCHS", "TRAINING_DATA", "WAKE_MARGIN_EPOCHS",
            "pretrain_config", "register", "train_default"]

@@ -82,3 +82,17 @@ def test_train_default_without_bipolar_members_ships_the_fine_tuned_models_alone
     assert card["derivation_groups"] is None
     assert card["recipe"].endswith("--no-bipolar-members")
     assert not isinstance(load_predictor(tmp_path / "default.safetensors"), SleepNetEnsemble)
+
+
+def test_train_default_pre_trains_the_bipolar_members_twice_as_long_by_default(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    threads = torch.get_num_threads()
+    try:
+        card = train_default(shared_data, tmp_path, pretrain_steps=2, finetune_steps=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert card["bipolar_pretrain_steps"] == 4
+    assert "--bipolar-pretrain-steps" not in card["recipe"]
+    history = load_checkpoint_meta(tmp_path / "bipolar_seed0.safetensors").card
+    assert history is not None and history["history"]["pretrain_step"][-1] == 4
