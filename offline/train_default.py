@@ -29,11 +29,10 @@ derivation) and models pre-trained only, with the same seeds, as group ``bipolar
 recording or bed is scored by the group its EEG label names
 (:func:`rtsleep.models.ensemble.route_derivation`). The bipolar members have a pre-training of
 their own, ``--bipolar-pretrain-steps`` long (default :data:`BIPOLAR_PRETRAIN_FACTOR` times
-``--pretrain-steps``), saved as
-``DIR/bipolar_seed<S>.safetensors``: longer than the fine-tuning base's, which helps Sleep-EDF and
-hurts the transfer to DREAMS. The LOSO figures are the referential group's (every DREAMS excerpt
-is referential); the bipolar group's are the Sleep-EDF subject-wise CV
-(``tools/bench_sleepedf_cv.py --steps 1200``).
+``--pretrain-steps``), saved as ``DIR/bipolar_seed<S>.safetensors``: longer than the fine-tuning
+base's, which helps Sleep-EDF and would hurt the transfer to DREAMS. The LOSO figures are the
+referential group's (every DREAMS excerpt is referential); the bipolar group's are the Sleep-EDF
+subject-wise CV (``tools/bench_sleepedf_cv.py --steps 1200``).
 
 ``--lookahead K`` trains every phase with an output delay of ``K`` epochs (``SleepNet`` module
 doc); the daemon then publishes each epoch's stage ``K`` epochs after it ends.
