@@ -128,27 +128,38 @@ def pretrain_config(seed: int, steps: int) -> TrainConfig:
                        band_log_std=0.3, noise_std=0.1, eval_every=100, seed=seed)
 
 
+def _pretrain(
+    path: Path, name: str, nights: list[Sequence], seed: int, steps: int, lookahead: int,
+    running_epochs: int,
+) -> tuple[SleepNet, int, dict[str, list[float]]]:
+    """Pre-train on the Sleep-EDF ``nights`` (subject 07 chooses the step) and save the model
+    to ``path`` with a card called ``name``. Returns the model, its chosen step and history."""
+    cfg = pretrain_config(seed, steps)
+    model, best_step = pretrain_sleep_edf(nights, cfg, PRETRAIN_VAL_SUBJECTS,
+                                          lookahead_epochs=lookahead,
+                                          running_epochs=running_epochs)
+    history = {k: list(v) for k, v in cfg.history.items()}
+    save_model(model, path, PreprocessSpec.default(),
+               card={"name": name, "history": history, "pretrain_best_step": best_step})
+    return model, best_step, history
+
+
 def _train_member(
     out: Path, recs: list[StageRecording], nights: list[Sequence],
     pretrain_steps: int, finetune_steps: int, seed: int, lookahead: int, running_epochs: int,
-    rehearsal_fraction: float = 0.0, soft_labels: float = 0.0, bipolar_pretrain_steps: int = 0,
+    rehearsal_fraction: float = 0.0, soft_labels: float = 0.0,
+    bipolar_pretrain_steps: int | None = None,
 ) -> tuple[SleepNet, SleepNet, list[RecordingEval], list[dict[str, Any]], dict[str, Any]]:
     """One member of the recipe: pre-training, LOSO CV and the final fine-tuning with ``seed``,
-    then the bipolar member's own pre-training (``bipolar_pretrain_steps``, saved as
-    ``bipolar_seed<S>.safetensors``; 0 or ``pretrain_steps``: the fine-tuning base itself).
+    then the bipolar member's own pre-training for ``bipolar_pretrain_steps``, saved as
+    ``bipolar_seed<S>.safetensors`` (None or ``pretrain_steps``: the fine-tuning base itself).
 
     Returns the final model, the bipolar (pre-trained only) model, its CV evaluations and folds,
     and its card entries (history, steps).
     """
-    spec = PreprocessSpec.default()
-    pcfg = pretrain_config(seed, pretrain_steps)
-    pre, pre_step = pretrain_sleep_edf(nights, pcfg, PRETRAIN_VAL_SUBJECTS,
-                                       lookahead_epochs=lookahead,
-                                       running_epochs=running_epochs)
-    history = {k: list(v) for k, v in pcfg.history.items()}
-    save_model(pre, out / f"pretrained_seed{seed}.safetensors", spec,
-               card={"name": "rtsleep spectral stage model, pre-trained only",
-                     "history": history, "pretrain_best_step": pre_step})
+    pre, pre_step, history = _pretrain(
+        out / f"pretrained_seed{seed}.safetensors", "rtsleep spectral stage model, pre-trained "
+        "only", nights, seed, pretrain_steps, lookahead, running_epochs)
     # rehearsal: the pre-training nights (not its validation subject) keep being seen
     rehearsal = [n for n in nights if n.subject not in PRETRAIN_VAL_SUBJECTS]
     template = dataclasses.replace(finetune_config(), rehearsal_fraction=rehearsal_fraction,
@@ -166,16 +177,11 @@ def _train_member(
     info = {"seed": seed, "pretrain_best_step": pre_step, "finetune_steps": final_steps,
             "history": history}
     bipolar = pre
-    if bipolar_pretrain_steps and bipolar_pretrain_steps != pretrain_steps:
-        bcfg = pretrain_config(seed, bipolar_pretrain_steps)
-        bipolar, bip_step = pretrain_sleep_edf(nights, bcfg, PRETRAIN_VAL_SUBJECTS,
-                                               lookahead_epochs=lookahead,
-                                               running_epochs=running_epochs)
-        save_model(bipolar, out / f"bipolar_seed{seed}.safetensors", spec,
-                   card={"name": "rtsleep spectral stage model, pre-trained only (bipolar member)",
-                         "history": {k: list(v) for k, v in bcfg.history.items()},
-                         "pretrain_best_step": bip_step})
-        info["bipolar_pretrain_best_step"] = bip_step
+    if bipolar_pretrain_steps not in (None, pretrain_steps):
+        bipolar, info["bipolar_pretrain_best_step"], _ = _pretrain(
+            out / f"bipolar_seed{seed}.safetensors",
+            "rtsleep spectral stage model, pre-trained only (bipolar member)", nights, seed,
+            bipolar_pretrain_steps, lookahead, running_epochs)
     return model, bipolar, evals, folds, info
 
 
@@ -206,6 +212,7 @@ def train_default(
         raise ValueError(f"bipolar_pretrain_steps must be >= 0, got {bipolar_pretrain_steps}")
     bipolar_default = BIPOLAR_PRETRAIN_FACTOR * pretrain_steps
     bipolar_steps = bipolar_default if bipolar_pretrain_steps is None else bipolar_pretrain_steps
+    bipolar_effective = bipolar_steps or pretrain_steps  # 0: the fine-tuning base
     torch.set_num_threads(1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +226,7 @@ def train_default(
     for s in seeds:
         model, bip, evals, folds, info = _train_member(
             out, recs, nights, pretrain_steps, finetune_steps, s, lookahead, running_epochs,
-            rehearsal_fraction, soft_labels, bipolar_steps if bipolar_members else 0)
+            rehearsal_fraction, soft_labels, bipolar_effective if bipolar_members else None)
         models.append(model)
         bipolar.append(bip)
         runs.append(evals)
@@ -263,13 +270,12 @@ def train_default(
         "wake_margin_epochs": wake_margin_epochs,
         "rehearsal_fraction": rehearsal_fraction,
         "soft_labels": soft_labels,
-        "bipolar_pretrain_steps": (bipolar_steps or pretrain_steps) if bipolar_members
-        else None,
+        "bipolar_pretrain_steps": bipolar_effective if bipolar_members else None,
         "derivation_groups": (
             {REFERENTIAL: "members fine-tuned on DREAMS (C3-A1, Cz-A1); also for labels that "
                           "name no derivation",
              BIPOLAR: "the same seeds pre-trained only (Sleep-EDF Fpz-Cz, Pz-Oz), for "
-                      f"{bipolar_steps or pretrain_steps} steps"}
+                      f"{bipolar_effective} steps"}
             if bipolar_members else None),
         "members": [{k: v for k, v in i.items() if k != "history"} for i in infos],
         "pretrain_best_step": infos[0]["pretrain_best_step"],
