@@ -109,14 +109,20 @@ class Sequence:
     fractions: Tensor | None = None
 
 
+def sleep_edf_feature_files(folder: Path) -> list[tuple[Path, re.Match[str]]]:
+    """The Sleep-EDF feature nights under ``folder`` (sorted), each with its
+    :data:`SEDF_FILE_NAME` match (groups: subject, night)."""
+    files = [(p, SEDF_FILE_NAME.match(p.name)) for p in sorted(Path(folder).rglob("*.npz"))]
+    return [(p, m) for p, m in files if m is not None]
+
+
 def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60
                             ) -> list[Sequence]:
     """Sleep-EDF nights from ``features/SC4ssnE0.npz`` files (sorted), trimmed to the sleep period
     plus ``wake_margin_epochs`` on each side (None: every row, the whole recording). Nights
     without sleep are left out. Subject = the two digits ``ss``."""
     folder = Path(folder)
-    files = [(p, SEDF_FILE_NAME.match(p.name)) for p in sorted(folder.rglob("*.npz"))]
-    matched = [(p, m) for p, m in files if m is not None]
+    matched = sleep_edf_feature_files(folder)
     if not matched:
         raise DataError(folder, "no Sleep-EDF feature files (SC4ssnE0.npz)")
     out: list[Sequence] = []
@@ -445,6 +451,7 @@ __all__ = [
     "finetune",
     "fit_standardisation",
     "load_sleep_edf_features",
+    "sleep_edf_feature_files",
     "pretrain_sleep_edf",
     "raw_sequence",
     "sequence_loss",

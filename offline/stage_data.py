@@ -126,19 +126,14 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
                 if dataset == "sleep-edf" else "")
         raise DataError(path, f"no staged {dataset} recording with signals found{hint}")
     if label_only and dataset == "sleep-edf":
-        features = _sleep_edf_feature_files(Path(path))
+        from offline.spectral_train import sleep_edf_feature_files
+
+        features = sleep_edf_feature_files(Path(path))
         if features:
             log.warning("%s: %d hypnogram(s) without a PSG skipped; %d night(s) there exist as "
                         "per-epoch feature files: score them with --dataset %s", path,
                         label_only, len(features), SLEEP_EDF_FEATURES)
     return out
-
-
-def _sleep_edf_feature_files(path: Path) -> list[Path]:
-    """The Sleep-EDF per-epoch feature files (``SC4ssnE0.npz``) under ``path``."""
-    from offline.spectral_train import SEDF_FILE_NAME
-
-    return [p for p in sorted(path.rglob("*.npz")) if SEDF_FILE_NAME.match(p.name)]
 
 
 def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
