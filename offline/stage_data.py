@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtsleep.data.channels import preference_rank
 from rtsleep.data.epochs import epochs_from_recording
 from rtsleep.data.errors import DataError
 from rtsleep.data.labels import sleep_period_bounds
@@ -38,8 +39,12 @@ log = logging.getLogger(__name__)
 SLEEP_EDF_FEATURES = "sleep-edf-features"
 """``--dataset`` of Sleep-EDF per-epoch feature files
 (:func:`load_sleep_edf_feature_recordings`)."""
-FEATURE_EEG_LABEL = "EEG Fpz-Cz"
-"""The derivation of the feature files' band powers that evaluation scores (columns 0-3)."""
+FEATURE_EEG_LABELS = ("EEG Fpz-Cz", "EEG Pz-Oz")
+"""The derivations of the feature files' band powers, in the order of
+:data:`offline.spectral_train.SEDF_BAND_COLUMNS`."""
+FEATURE_EEG_LABEL = min(FEATURE_EEG_LABELS, key=lambda lbl: preference_rank(lbl, Modality.EEG))
+"""The one of :data:`FEATURE_EEG_LABELS` that evaluation scores: the one a Sleep-EDF PSG's
+reader and the daemon take as the EEG (:data:`~rtsleep.data.channels.PRIMARY_PREFERENCE`)."""
 
 
 @dataclass
@@ -138,9 +143,9 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
 
 def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
     """The Sleep-EDF nights of the per-epoch feature files under ``path``
-    (``SC4ssnE0.npz``, SOURCES.md layout), each a :class:`StageRecording` of its Fpz-Cz band
-    log powers (``log_power``; ``eeg_label`` :data:`FEATURE_EEG_LABEL`, the channel a Sleep-EDF
-    PSG's reader takes as its EEG) with every labelled row, in file order.
+    (``SC4ssnE0.npz``, SOURCES.md layout), each a :class:`StageRecording` of the band log
+    powers of :data:`FEATURE_EEG_LABEL` (``log_power``; ``eeg_label``), the channel a Sleep-EDF
+    PSG's reader takes as its EEG, with every labelled row, in file order.
 
     The files leave out the epochs scored ``?`` or movement time (at most 4 per night here), so
     the rows either side of such a gap follow each other in the stream."""
@@ -148,7 +153,8 @@ def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
 
     out = []
     for night in load_sleep_edf_features(Path(path), wake_margin_epochs=None):
-        lp = night.log_power[:, 0].numpy().astype(np.float32)  # (n, n_bands): Fpz-Cz
+        col = FEATURE_EEG_LABELS.index(FEATURE_EEG_LABEL)
+        lp = night.log_power[:, col].numpy().astype(np.float32)  # (n, n_bands)
         n = lp.shape[0]
         out.append(
             StageRecording(
@@ -291,6 +297,7 @@ def load_stage_recordings(
     return load_raw(dataset, Path(path), spec)
 
 
-__all__ = ["FEATURE_EEG_LABEL", "SLEEP_EDF_FEATURES", "StageRecording", "is_store", "load_raw",
-           "load_sleep_edf_feature_recordings", "load_stage_recordings", "load_store",
+__all__ = ["FEATURE_EEG_LABEL", "FEATURE_EEG_LABELS", "SLEEP_EDF_FEATURES", "StageRecording",
+           "is_store", "load_raw", "load_sleep_edf_feature_recordings", "load_stage_recordings",
+           "load_store",
            "shifted_grids", "sleep_period", "stage_fractions"]

@@ -125,6 +125,9 @@ def test_primary_channel_follows_preference_then_file_order() -> None:
         "C4-A1", "C3-A2", "EEG Fpz-Cz", "F3-M2"]
     eog = primary_channel(rec, M.EOG)
     assert eog is not None and eog.label == "LOC"
+    # Sleep-EDF: Pz-Oz, which the bipolar members score better, wins over Fpz-Cz before it
+    sedf = _rec(_ch("EEG Fpz-Cz", M.EEG), _ch("EEG Pz-Oz", M.EEG))
+    assert [c.label for c in rank_channels(sedf.channels, M.EEG)] == ["EEG Pz-Oz", "EEG Fpz-Cz"]
     assert primary_channel(rec, M.ECG) is None
 
 

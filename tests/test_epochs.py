@@ -91,7 +91,7 @@ def test_sleep_edf_excerpt_skips_the_1hz_emg_envelope(shared_data: Path) -> None
     ea = epochs_from_recording(read_recording("sleep-edf", path), SPEC)
     assert ea.n_epochs == 10
     assert ea.mask.tolist() == [True, True, False, False]  # no ECG; EMG only as a 1-Hz envelope
-    assert ea.channels[Modality.EEG] == ["EEG Fpz-Cz"]
+    assert ea.channels[Modality.EEG] == ["EEG Pz-Oz"]  # preferred to Fpz-Cz
     assert ea.aux[Modality.RESP].shape == (10, 1, 300)  # 1 Hz airflow brought to 10 Hz
     assert not ea.x[:, 2:].any()  # missing modalities are zeros under a False mask
 

@@ -8,7 +8,10 @@ around its sleep period) and scored on both nights of the held-out subject, on b
 (``--running-epochs N``: with the encoder's running normalisation). Scored twice: on nights
 trimmed to 30 min of wake around sleep (the usual convention) and on the whole 20-h recordings
 (every labelled epoch, hours of daytime wake included). Prints and optionally writes pooled
-accuracy / macro-F1 / kappa, per-class F1 and per-subject accuracy.
+accuracy / macro-F1 / kappa, per-class F1 and per-subject accuracy of both channels' predictions
+together (each epoch counted twice, the pre-training figure), plus per channel (``channels``:
+what a PSG scored on that one derivation gets) and for the mean of the two channels'
+probabilities (``channel_mean``).
 
     python tools/bench_sleepedf_cv.py --out sedf.json   # the shipped recipe; ~16 min on one core
 """
@@ -48,23 +51,39 @@ from rtsleep.settings import data_dir  # noqa: E402
 log = logging.getLogger("bench_sleepedf_cv")
 
 
+CHANNELS = ("Fpz-Cz", "Pz-Oz")
+"""The feature files' EEG channels, in ``Sequence.log_power``'s channel order."""
+
 SCORED: dict[str, int | None] = {"trimmed": 60, "whole": None}
 """Scored nights: wake margin (epochs) around the sleep period; None keeps whole recordings."""
 
 
-def _score(model: SleepNet, nights: list[Sequence], lookahead: int) -> tuple[list[np.ndarray],
-                                                                              list[np.ndarray]]:
-    """Truth and predictions over ``nights``, both channels each, streamed from the start."""
-    yt, yp = [], []
+def _score(model: SleepNet, nights: list[Sequence], lookahead: int
+           ) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[np.ndarray]]:
+    """Truth ``(n,)`` per night, each channel's predictions per night (``[channel][night]``) and
+    the argmax of the channels' mean probabilities per night; streamed from the start."""
+    yt: list[np.ndarray] = []
+    per_ch: list[list[np.ndarray]] = [[] for _ in range(len(CHANNELS))]
+    mean: list[np.ndarray] = []
     with torch.no_grad():
         for n in nights:
+            ok = n.stages >= 0
+            probs = []
             for ch in range(n.log_power.shape[1]):
                 lp = absent_padded(n.log_power[:, ch], len(n.stages) + lookahead)
                 logits = stage_logits_from_log_power(model, lp[None])  # (1, T + k, 5)
-                ok = n.stages >= 0
-                yt.append(n.stages[ok].numpy())
-                yp.append(logits[0, lookahead:][ok].argmax(-1).numpy())
-    return yt, yp
+                p = torch.softmax(logits[0, lookahead:][ok], dim=-1)  # (n_ok, 5)
+                probs.append(p)
+                per_ch[ch].append(p.argmax(-1).numpy())
+            yt.append(n.stages[ok].numpy())
+            mean.append(torch.stack(probs).mean(0).argmax(-1).numpy())
+    return yt, per_ch, mean
+
+
+def _figures(yt: list[np.ndarray], yp: list[np.ndarray]) -> dict[str, object]:
+    m = stage_metrics(np.concatenate(yt), np.concatenate(yp))
+    return {"pooled": {k: m[k] for k in ("accuracy", "macro_f1", "kappa", "n_epochs")},
+            "per_class_f1": m["per_class_f1"]}
 
 
 def run(data: Path, lookahead: int, seed: int, steps: int, running: int = 0,
@@ -74,7 +93,10 @@ def run(data: Path, lookahead: int, seed: int, steps: int, running: int = 0,
     scored = {k: load_sleep_edf_features(data / SEDF_FEATURES, wake_margin_epochs=m)
               for k, m in SCORED.items()}
     subjects = sorted({n.subject for n in train_nights})
-    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in SCORED}
+    # per scored set: truth, predictions of each channel, of the channels' mean
+    truth: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
+    chans: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in CHANNELS] for k in SCORED}
+    means: dict[str, list[np.ndarray]] = {k: [] for k in SCORED}
     per_subject: dict[str, dict[str, float]] = {k: {} for k in SCORED}
     for s in subjects:
         torch.manual_seed(seed)
@@ -84,20 +106,25 @@ def run(data: Path, lookahead: int, seed: int, steps: int, running: int = 0,
         fit_standardisation(model, train)
         model, _ = train_phase(model, train, None, pretrain_config(seed, steps), "cv")
         for kind, nights in scored.items():
-            yt, yp = _score(model, [n for n in nights if n.subject == s], lookahead)
-            m = stage_metrics(np.concatenate(yt), np.concatenate(yp))
-            per_subject[kind][s] = float(m["accuracy"])
-            pooled[kind][0].extend(yt)
-            pooled[kind][1].extend(yp)
+            yt, per_ch, mean = _score(model, [n for n in nights if n.subject == s], lookahead)
+            both = np.concatenate([np.concatenate(p) for p in per_ch])
+            per_subject[kind][s] = float(np.mean(np.concatenate(yt * len(CHANNELS)) == both))
+            truth[kind].extend(yt)
+            means[kind].extend(mean)
+            for c, p in enumerate(per_ch):
+                chans[kind][c].extend(p)
         log.info("subject %s: accuracy %s", s,
                  ", ".join(f"{k} {v[s]:.3f}" for k, v in per_subject.items()))
     out: dict[str, object] = {"lookahead_epochs": lookahead, "running_epochs": running,
                               "wake_margin_epochs": wake_margin, "seed": seed, "steps": steps}
-    for kind, (yt, yp) in pooled.items():
-        m = stage_metrics(np.concatenate(yt), np.concatenate(yp))
-        out[kind] = {"pooled": {k: m[k] for k in ("accuracy", "macro_f1", "kappa", "n_epochs")},
-                     "per_class_f1": m["per_class_f1"],
-                     "per_subject_accuracy": per_subject[kind]}
+    for kind in SCORED:
+        yt = truth[kind]
+        out[kind] = {
+            **_figures(yt * len(CHANNELS), [p for c in chans[kind] for p in c]),
+            "per_subject_accuracy": per_subject[kind],
+            "channels": {name: _figures(yt, chans[kind][c]) for c, name in enumerate(CHANNELS)},
+            "channel_mean": _figures(yt, means[kind]),
+        }
     return out
 
 

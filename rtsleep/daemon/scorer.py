@@ -54,7 +54,7 @@ from rtsleep.daemon.epocher import EpochBlock, EpochChannel
 from rtsleep.daemon.messages import ChannelQuality, stage_message
 from rtsleep.daemon.quality import EpochQuality
 from rtsleep.daemon.state import BedState
-from rtsleep.data.channels import MIN_EXG_SFREQ, PRIMARY_PREFERENCE, normalize_label
+from rtsleep.data.channels import MIN_EXG_SFREQ, preference_rank
 from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
 from rtsleep.models.ensemble import route_derivation
@@ -113,10 +113,8 @@ def choose_primary(channels: Sequence[EpochChannel], modality: Modality) -> Epoc
     Label-only (no data checks), so that the choice is the same live and offline, and stays fixed
     for the night. ExG channels slower than ``MIN_EXG_SFREQ`` are never chosen.
     """
-    order = PRIMARY_PREFERENCE.get(modality, ())
-    rank = {label: i for i, label in enumerate(order)}
     cands = [
-        (rank.get(normalize_label(c.label), len(order)), i, c)
+        (preference_rank(c.label, modality), i, c)
         for i, c in enumerate(channels)
         if c.modality == modality and not (modality in EXG_MODALITIES and c.sfreq < MIN_EXG_SFREQ)
     ]

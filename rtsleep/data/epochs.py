@@ -43,7 +43,7 @@ def select_channels(
     """The primary channel of each modality in ``spec`` that ``rec`` has.
 
     Preference follows :data:`rtsleep.data.channels.PRIMARY_PREFERENCE` (EEG C4-M1/C4-A1 > C3-A2 >
-    C3-A1 > Cz > Fpz-Cz > others; left EOG first; ...), then file order. Flat or non-finite
+    C3-A1 > Cz > Pz-Oz > Fpz-Cz > others; left EOG first; ...), then file order. Flat or non-finite
     channels and ExG channels slower than 50 Hz are never chosen. ``channel_map`` re-resolves every
     label's modality (user overrides on top of the alias table); without it the modalities the
     reader assigned are used. Modalities the recording lacks are absent from the result.
