@@ -64,9 +64,9 @@ N_CLASSES = 5
 SEDF_BAND_COLUMNS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (9, 10, 11, 12))
 """Sleep-EDF feature columns of the four bands: Fpz-Cz, then Pz-Oz."""
 
-SEDF_FILE_NAME = re.compile(r"^SC4(\d\d)(\d)E0\.npz$")
-"""File name of a Sleep-EDF per-epoch feature night (``SC4ssnE0.npz``: subject ``ss``, night
-``n``)."""
+SEDF_FILE_NAME = re.compile(r"^SC4(\d\d)(\d)[A-Z]0\.npz$")
+"""File name of a Sleep-EDF per-epoch feature night, named after its PSG (``SC4ssnE0.npz``:
+subject ``ss``, night ``n``; a few sleep-cassette PSGs end ``F0`` or ``G0``)."""
 
 
 def spectral_model_config(

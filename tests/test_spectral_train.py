@@ -172,3 +172,15 @@ def test_soft_cross_entropy_is_the_weighted_hard_loss_at_zero_and_follows_the_mi
     one_hot = F.one_hot(y, 5).float()
     torch.testing.assert_close(st.soft_cross_entropy(logits, y, one_hot, w, 1.0),
                                F.cross_entropy(logits, y, weight=w))
+
+
+def test_sleep_edf_feature_files_are_found_by_their_psg_names(tmp_path: Path) -> None:
+    """Feature nights are named after their PSG (``SC4ssnE0``, a few ``F0``/``G0``); hypnogram
+    ids, telemetry nights and other files are not taken for one."""
+    names = ["SC4001E0.npz", "SC4362F0.npz", "SC4672G0.npz", "SC4001EC.npz", "ST7011J0.npz",
+             "SC4001E0-PSG.npz", "notes.npz"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    found = [(p.name, m.group(1), m.group(2)) for p, m in st.sleep_edf_feature_files(tmp_path)]
+    assert found == [("SC4001E0.npz", "00", "1"), ("SC4362F0.npz", "36", "2"),
+                     ("SC4672G0.npz", "67", "2")]
