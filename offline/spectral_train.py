@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 N_CLASSES = 5
 SEDF_BAND_COLUMNS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (9, 10, 11, 12))
 """Sleep-EDF feature columns of the four bands: Fpz-Cz, then Pz-Oz."""
+SEDF_EEG_VIEWS: tuple[tuple[str, ...], ...] = (("Fpz-Cz", "Pz-Oz"),)
+"""``SleepNetConfig.eeg_views`` of the spectral model: it is pre-trained on both Sleep-EDF
+derivations alike (one drawn per crop), and a recording with both scores better on their mean
+(docs/benchmarks.md, "Which Sleep-EDF channel")."""
 
 SEDF_FILE_NAME = re.compile(r"^SC4(\d\d)(\d)[A-Z]0\.npz$")
 """File name of a Sleep-EDF per-epoch feature night, named after its PSG (``SC4ssnE0.npz``:
@@ -89,6 +93,7 @@ def spectral_model_config(
         temporal=TemporalConfig(d_model=32, n_layers=2, d_state=16),
         heads=HeadsConfig(hidden=0),
         lookahead_epochs=lookahead_epochs,
+        eeg_views=SEDF_EEG_VIEWS,
     )
 
 
@@ -443,6 +448,7 @@ def finetune(
 
 __all__ = [
     "SEDF_BAND_COLUMNS",
+    "SEDF_EEG_VIEWS",
     "SEDF_FILE_NAME",
     "absent_padded",
     "Sequence",

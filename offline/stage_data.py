@@ -19,19 +19,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rtsleep.data.channels import preference_rank
+from rtsleep.data.channels import eeg_views, preference_rank, rank_channels
 from rtsleep.data.epochs import epochs_from_recording
 from rtsleep.data.errors import DataError
 from rtsleep.data.labels import sleep_period_bounds
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
-from rtsleep.data.recording import EXG_MODALITIES, Modality
+from rtsleep.data.recording import EXG_MODALITIES, Modality, Recording
 from rtsleep.data.store import exg_input, open_store
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class StageRecording:
         log_power: float32 ``(n_epochs, n_bands)`` EEG band log powers (ln µV²/Hz) for a
             recording given as per-epoch features instead of samples (then ``x`` is
             ``(n_epochs, M, 0)``); a spectral model reads them in place of its Welch step.
+        view_labels: further EEG derivations scored beside ``eeg_label`` when the model
+            averages them (``SleepNetConfig.eeg_views``); empty otherwise.
+        view_x: float32 ``(V, n_epochs, S)``, their EEG rows as ``x`` holds the primary's
+            (None for band-power recordings or without views).
+        view_log_power: float32 ``(V, n_epochs, n_bands)``, their band log powers for a
+            band-power recording with views.
     """
 
     id: str
@@ -76,6 +83,9 @@ class StageRecording:
     fine_step_s: float = 0.0
     eeg_label: str | None = None
     log_power: np.ndarray | None = None
+    view_labels: tuple[str, ...] = ()
+    view_x: np.ndarray | None = None
+    view_log_power: np.ndarray | None = None
 
     @property
     def n_epochs(self) -> int:
@@ -91,10 +101,33 @@ def is_store(path: Path) -> bool:
     return path.is_dir() and any(path.rglob("*.parquet"))
 
 
-def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecording]:
+def _view_rows(rec: Recording, spec: PreprocessSpec, primary: str | None, n_epochs: int,
+               view_sets: Sequence[Sequence[str]]) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """The EEG channels of ``rec`` scored beside ``primary`` (:func:`eeg_views`) and their
+    model-input rows ``(V, n_epochs, S)``, each through the same preprocessing as the primary."""
+    if primary is None or not view_sets:
+        return (), None
+    ranked = [c.label for c in rank_channels(rec.channels, Modality.EEG) if c.label != primary]
+    labels, rows = [], []
+    for label in eeg_views(primary, ranked, view_sets):
+        alone = dataclasses.replace(rec, channels=[c for c in rec.channels if c.label == label])
+        arrays = epochs_from_recording(alone, spec)
+        if arrays.n_epochs < n_epochs:
+            log.warning("%s: EEG %s covers %d of %d epochs; not scored beside %s", rec.source,
+                        label, arrays.n_epochs, n_epochs, primary)
+            continue
+        labels.append(label)
+        rows.append(arrays.x[:n_epochs, EXG_MODALITIES.index(Modality.EEG)])  # (T, S)
+    return tuple(labels), (np.stack(rows) if rows else None)  # (V, T, S)
+
+
+def load_raw(dataset: str, path: Path, spec: PreprocessSpec,
+             eeg_view_sets: Sequence[Sequence[str]] = ()) -> list[StageRecording]:
     """Every staged recording of ``dataset`` under ``path`` (sorted by source path).
 
-    Recordings without stages are skipped with a warning; unreadable ones raise ``DataError``.
+    ``eeg_view_sets``: the model's ``SleepNetConfig.eeg_views``; the EEG channels they pair with
+    the primary one are read too (``StageRecording.view_x``). Recordings without stages are
+    skipped with a warning; unreadable ones raise ``DataError``.
     """
     out: list[StageRecording] = []
     label_only = 0
@@ -113,6 +146,8 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
         k = min(n, len(rec.stages))
         stages[:k] = np.asarray(rec.stages[:k], dtype=np.int64)
         fine, step = dreams_fine_stages(rec) if rec.dataset == "dreams" else (None, 0.0)
+        eeg_label = next(iter(arrays.channels.get(Modality.EEG, [])), None)
+        view_labels, view_x = _view_rows(rec, spec, eeg_label, n, eeg_view_sets)
         out.append(
             StageRecording(
                 id=rec.id,
@@ -123,7 +158,9 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
                 stages=stages,
                 fine_stages=fine,
                 fine_step_s=step,
-                eeg_label=next(iter(arrays.channels.get(Modality.EEG, [])), None),
+                eeg_label=eeg_label,
+                view_labels=view_labels,
+                view_x=view_x,
             )
         )
     if not out:
@@ -141,20 +178,29 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec) -> list[StageRecord
     return out
 
 
-def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
+def load_sleep_edf_feature_recordings(
+    path: Path, eeg_view_sets: Sequence[Sequence[str]] = ()
+) -> list[StageRecording]:
     """The Sleep-EDF nights of the per-epoch feature files under ``path``
     (``SC4ssnE0.npz``, SOURCES.md layout), each a :class:`StageRecording` of the band log
     powers of :data:`FEATURE_EEG_LABEL` (``log_power``; ``eeg_label``), the channel a Sleep-EDF
     PSG's reader takes as its EEG, with every labelled row, in file order.
+
+    ``eeg_view_sets``: the model's ``SleepNetConfig.eeg_views``; the other derivation of the
+    files goes into ``view_log_power`` when they pair it with :data:`FEATURE_EEG_LABEL`.
 
     The files leave out the epochs scored ``?`` or movement time (at most 4 per night here), so
     the rows either side of such a gap follow each other in the stream."""
     from offline.spectral_train import load_sleep_edf_features
 
     out = []
+    others = [lbl for lbl in FEATURE_EEG_LABELS if lbl != FEATURE_EEG_LABEL]
+    views = tuple(eeg_views(FEATURE_EEG_LABEL, others, eeg_view_sets))
     for night in load_sleep_edf_features(Path(path), wake_margin_epochs=None):
         col = FEATURE_EEG_LABELS.index(FEATURE_EEG_LABEL)
         lp = night.log_power[:, col].numpy().astype(np.float32)  # (n, n_bands)
+        view_lp = (night.log_power[:, [FEATURE_EEG_LABELS.index(v) for v in views]]
+                   .permute(1, 0, 2).numpy().astype(np.float32)) if views else None  # (V, n, nb)
         n = lp.shape[0]
         out.append(
             StageRecording(
@@ -166,6 +212,8 @@ def load_sleep_edf_feature_recordings(path: Path) -> list[StageRecording]:
                 stages=night.stages.numpy().astype(np.int64),
                 eeg_label=FEATURE_EEG_LABEL,
                 log_power=lp,
+                view_labels=views,
+                view_log_power=view_lp,
             )
         )
     return out
@@ -286,15 +334,18 @@ def load_store(
 
 
 def load_stage_recordings(
-    path: Path, dataset: str, spec: PreprocessSpec
+    path: Path, dataset: str, spec: PreprocessSpec,
+    eeg_view_sets: Sequence[Sequence[str]] = (),
 ) -> list[StageRecording]:
     """A store (detected by its ``.parquet`` files), Sleep-EDF feature files (``dataset``
-    :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder."""
+    :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder. ``eeg_view_sets``: the
+    model's ``SleepNetConfig.eeg_views`` (raw folders and feature files; a store holds one EEG
+    channel per recording)."""
     if dataset == SLEEP_EDF_FEATURES:
-        return load_sleep_edf_feature_recordings(Path(path))
+        return load_sleep_edf_feature_recordings(Path(path), eeg_view_sets)
     if is_store(Path(path)):
         return load_store(Path(path), spec, dataset=dataset or None)
-    return load_raw(dataset, Path(path), spec)
+    return load_raw(dataset, Path(path), spec, eeg_view_sets)
 
 
 __all__ = ["FEATURE_EEG_LABEL", "FEATURE_EEG_LABELS", "SLEEP_EDF_FEATURES", "StageRecording",

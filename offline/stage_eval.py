@@ -5,6 +5,10 @@ Each recording is scored twice by the same model:
 - **offline**: ``SleepNet.forward`` over the whole recording (state from zero);
 - **streaming**: epoch by epoch through ``SleepNet.step``, as the daemon does.
 
+A model declaring EEG views (``SleepNetConfig.eeg_views``) scores a recording's other
+derivations of the set beside its EEG (``StageRecording.view_labels``), one batch row each, and
+the stage probabilities are their mean, in both modes, as the daemon does.
+
 The model is a ``SleepNet`` or a ``SleepNetEnsemble`` (same calls). A grouped ensemble scores each
 recording with the members of the derivation its EEG label names
 (:func:`~rtsleep.models.ensemble.route_derivation`), as the daemon does per bed; the report
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 
 from offline.stage_data import StageRecording
-from rtsleep.data.recording import STAGE_NAMES
+from rtsleep.data.recording import EXG_MODALITIES, STAGE_NAMES, Modality
 from rtsleep.models.checkpoint import Predictor
 from rtsleep.models.ensemble import route_derivation
 
@@ -99,57 +103,78 @@ class ModeResult:
 
 def _fresh_state(model: Predictor, rec: StageRecording) -> tuple[dict[str, torch.Tensor],
                                                                   str | None]:
-    """``init_state(1)`` pointed at the derivation group of ``rec``'s EEG label."""
-    state = model.init_state(1)
+    """``init_state(R)``, one row per scored EEG derivation (the primary and
+    ``rec.view_labels``), pointed at the derivation group of ``rec``'s EEG label."""
+    state = model.init_state(1 + len(rec.view_labels))
     return state, route_derivation(model, state, rec.eeg_label)
 
 
 def _log_power(rec: StageRecording, lookahead: int) -> torch.Tensor:
-    """``(T + k, n_bands)``: the recording's band log powers, then ``k`` absent (NaN) rows."""
+    """``(R, T + k, n_bands)``: the band log powers of the primary EEG and of each view, then
+    ``k`` absent (NaN) rows."""
     if rec.log_power is None:
         raise ValueError(f"{rec.id}: no band log powers")
-    lp = torch.from_numpy(np.ascontiguousarray(rec.log_power, dtype=np.float32))  # (T, nb)
-    return torch.cat([lp, lp.new_full((lookahead, lp.shape[1]), float("nan"))])
+    lp = torch.from_numpy(np.ascontiguousarray(rec.log_power, dtype=np.float32))[None]  # (1, T, nb)
+    if rec.view_labels:
+        if rec.view_log_power is None:
+            raise ValueError(f"{rec.id}: views {rec.view_labels} without their band log powers")
+        views = torch.from_numpy(np.ascontiguousarray(rec.view_log_power, dtype=np.float32))
+        lp = torch.cat([lp, views])  # (R, T, nb)
+    return torch.cat([lp, lp.new_full((lp.shape[0], lookahead, lp.shape[2]), float("nan"))],
+                     dim=1)
 
 
 def _inputs(rec: StageRecording, lookahead: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x (T + k, M, S)`` and ``mask (T + k, M)``: the recording, then ``k = lookahead`` absent
-    epochs (zeros, all masked)."""
+    """``x (R, T + k, M, S)`` and ``mask (R, T + k, M)``: the recording, once per scored EEG
+    derivation (row ``r > 0`` holds view ``r - 1`` in the EEG slot), then ``k = lookahead``
+    absent epochs (zeros, all masked)."""
     x = torch.from_numpy(np.ascontiguousarray(rec.x, dtype=np.float32))  # (T, M, S)
     mask = torch.from_numpy(np.broadcast_to(rec.mask, rec.x.shape[:2]).copy())  # (T, M)
     x = torch.cat([x, x.new_zeros((lookahead, *x.shape[1:]))])  # (T + k, M, S)
     mask = torch.cat([mask, mask.new_zeros((lookahead, mask.shape[1]))])  # (T + k, M)
-    return x, mask
+    rows = [x]
+    if rec.view_labels:
+        if rec.view_x is None:
+            raise ValueError(f"{rec.id}: views {rec.view_labels} without their samples")
+        eeg = EXG_MODALITIES.index(Modality.EEG)
+        for v in np.asarray(rec.view_x, dtype=np.float32):  # (T, S) each
+            xv = x.clone()
+            xv[: v.shape[0], eeg] = torch.from_numpy(v)
+            rows.append(xv)
+    return torch.stack(rows), mask.expand(len(rows), *mask.shape)  # (R, T+k, M, S), (R, T+k, M)
 
 
 @torch.no_grad()
 def run_offline(model: Predictor, rec: StageRecording) -> ModeResult:
-    """``SleepNet.forward`` over the whole recording from a zero state."""
+    """``SleepNet.forward`` over the whole recording from a zero state (one row per scored EEG
+    derivation; the stage probabilities are their mean)."""
     state, group = _fresh_state(model, rec)
     if rec.log_power is not None:
         lp = _log_power(rec, model.cfg.lookahead_epochs)
-        out, _ = model.forward_log_power(lp[None], state)  # fields (1, T, ...)
+        out, _ = model.forward_log_power(lp, state)  # fields (R, T, ...)
     else:
         x, mask = _inputs(rec, model.cfg.lookahead_epochs)
-        out, _ = model(x[None], mask[None], state)  # fields (1, T, ...)
+        out, _ = model(x, mask, state)  # fields (R, T, ...)
     idx = out.epoch_index[0].numpy()
     keep = idx >= 0
-    return ModeResult(out.stage_probs[0].float().numpy()[keep], idx[keep], group)
+    probs = out.stage_probs.float().mean(dim=0).numpy()  # (T, 5)
+    return ModeResult(probs[keep], idx[keep], group)
 
 
 @torch.no_grad()
 def run_streaming(model: Predictor, rec: StageRecording) -> ModeResult:
-    """``SleepNet.step`` epoch by epoch from ``init_state(1)``, as the daemon runs."""
+    """``SleepNet.step`` epoch by epoch from ``init_state(R)``, as the daemon runs (one row per
+    scored EEG derivation; the stage probabilities are their mean)."""
     state, group = _fresh_state(model, rec)
     probs, idx = [], []
     if rec.log_power is not None:
-        lp = _log_power(rec, model.cfg.lookahead_epochs)  # (T + k, n_bands)
-        outs = (model.step_log_power(lp[t : t + 1], state) for t in range(lp.shape[0]))
+        lp = _log_power(rec, model.cfg.lookahead_epochs)  # (R, T + k, n_bands)
+        outs = (model.step_log_power(lp[:, t], state) for t in range(lp.shape[1]))
     else:
         x, mask = _inputs(rec, model.cfg.lookahead_epochs)
-        outs = (model.step(x[t : t + 1], mask[t : t + 1], state) for t in range(x.shape[0]))
-    for out in outs:  # fields (1, ...)
-        probs.append(out.stage_probs[0].float().numpy())
+        outs = (model.step(x[:, t], mask[:, t], state) for t in range(x.shape[1]))
+    for out in outs:  # fields (R, ...)
+        probs.append(out.stage_probs.float().mean(dim=0).numpy())
         idx.append(int(out.epoch_index[0]))
     p, i = np.stack(probs), np.asarray(idx, dtype=np.int64)  # (T, 5), (T,)
     keep = i >= 0
@@ -193,6 +218,7 @@ def build_report(evals: list[RecordingEval], extra: dict[str, Any] | None = None
             c = confusion(yt, yp)
             cm += c
             per_rec[ev.rec.id] = {"subject": ev.rec.subject, "eeg_label": ev.rec.eeg_label,
+                                  "eeg_views": list(ev.rec.view_labels),
                                   "derivation_group": ev.runs[mode].group,
                                   **metrics_from_confusion(c)}
         modes[mode] = {"pooled": metrics_from_confusion(cm), "recordings": per_rec}
@@ -380,7 +406,7 @@ def evaluate_stage(
     path = Path(model_path) if model_path is not None else default_model_path()
     meta = load_checkpoint_meta(path)
     model = load_predictor(path)
-    recs = load_stage_recordings(Path(data), dataset, meta.preprocess)
+    recs = load_stage_recordings(Path(data), dataset, meta.preprocess, meta.config.eeg_views)
     if meta.config.encoder != "spectral" and any(r.log_power is not None for r in recs):
         raise DataError(Path(data), f"band-power features need a spectral model; {path.name} "
                                     f"has encoder {meta.config.encoder!r}")

@@ -116,9 +116,9 @@ def test_evaluate_scores_sleep_edf_feature_files_with_the_bipolar_members(
     shared_data: Path, tmp_path: Path
 ) -> None:
     """``--dataset sleep-edf-features``: every labelled row of the night (SC4011E0: 951, the
-    partial night), read as Pz-Oz band powers (the derivation a Sleep-EDF PSG is scored on) and
-    scored by the bundled model's members for bipolar derivations, streaming identical to
-    offline."""
+    partial night), read as Pz-Oz band powers with the Fpz-Cz ones beside them (the bundled
+    model averages the two) and scored by its members for bipolar derivations, streaming
+    identical to offline."""
     from offline.cli import app
 
     torch.set_num_threads(1)
@@ -133,6 +133,7 @@ def test_evaluate_scores_sleep_edf_feature_files_with_the_bipolar_members(
     rep = json.loads((out / "report.json").read_text())
     night = rep["modes"]["streaming"]["recordings"]["SC4011E0"]
     assert night["eeg_label"] == "EEG Pz-Oz" and night["derivation_group"] == "bipolar"
+    assert night["eeg_views"] == ["EEG Fpz-Cz"]  # the bundled model averages both derivations
     assert rep["pooled"]["n_epochs"] == 951
     assert rep["streaming_matches_offline"] is True
     assert rep["max_abs_prob_diff"] < 1e-4
@@ -156,6 +157,7 @@ def test_evaluate_on_a_sleep_edf_folder_skips_label_only_hypnograms(
     rep = json.loads((out / "report.json").read_text())
     (rec,) = rep["modes"]["offline"]["recordings"].values()
     assert rec["eeg_label"] == "EEG Pz-Oz" and rec["derivation_group"] == "bipolar"
+    assert rec["eeg_views"] == ["EEG Fpz-Cz"]
     assert rep["pooled"]["n_epochs"] == 10
     hints = [r.getMessage() for r in caplog.records if "feature files" in r.getMessage()]
     assert hints == [f"{folder}: 16 hypnogram(s) without a PSG skipped; 16 night(s) there exist "

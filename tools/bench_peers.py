@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
         meta = load_checkpoint_meta(args.model)
-        recs = load_stage_recordings(args.data, args.dataset, meta.preprocess)
+        recs = load_stage_recordings(args.data, args.dataset, meta.preprocess,
+                                     meta.config.eeg_views)
         rep = build_report(evaluate_model(load_predictor(args.model), recs))
         results["rtsleep_model"] = {
             "model": str(args.model),

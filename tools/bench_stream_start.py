@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.model or default_model_path()
     meta = load_checkpoint_meta(path)
     model = load_predictor(path)
-    recs = load_stage_recordings(args.data, args.dataset, meta.preprocess)
+    recs = load_stage_recordings(args.data, args.dataset, meta.preprocess,
+                                 meta.config.eeg_views)
     hi = bounds[-1]
     truth, pred = [], []
     for rec in recs:
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 def _head(rec: StageRecording, n: int) -> StageRecording:
     """``rec`` cut to its first ``n`` epochs (the bins need no more; fine stages dropped)."""
     lp = None if rec.log_power is None else rec.log_power[:n]
+    view_x = None if rec.view_x is None else rec.view_x[:, :n]
+    view_lp = None if rec.view_log_power is None else rec.view_log_power[:, :n]
     return dataclasses.replace(rec, x=rec.x[:n], stages=rec.stages[:n], log_power=lp,
+                               view_x=view_x, view_log_power=view_lp,
                                fine_stages=None, fine_step_s=0.0)
 
 

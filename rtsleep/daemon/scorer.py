@@ -6,9 +6,13 @@ Per bed it keeps what carries context from epoch to epoch:
   ECG; chosen once per bed and modality, when the modality's channels first appear, from the
   labels by the alias table's preference order), fed the raw samples of every epoch in order,
   scorable or not, so that filters never see a time jump;
-- the model's recurrent state (batch 1, on the model's device), which only a **scorable** epoch
-  advances: an unscorable epoch is reported with its reason and leaves the state untouched
-  (with an output delay, see below, it may be fed as an absent epoch);
+- the EEG views: when the model declares sets of EEG derivations it averages
+  (``cfg.eeg_views``) and the primary EEG is in one, the set's other derivations the bed has
+  (chosen with the primary EEG, by label), each with its own pipeline and state row;
+- the model's recurrent state (one row, plus one per EEG view, on the model's device; the
+  published probabilities are the mean over the rows whose EEG is usable), which only a
+  **scorable** epoch advances: an unscorable epoch is reported with its reason and leaves the
+  state untouched (with an output delay, see below, it may be fed as an absent epoch);
 - the next epoch index: an epoch already consumed is skipped (restart dedupe), a skipped index is
   reported as unscorable "no data", so indices never repeat and never jump.
 
@@ -54,7 +58,7 @@ from rtsleep.daemon.epocher import EpochBlock, EpochChannel
 from rtsleep.daemon.messages import ChannelQuality, stage_message
 from rtsleep.daemon.quality import EpochQuality
 from rtsleep.daemon.state import BedState
-from rtsleep.data.channels import MIN_EXG_SFREQ, preference_rank
+from rtsleep.data.channels import MIN_EXG_SFREQ, eeg_views, preference_rank
 from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
 from rtsleep.models.ensemble import route_derivation
@@ -150,6 +154,9 @@ class _Bed:
         #: The bed's EEG derivation kind when configured (None: read from the EEG label).
         self.derivation = derivation
         self.primary: dict[Modality, str] | None = None
+        #: EEG channels scored beside the primary one (the model's ``eeg_views``), one state row
+        #: each after the primary's; chosen with the primary EEG channel.
+        self.views: list[str] = []
         self.pipelines: dict[str, ChannelPipeline] = {}
         self.pending_pipeline_states: dict[str, dict[str, Any]] = {}
         self.next_epoch = 0
@@ -165,6 +172,11 @@ class _Bed:
         #: What each model step of the delay line fed: the result awaiting that step's output, or
         #: ``None`` for an absent epoch (its output is dropped). At most ``k`` between calls.
         self.line: deque[EpochResult | None] = deque()
+
+    @property
+    def rows(self) -> int:
+        """Model rows (batch entries) of this bed: the primary EEG and each view."""
+        return 1 + len(self.views)
 
     def waiting(self) -> bool:
         """Whether a scorable epoch waits in the delay line for its output."""
@@ -215,9 +227,9 @@ class Scorer:
         self.beds: dict[str, _Bed] = {}
 
     # ------------------------------------------------------------------ beds
-    def _fresh_state(self) -> dict[str, torch.Tensor]:
+    def _fresh_state(self, rows: int = 1) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            state = self.model.init_state(1)  # type: ignore[operator]
+            state = self.model.init_state(rows)  # type: ignore[operator]
         return {k: v.to(self.device) for k, v in state.items()}
 
     def add_bed(self, bed: str, restored: BedState | None = None,
@@ -231,6 +243,11 @@ class Scorer:
             if restored.model_id != self.model_id:
                 raise ValueError(f"bed {bed}: state from model {restored.model_id[:12]}, "
                                  f"running {self.model_id[:12]}")
+            views = restored.extra.get("eeg_views", [])
+            if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
+                raise ValueError(f"bed {bed}: saved eeg_views must be a list of labels")
+            b.views = list(views)
+            b.state = self._fresh_state(b.rows)
             fresh = b.state
             for k, v in fresh.items():
                 if k not in restored.recurrent or restored.recurrent[k].shape != v.shape:
@@ -307,6 +324,7 @@ class Scorer:
                 "epochs_scored": b.n_scored,
                 "epochs_unscorable": b.n_unscorable,
                 "unscorable_run": b.unscorable_run,
+                "eeg_views": list(b.views),
                 "delay_line": {
                     "pending": [{"index": r.index, "start": r.start, "end": r.end,
                                  "used": [str(m) for m in r.used], "reason": r.reason}
@@ -335,8 +353,29 @@ class Scorer:
             b.pipelines[ch.label] = p
         return p
 
+    def _choose_views(self, b: _Bed, channels: Sequence[EpochChannel]) -> None:
+        """With the primary EEG channel: the EEG channels the model scores beside it
+        (``cfg.eeg_views``; label-only, like the primary), each given a copy of the bed's state
+        rows so far."""
+        sets = getattr(getattr(self.model, "cfg", None), "eeg_views", ())
+        primary = (b.primary or {}).get(Modality.EEG)
+        if not sets or primary is None:
+            return
+        others = sorted(
+            ((preference_rank(c.label, Modality.EEG), i, c.label) for i, c in enumerate(channels)
+             if c.modality == Modality.EEG and c.sfreq >= MIN_EXG_SFREQ and c.label != primary))
+        views = eeg_views(primary, [lbl for _, _, lbl in others], sets)
+        if not views:
+            return
+        b.views = views
+        b.state = {k: torch.cat([v] * b.rows, dim=0) for k, v in b.state.items()}  # (R, ...)
+        log.info("bed %s: EEG %s scored beside %s, stage probabilities averaged", b.bed,
+                 ", ".join(views), primary)
+
     def _preprocess(self, b: _Bed, ep: EpochBlock) -> tuple[np.ndarray, np.ndarray, str | None]:
-        """``x (M, S)`` float32, ``mask (M,)`` bool and an unscorable reason (or ``None``)."""
+        """``x (R, M, S)`` float32, ``mask (R, M)`` bool (row 0 the primary channels, row
+        ``r > 0`` the same with view ``r - 1`` as the EEG) and an unscorable reason (or
+        ``None``)."""
         if b.primary is None:
             b.primary = {}
         for m in EXG_MODALITIES:  # chosen once per modality, when its channels first appear
@@ -346,6 +385,7 @@ class Scorer:
                     b.primary[m] = ch.label
                     log.info("bed %s: primary %s channel %s", b.bed, m, ch.label)
                     if m == Modality.EEG:
+                        self._choose_views(b, ep.channels)
                         self._route(b, announce=True)
         by_label = {c.label: c for c in ep.channels}
         usable = {c.label for c in ep.quality.channels if c.usable}
@@ -364,14 +404,30 @@ class Scorer:
                 continue
             x[i] = out
             mask[i] = label in usable
+        xs, masks = [x], [mask]
+        eeg = EXG_MODALITIES.index(Modality.EEG)
+        for label in b.views:  # the primary row with this view as its EEG
+            xv, mv = x.copy(), mask.copy()
+            xv[eeg], mv[eeg] = 0.0, False
+            ch = by_label.get(label)
+            if ch is not None:
+                out = self._pipeline(b, ch).process(fill_nonfinite(ch.data))  # (S,)
+                if out.shape[0] == self.n_times:
+                    xv[eeg], mv[eeg] = out, label in usable
+                else:
+                    log.debug("bed %s: EEG view %s gave %d samples; masked", b.bed, label,
+                              out.shape[0])
+            xs.append(xv)
+            masks.append(mv)
+        x_rows, m_rows = np.stack(xs), np.stack(masks)  # (R, M, S), (R, M)
         reason: str | None = None
         if ep.quality.unscorable:
             reason = ep.quality.reason or "unscorable"
         elif problems:
             reason = "; ".join(problems)
-        elif not mask.any():
+        elif not m_rows.any():
             reason = "no usable ExG channel"
-        return x, mask, reason
+        return x_rows, m_rows, reason
 
     # ------------------------------------------------------------------ scoring
     def _gap_results(self, b: _Bed, upto: int) -> list[EpochResult]:
@@ -392,25 +448,48 @@ class Scorer:
     @torch.no_grad()
     def _step(self, beds: list[_Bed], x: np.ndarray, mask: np.ndarray) -> list[
             tuple[list[float], float, float]]:
-        """One model step for ``beds`` with ``x (B, M, S)`` and ``mask (B, M)``."""
+        """One model step for ``beds`` with ``x (N, M, S)`` and ``mask (N, M)``, ``N`` the sum of
+        the beds' rows. A bed's outputs are the mean over its rows that have their EEG (all its
+        rows when none has)."""
         keys = list(beds[0].state)
-        state = {k: torch.cat([b.state[k] for b in beds], dim=0) for k in keys}  # (B, ...)
+        rows = [b.rows for b in beds]
+        state = {k: torch.cat([b.state[k] for b in beds], dim=0) for k in keys}  # (N, ...)
         xt = torch.from_numpy(x).to(self.device)
         mt = torch.from_numpy(mask).to(self.device)
         out = self.model.step(xt, mt, state)  # type: ignore[operator]
         for k in keys:
-            parts = state[k].split(1, dim=0)  # B x (1, ...)
+            parts = state[k].split(rows, dim=0)  # per bed (R, ...)
             for b, part in zip(beds, parts, strict=True):
                 b.state[k] = part.clone()
-        probs = out.stage_probs.detach().double().cpu().numpy()  # (B, 5)
-        apnea = out.apnea_prob.detach().double().cpu().numpy().reshape(-1)  # (B,)
-        hypo = out.hypopnea_prob.detach().double().cpu().numpy().reshape(-1)  # (B,)
-        return [(probs[i].tolist(), float(apnea[i]), float(hypo[i])) for i in range(len(beds))]
+        probs = out.stage_probs.detach().double().cpu().numpy()  # (N, 5)
+        apnea = out.apnea_prob.detach().double().cpu().numpy().reshape(-1)  # (N,)
+        hypo = out.hypopnea_prob.detach().double().cpu().numpy().reshape(-1)  # (N,)
+        eeg = mask[:, EXG_MODALITIES.index(Modality.EEG)]  # (N,)
+        res = []
+        lo = 0
+        for r in rows:
+            sel = np.arange(lo, lo + r)
+            if r > 1 and eeg[sel].any():
+                sel = sel[eeg[sel]]
+            res.append((probs[sel].mean(axis=0).tolist(), float(apnea[sel].mean()),
+                        float(hypo[sel].mean())))
+            lo += r
+        return res
 
-    def _absent(self) -> tuple[np.ndarray, np.ndarray]:
-        """An absent epoch: ``x (M, S)`` zeros, ``mask (M,)`` all False."""
-        return (np.zeros((len(EXG_MODALITIES), self.n_times), dtype=np.float32),
-                np.zeros(len(EXG_MODALITIES), dtype=bool))
+    @staticmethod
+    def _as_rows(b: _Bed, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x (R, M, S)`` and ``mask (R, M)`` for the bed's current rows: an absent epoch queued
+        before the bed's EEG views were chosen is repeated for each."""
+        if x.shape[0] == b.rows:
+            return x, mask
+        if x.shape[0] != 1:
+            raise ValueError(f"bed {b.bed}: {x.shape[0]} input rows for {b.rows} model rows")
+        return np.repeat(x, b.rows, axis=0), np.repeat(mask, b.rows, axis=0)
+
+    def _absent(self, b: _Bed) -> tuple[np.ndarray, np.ndarray]:
+        """An absent epoch: ``x (R, M, S)`` zeros, ``mask (R, M)`` all False."""
+        return (np.zeros((b.rows, len(EXG_MODALITIES), self.n_times), dtype=np.float32),
+                np.zeros((b.rows, len(EXG_MODALITIES)), dtype=bool))
 
     def _feed(self, batch: list[tuple[_Bed, np.ndarray, np.ndarray, EpochResult | None]]) -> None:
         """One batched step per chunk; each bed's delay line takes the fed entry and hands the
@@ -422,8 +501,9 @@ class Scorer:
                                        "epochs or more; a new recording")
         for lo in range(0, len(batch), self.max_batch):
             chunk = batch[lo : lo + self.max_batch]
-            xs = np.stack([c[1] for c in chunk])  # (B, M, S)
-            ms = np.stack([c[2] for c in chunk])  # (B, M)
+            fed = [self._as_rows(b, x, m) for b, x, m, _ in chunk]
+            xs = np.concatenate([f[0] for f in fed])  # (N, M, S), N = the beds' rows
+            ms = np.concatenate([f[1] for f in fed])  # (N, M)
             try:
                 outs = self._step([c[0] for c in chunk], xs, ms)
             except (RuntimeError, ValueError) as err:  # state untouched: not written back
@@ -452,7 +532,7 @@ class Scorer:
         self._drain([b])
         b.reset_at = None
         b.unscorable_run = 0
-        b.state = self._fresh_state()
+        b.state = self._fresh_state(b.rows)
         self._route(b)
         b.line.clear()
         log.info("bed %s: %s, the model context starts fresh", b.bed, why)
@@ -525,12 +605,12 @@ class Scorer:
                     x, mask, reason = self._preprocess(b, ep)
                 except (ValueError, KeyError) as err:
                     log.error("bed %s epoch %d: %s", b.bed, ep.index, err)
-                    x, mask = self._absent()
+                    x, mask = self._absent(b)
                     reason = f"preprocessing error: {err}"
                 res = EpochResult(
                     bed=b.bed, index=ep.index, start=ep.start_lsl, end=ep.end_lsl, probs=None,
                     apnea_prob=None, hypopnea_prob=None, reason=reason, quality=ep.quality,
-                    used=tuple(m for m, on in zip(EXG_MODALITIES, mask, strict=True) if on),
+                    used=tuple(m for i, m in enumerate(EXG_MODALITIES) if mask[:, i].any()),
                     ready_at=t_ready,
                 )
                 b.next_epoch = ep.index + 1
@@ -562,7 +642,7 @@ class Scorer:
             return
         line_then = [*b.line, *(r for _, _, r in fed)][-k:]
         if any(r is not None for r in line_then):
-            fed.append((*self._absent(), None))
+            fed.append((*self._absent(b), None))
 
     def flush(self, beds: Collection[str] | None = None) -> list[EpochResult]:
         """Feed absent epochs until no scorable epoch of ``beds`` (default all) waits in the delay
@@ -578,7 +658,7 @@ class Scorer:
             active = [b for b in beds if b.waiting()]
             if not active:
                 break
-            self._feed([(b, *self._absent(), None) for b in active])
+            self._feed([(b, *self._absent(b), None) for b in active])
 
     def fail(self, block: EpochBlock, reason: str, ready_at: float) -> list[EpochResult]:
         """Report ``block`` unscorable with ``reason`` (after an internal error), keeping the

@@ -100,13 +100,37 @@ _SCALP_ELECTRODE = re.compile(rf"^{_ELECTRODE}$")
 _GLUED_REFERENTIAL = re.compile(rf"^{_ELECTRODE}[AM][12]$")
 
 
+def derivation_key(label: str) -> str:
+    """The derivation a channel label names, as :func:`normalize_label` writes it without an
+    ``EEG`` prefix (``"EEG Fpz-Cz"`` and ``"Fpz-Cz"`` -> ``"FPZ-CZ"``)."""
+    key = normalize_label(label)
+    return key[3:] if key.startswith("EEG") and "-" in key else key
+
+
+def eeg_views(primary: str, labels: Sequence[str],
+              view_sets: Sequence[Sequence[str]]) -> list[str]:
+    """The EEG channels scored beside the primary EEG channel ``primary``: those of ``labels``
+    (other channels, in the order given) whose derivation shares a set of ``view_sets`` with the
+    primary's (``SleepNetConfig.eeg_views``), one per derivation, the primary's own excluded.
+    Empty when the primary's derivation is in no set."""
+    own = derivation_key(primary)
+    group = next((set(map(derivation_key, v)) for v in view_sets
+                  if own in map(derivation_key, v)), set())
+    seen = {own}
+    out = []
+    for label in labels:
+        key = derivation_key(label)
+        if key in group and key not in seen:
+            seen.add(key)
+            out.append(label)
+    return out
+
+
 def eeg_derivation(label: str) -> str | None:
     """The kind of EEG derivation a channel label names: :data:`REFERENTIAL` (``C3-A2``,
     ``EEG Cz-A1``, ``C4-M1``), :data:`BIPOLAR` (``EEG Fpz-Cz``, ``Pz-Oz``), or ``None`` when the
     label does not say (``EEG``, ``EEG(sec)``, ``C3``, an average reference)."""
-    key = normalize_label(label)
-    if key.startswith("EEG") and "-" in key:
-        key = key[3:]
+    key = derivation_key(label)
     active, sep, reference = key.partition("-")
     if not sep:  # ucddb writes C3A2
         m = _GLUED_REFERENTIAL.match(key)

@@ -68,6 +68,11 @@ class SleepNetConfig:
     lookahead_epochs: int = 0
     #: Epochs per encoder call inside ``forward`` (bounds memory; the result does not depend on it).
     encode_batch: int = 2048
+    #: Sets of EEG derivations the model was trained on alike (``(("Fpz-Cz", "Pz-Oz"),)``). When
+    #: the scored EEG is one of a set, the other derivations of the set that a recording or bed
+    #: also has are scored too, each with its own context, and the stage probabilities are the
+    #: mean over them (:func:`rtsleep.data.channels.eeg_views`). Empty: one EEG channel.
+    eeg_views: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -76,6 +81,13 @@ class SleepNetConfig:
             raise ValueError(f"lookahead_epochs must be >= 0, got {self.lookahead_epochs}")
         if self.encode_batch < 1:
             raise ValueError(f"encode_batch must be >= 1, got {self.encode_batch}")
+        if isinstance(self.eeg_views, str) or not all(
+            not isinstance(v, str) and len(v) >= 2 and all(isinstance(d, str) and d for d in v)
+            for v in self.eeg_views
+        ):
+            raise ValueError("eeg_views must be sets of two or more EEG derivation labels, got "
+                             f"{self.eeg_views!r}")
+        self.eeg_views = tuple(tuple(v) for v in self.eeg_views)  # JSON gives lists
         exg = tuple(str(m) for m in EXG_MODALITIES)
         if self.encoder == "fusion" and self.fusion.modalities != exg:
             raise ValueError(
@@ -164,8 +176,12 @@ class SleepNetConfig:
 
     # -------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field and sub-config."""
-        return dataclasses.asdict(self)
+        """Plain JSON-able dict of every field and sub-config (``eeg_views`` only when set, so
+        the configs, and model ids, of models without it read as before it existed)."""
+        d = dataclasses.asdict(self)
+        if not self.eeg_views:
+            del d["eeg_views"]
+        return d
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
