@@ -8,6 +8,7 @@ model without views, or a derivation outside its sets, scores the primary EEG al
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from offline.stage_eval import run_offline, run_streaming
 from rtsleep.daemon.epocher import BedEpocher
 from rtsleep.daemon.inlet import StreamLayout
 from rtsleep.daemon.replay import plan_outlets, stream_info
-from rtsleep.daemon.scorer import EpochResult, Scorer
+from rtsleep.daemon.scorer import EpochResult, Scorer, load_scoring_model
 from rtsleep.daemon.state import decode_state, encode_state
 from rtsleep.data.channels import eeg_views
 from rtsleep.data.preprocessing import PreprocessSpec
@@ -162,3 +163,28 @@ def test_evaluation_averages_the_views_offline_and_streaming_alike(with_views: S
     off = run_offline(with_views, both)
     np.testing.assert_allclose(off.probs, (pz.probs + fpz.probs) / 2, atol=1e-6)
     np.testing.assert_allclose(run_streaming(with_views, both).probs, off.probs, atol=1e-5)
+
+
+def test_score_on_a_real_sleep_edf_psg_equals_the_evaluation_of_both_derivations(
+    shared_data: Path, tmp_path: Path, with_views: SleepNet
+) -> None:
+    """``short_psg.edf`` (Fpz-Cz and Pz-Oz at 100 Hz): the daemon's code path (``score``) and the
+    evaluation's raw path read both derivations through the same preprocessing and agree."""
+    from offline.stage_data import load_raw
+    from rtsleep.daemon.score import score_file
+    from rtsleep.models import save_model
+
+    path = tmp_path / "views.safetensors"
+    model_id = save_model(with_views, path, PreprocessSpec.default())
+    net, spec, _, dev = load_scoring_model(path, "cpu")
+    folder = shared_data / "sleep-edf-sc-subset" / "psg-excerpt"
+    msgs = score_file(folder / "short_psg.edf", tmp_path / "s.jsonl",
+                      Scorer(net, spec, model_id, dev))
+    (rec,) = load_raw("sleep-edf", folder, spec, with_views.cfg.eeg_views)
+    assert rec.eeg_label == PZ and rec.view_labels == (FPZ,)
+    assert rec.view_x is not None and rec.view_x.shape == (1, 10, rec.x.shape[-1])
+    got = np.array([[m["probs"][k] for k in ("W", "N1", "N2", "N3", "R")] for m in msgs])
+    off = run_offline(net, rec)
+    np.testing.assert_allclose(got, off.probs, atol=1e-5, rtol=0)
+    alone = run_offline(net, dataclasses.replace(rec, view_labels=(), view_x=None))
+    assert not np.allclose(off.probs, alone.probs, atol=1e-3)
