@@ -501,10 +501,10 @@ class Scorer:
                                        "epochs or more; a new recording")
         for lo in range(0, len(batch), self.max_batch):
             chunk = batch[lo : lo + self.max_batch]
-            fed = [self._as_rows(b, x, m) for b, x, m, _ in chunk]
-            xs = np.concatenate([f[0] for f in fed])  # (N, M, S), N = the beds' rows
-            ms = np.concatenate([f[1] for f in fed])  # (N, M)
             try:
+                fed = [self._as_rows(b, x, m) for b, x, m, _ in chunk]
+                xs = np.concatenate([f[0] for f in fed])  # (N, M, S), N = the beds' rows
+                ms = np.concatenate([f[1] for f in fed])  # (N, M)
                 outs = self._step([c[0] for c in chunk], xs, ms)
             except (RuntimeError, ValueError) as err:  # state untouched: not written back
                 log.error("model step failed for %d bed(s): %s", len(chunk), err)
