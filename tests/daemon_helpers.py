@@ -28,6 +28,7 @@ from rtsleep.daemon.lslconfig import write_loopback_config
 from rtsleep.daemon.messages import decode
 from rtsleep.daemon.replay import load_channels, plan_outlets, stream_info
 from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.data.recording import Channel
 from rtsleep.models import SleepNet, SleepNetConfig, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,18 @@ def excerpt3_blocks(shared_data: Path, drop_type: str | None = None,
             per = int(30 * p.sfreq)
             idx = idx[(idx < drop_epoch * per) | (idx >= (drop_epoch + 1) * per)]
         ep.push(lay.key, p.data[idx], anchor + idx / p.sfreq)
+    return ep.pop_ready()
+
+
+def channel_blocks(bed: str, channels: list[Channel], anchor: float = 1000.0) -> list[EpochBlock]:
+    """The raw ``EpochBlock``s of ``channels`` (whole epochs) as the daemon's epocher cuts them
+    for ``bed``, without LSL: each replay outlet's samples stamped ``anchor + i / fs``."""
+    plans = plan_outlets("synthetic", channels)
+    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
+    ep = BedEpocher(bed, [lay.key for lay in layouts])
+    for p, lay in zip(plans, layouts, strict=True):
+        ep.attach(lay.key, lay)
+        ep.push(lay.key, p.data, anchor + np.arange(p.n_samples) / p.sfreq)
     return ep.pop_ready()
 
 

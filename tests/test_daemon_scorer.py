@@ -11,10 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from daemon_helpers import channel_blocks
 
-from rtsleep.daemon.epocher import BedEpocher
-from rtsleep.daemon.inlet import StreamLayout
-from rtsleep.daemon.replay import plan_outlets, stream_info
 from rtsleep.daemon.scorer import Scorer, choose_primary, fill_nonfinite
 from rtsleep.daemon.state import decode_state, encode_state
 from rtsleep.data.preprocessing import PreprocessSpec
@@ -47,13 +45,7 @@ def synthetic_channels(seed: int, nan_epoch: int | None = None) -> list[Channel]
 
 
 def blocks(bed: str, channels: list[Channel]) -> list:
-    plans = plan_outlets("synthetic", channels)
-    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
-    ep = BedEpocher(bed, [lay.key for lay in layouts])
-    for p, lay in zip(plans, layouts, strict=True):
-        ep.attach(lay.key, lay)
-        ep.push(lay.key, p.data, 1000.0 + np.arange(p.n_samples) / p.sfreq)
-    out = ep.pop_ready()
+    out = channel_blocks(bed, channels)
     assert [b.index for b in out] == list(range(N_EPOCHS))
     return out
 

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from daemon_helpers import channel_blocks
 
 from offline.spectral_train import SEDF_EEG_VIEWS, spectral_model_config
 from offline.stage_data import StageRecording
 from offline.stage_eval import run_offline, run_streaming
-from rtsleep.daemon.epocher import BedEpocher
-from rtsleep.daemon.inlet import StreamLayout
-from rtsleep.daemon.replay import plan_outlets, stream_info
 from rtsleep.daemon.scorer import EpochResult, Scorer, load_scoring_model
 from rtsleep.daemon.state import decode_state, encode_state
 from rtsleep.data.channels import eeg_views
@@ -57,13 +55,7 @@ def _eeg(seed: int, nan_epoch: int | None = None) -> np.ndarray:
 
 
 def _blocks(bed: str, channels: list[Channel]) -> list:
-    plans = plan_outlets("synthetic", channels)
-    layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
-    ep = BedEpocher(bed, [lay.key for lay in layouts])
-    for p, lay in zip(plans, layouts, strict=True):
-        ep.attach(lay.key, lay)
-        ep.push(lay.key, p.data, 1000.0 + np.arange(p.n_samples) / p.sfreq)
-    out = ep.pop_ready()
+    out = channel_blocks(bed, channels)
     assert [b.index for b in out] == list(range(N_EPOCHS))
     return out
 
