@@ -196,11 +196,12 @@ def load_sleep_edf_feature_recordings(
     out = []
     others = [lbl for lbl in FEATURE_EEG_LABELS if lbl != FEATURE_EEG_LABEL]
     views = tuple(eeg_views(FEATURE_EEG_LABEL, others, eeg_view_sets))
+    col = FEATURE_EEG_LABELS.index(FEATURE_EEG_LABEL)
+    view_cols = [FEATURE_EEG_LABELS.index(v) for v in views]
     for night in load_sleep_edf_features(Path(path), wake_margin_epochs=None):
-        col = FEATURE_EEG_LABELS.index(FEATURE_EEG_LABEL)
         lp = night.log_power[:, col].numpy().astype(np.float32)  # (n, n_bands)
-        view_lp = (night.log_power[:, [FEATURE_EEG_LABELS.index(v) for v in views]]
-                   .permute(1, 0, 2).numpy().astype(np.float32)) if views else None  # (V, n, nb)
+        view_lp = (night.log_power[:, view_cols].permute(1, 0, 2).numpy().astype(np.float32)
+                   if views else None)  # (V, n, n_bands)
         n = lp.shape[0]
         out.append(
             StageRecording(

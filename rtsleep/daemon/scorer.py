@@ -111,20 +111,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def choose_primary(channels: Sequence[EpochChannel], modality: Modality) -> EpochChannel | None:
-    """The preferred channel of ``modality`` by label (alias-table order, then stream order).
-
-    Label-only (no data checks), so that the choice is the same live and offline, and stays fixed
-    for the night. ExG channels slower than ``MIN_EXG_SFREQ`` are never chosen.
-    """
+def ranked_by_label(channels: Sequence[EpochChannel], modality: Modality) -> list[EpochChannel]:
+    """The channels of ``modality``, preferred first by label (alias-table order, then stream
+    order). Label-only (no data checks), so that a choice made from them is the same live and
+    offline, and stays fixed for the night. ExG channels slower than ``MIN_EXG_SFREQ`` are left
+    out."""
     cands = [
         (preference_rank(c.label, modality), i, c)
         for i, c in enumerate(channels)
         if c.modality == modality and not (modality in EXG_MODALITIES and c.sfreq < MIN_EXG_SFREQ)
     ]
-    if not cands:
-        return None
-    return min(cands, key=lambda t: (t[0], t[1]))[2]
+    return [c for _, _, c in sorted(cands, key=lambda t: (t[0], t[1]))]
+
+
+def choose_primary(channels: Sequence[EpochChannel], modality: Modality) -> EpochChannel | None:
+    """The preferred channel of ``modality`` (:func:`ranked_by_label`), or None."""
+    ranked = ranked_by_label(channels, modality)
+    return ranked[0] if ranked else None
 
 
 def fill_nonfinite(x: np.ndarray) -> np.ndarray:
@@ -361,10 +364,8 @@ class Scorer:
         primary = (b.primary or {}).get(Modality.EEG)
         if not sets or primary is None:
             return
-        others = sorted(
-            ((preference_rank(c.label, Modality.EEG), i, c.label) for i, c in enumerate(channels)
-             if c.modality == Modality.EEG and c.sfreq >= MIN_EXG_SFREQ and c.label != primary))
-        views = eeg_views(primary, [lbl for _, _, lbl in others], sets)
+        others = [c.label for c in ranked_by_label(channels, Modality.EEG) if c.label != primary]
+        views = eeg_views(primary, others, sets)
         if not views:
             return
         b.views = views
