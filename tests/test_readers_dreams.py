@@ -108,6 +108,32 @@ def test_s3_and_s4_vote_together_as_n3(tmp_path: Path) -> None:
     assert set(stages.tolist()) == {int(Stage.N3)}
 
 
+def test_movement_and_unknown_codes_are_unscored_and_left_out_of_training_targets(
+    dreams: Path, tmp_path: Path
+) -> None:
+    from offline.stage_data import load_raw, shifted_grids, stage_fractions
+    from rtsleep.data.preprocessing import PreprocessSpec
+
+    u, n2, w = int(Stage.UNSCORED), int(Stage.N2), int(Stage.W)
+    codes = (["-1"] * 6                              # movement time: unscored
+             + ["2", "2", "2", "2", "-2", "-3"]      # unknown steps outvoted: N2
+             + ["-3", "-3", "-3", "-3", "5", "5"]    # mostly unknown: unscored
+             + ["5"] * 6 * 57)
+    shutil.copy(dreams / "excerpt1.txt", tmp_path / "excerpt1.txt")
+    (tmp_path / "Hypnogram_excerpt1.txt").write_text("[Hypnogram]\n" + "\n".join(codes) + "\n")
+    rec = read_recording("dreams", tmp_path / "excerpt1.txt")
+    assert rec.stages is not None
+    np.testing.assert_array_equal(rec.stages[:4], [u, n2, u, w])
+    (stage_rec,) = load_raw("dreams", tmp_path, PreprocessSpec.default())
+    np.testing.assert_array_equal(stage_rec.stages[:4], [u, n2, u, w])
+    q = stage_fractions(stage_rec)
+    assert q is not None
+    np.testing.assert_allclose(q[0], 0.0)      # no scored step: no soft target
+    np.testing.assert_allclose(q[1, n2], 1.0)  # the unknown steps carry no weight
+    first_shift = shifted_grids(stage_rec)[0]  # starts 5 s in: five -1 and one N2 step
+    assert first_shift.stages[0] == u
+
+
 def test_hypnogram_that_does_not_match_the_excerpt_is_an_error(tmp_path: Path) -> None:
     hyp = tmp_path / "Hypnogram_excerpt9.txt"
     hyp.write_text("[Hypnogram]\n" + "2\n" * 400)

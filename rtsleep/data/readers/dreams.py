@@ -4,10 +4,13 @@
   excerpts are 1800 s long, so the rate is the sample count / 1800 (50, 100 or 200 Hz); a count
   that is not a whole number of samples per second is an error.
 - ``Hypnogram_excerptN.txt``: ``[Hypnogram]`` then one R&K code per 5 s: 5 = W, 4 = REM,
-  3 = S1, 2 = S2, 1 = S3, 0 = S4. Codes are mapped to AASM first (S3 and S4 -> N3), then each 30-s
-  epoch takes the majority of its six 5-s stages. **Tie rule**: among the stages with the most
-  votes, the one that occurs first in the epoch wins (the stage the epoch starts in). The shared
-  excerpts have no ties.
+  3 = S1, 2 = S2, 1 = S3, 0 = S4, and the DREAMS databases' codes for the rest: -1 = movement
+  time, -2 and -3 = stage unknown (not in the shared excerpts). Codes are mapped to AASM first
+  (S3 and S4 -> N3; -1 to -3 -> ``UNSCORED``, left out of scoring and of the training loss), then
+  each 30-s epoch takes the majority of its six 5-s stages (an unscored step votes too, so an
+  epoch that is mostly movement or unknown is unscored). **Tie rule**: among the stages with the
+  most votes, the one that occurs first in the epoch wins (the stage the epoch starts in). The
+  shared excerpts have no ties.
 - ``excerpt3.edf`` (full PSG): all channels via the EDF reader. The stages come from its 1-Hz
   ``hypnogram`` channel (the same codes, 1 s each) with the same vote over 30 values; an
   excerpt EDF without that channel takes its stages from ``Hypnogram_excerptN.txt`` beside it
@@ -50,8 +53,11 @@ DREAMS_STAGES: dict[int, Stage] = {
     2: Stage.N2,
     1: Stage.N3,
     0: Stage.N3,
+    -1: Stage.UNSCORED,
+    -2: Stage.UNSCORED,
+    -3: Stage.UNSCORED,
 }
-"""DREAMS R&K code -> AASM stage."""
+"""DREAMS R&K code -> AASM stage (-1 movement time, -2 and -3 unknown: ``UNSCORED``)."""
 
 EDF_UNIT_FIXES = {"ECG": UV}
 """excerpt3.edf: ECG header unit ``MV`` is wrong by 1000x (see module docstring)."""
@@ -98,7 +104,7 @@ def majority_stages(codes: np.ndarray, per_epoch: int, source: str | Path) -> np
 def _map_codes(raw: np.ndarray, source: str | Path) -> np.ndarray:
     bad = sorted(set(raw.tolist()) - set(DREAMS_STAGES))
     if bad:
-        raise DataError(source, f"unknown DREAMS stage codes {bad} (expected 0-5)")
+        raise DataError(source, f"unknown DREAMS stage codes {bad} (expected -3 to 5)")
     return np.array([int(DREAMS_STAGES[int(c)]) for c in raw], dtype=np.int8)
 
 
