@@ -26,6 +26,7 @@ from rtsleep.daemon.epocher import BedEpocher, EpochBlock
 from rtsleep.daemon.inlet import StreamLayout
 from rtsleep.daemon.lslconfig import write_loopback_config
 from rtsleep.daemon.messages import decode
+from rtsleep.daemon.quality import QualityConfig
 from rtsleep.daemon.replay import load_channels, plan_outlets, stream_info
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.recording import Channel
@@ -70,12 +71,14 @@ def excerpt3_blocks(shared_data: Path, drop_type: str | None = None,
     return ep.pop_ready()
 
 
-def channel_blocks(bed: str, channels: list[Channel], anchor: float = 1000.0) -> list[EpochBlock]:
+def channel_blocks(bed: str, channels: list[Channel], anchor: float = 1000.0,
+                   quality: QualityConfig | None = None) -> list[EpochBlock]:
     """The raw ``EpochBlock``s of ``channels`` (whole epochs) as the daemon's epocher cuts them
-    for ``bed``, without LSL: each replay outlet's samples stamped ``anchor + i / fs``."""
+    for ``bed``, without LSL: each replay outlet's samples stamped ``anchor + i / fs``;
+    ``quality`` as the epocher's (default: the daemon's)."""
     plans = plan_outlets("synthetic", channels)
     layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
-    ep = BedEpocher(bed, [lay.key for lay in layouts])
+    ep = BedEpocher(bed, [lay.key for lay in layouts], quality=quality)
     for p, lay in zip(plans, layouts, strict=True):
         ep.attach(lay.key, lay)
         ep.push(lay.key, p.data, anchor + np.arange(p.n_samples) / p.sfreq)

@@ -18,6 +18,7 @@ from daemon_helpers import channel_blocks
 from offline.spectral_train import SEDF_EEG_VIEWS, spectral_model_config
 from offline.stage_data import StageRecording
 from offline.stage_eval import run_offline, run_streaming
+from rtsleep.daemon.quality import QualityConfig
 from rtsleep.daemon.scorer import EpochResult, Scorer, load_scoring_model
 from rtsleep.daemon.state import decode_state, encode_state
 from rtsleep.data.channels import eeg_views
@@ -180,3 +181,32 @@ def test_score_on_a_real_sleep_edf_psg_equals_the_evaluation_of_both_derivations
     np.testing.assert_allclose(got, off.probs, atol=1e-5, rtol=0)
     alone = run_offline(net, dataclasses.replace(rec, view_labels=(), view_x=None))
     assert not np.allclose(off.probs, alone.probs, atol=1e-3)
+
+
+def test_an_absent_epoch_queued_before_the_views_appear_is_fed_to_every_view_row() -> None:
+    """A delayed multimodal model, and a bed whose EEG streams start after an EOG-only epoch
+    (scorable: this epocher requires no modality) and a missing one: the missing epoch is queued
+    (one row) before the views exist (two rows), and is fed to both. From then on the bed
+    publishes the mean of the two derivations alone."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SleepNetConfig.tiny(), lookahead_epochs=1,
+                              eeg_views=SEDF_EEG_VIEWS)
+    model = SleepNet(cfg).eval()
+    eog = Channel("EOG horizontal", Modality.EOG, FS, "uV", _eeg(3))
+    a, b = _eeg(1), _eeg(2)
+    sc = Scorer(model, PreprocessSpec.default(), "model-x")
+    got: dict[tuple[str, int], EpochResult] = {}
+    for bed, eegs in {"both": [_ch(FPZ, a), _ch(PZ, b)], "fpz": [_ch(FPZ, a)],
+                      "pz": [_ch(PZ, b)]}.items():
+        sc.add_bed(bed)
+        eog_only = channel_blocks(bed, [eog], quality=QualityConfig(required_modalities=()))[0]
+        # epoch 0; epoch 1 never arrives
+        later = channel_blocks(bed, [*eegs, eog])[2:]
+        for r in sc.score([eog_only, *later]) + sc.flush([bed]):
+            got[(r.bed, r.index)] = r
+    assert [i for (bed, i) in got if bed == "both"] == list(range(N_EPOCHS))
+    assert got[("both", 0)].scored and not got[("both", 1)].scored
+    for i in range(2, N_EPOCHS):
+        assert got[("both", i)].scored, got[("both", i)].reason
+        want = (np.asarray(got[("fpz", i)].probs) + np.asarray(got[("pz", i)].probs)) / 2
+        np.testing.assert_allclose(got[("both", i)].probs, want, rtol=0, atol=1e-6)

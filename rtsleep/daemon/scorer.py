@@ -370,8 +370,8 @@ class Scorer:
             return
         b.views = views
         b.state = {k: torch.cat([v] * b.rows, dim=0) for k, v in b.state.items()}  # (R, ...)
-        log.info("bed %s: EEG %s scored beside %s, stage probabilities averaged", b.bed,
-                 ", ".join(views), primary)
+        log.info("bed %s: EEG view(s) %s scored beside %s, stage probabilities averaged",
+                 b.bed, ", ".join(views), primary)
 
     def _preprocess(self, b: _Bed, ep: EpochBlock) -> tuple[np.ndarray, np.ndarray, str | None]:
         """``x (R, M, S)`` float32, ``mask (R, M)`` bool (row 0 the primary channels, row
