@@ -35,6 +35,7 @@ defaults. Timings on the shared 2-core development machine are noisy: other jobs
 
     .venv/bin/python tools/bench_daemon.py
     .venv/bin/python tools/bench_daemon.py --beds 1,16 --seconds 20   # quick look
+    .venv/bin/python tools/bench_daemon.py --beds 1,64 --speeds 30,1 --montage bipolar  # 2 EEG
 """
 
 from __future__ import annotations
@@ -64,13 +65,26 @@ log = logging.getLogger("bench_daemon")
 
 EPOCH_S = 30.0
 FS = 256.0
-#: (label, unit, type, noise standard deviation in µV)
-CHANNELS: tuple[tuple[str, str, str, float], ...] = (
-    ("C3-M2", "uV", "EEG", 20.0),
-    ("E1-M2", "uV", "EOG", 30.0),
-    ("Chin1-Chin2", "uV", "EMG", 8.0),
-    ("ECG", "uV", "ECG", 300.0),
-)
+Channel = tuple[str, str, str, float]
+"""(label, unit, type, noise standard deviation in µV)"""
+#: The streamed channels per ``--montage``. ``referential``: one central EEG (the bundled model's
+#: referential group, one state row per bed). ``bipolar``: the two Sleep-EDF derivations, which
+#: the bundled model scores as two EEG views (its bipolar group, two state rows per bed).
+MONTAGES: dict[str, tuple[Channel, ...]] = {
+    "referential": (
+        ("C3-M2", "uV", "EEG", 20.0),
+        ("E1-M2", "uV", "EOG", 30.0),
+        ("Chin1-Chin2", "uV", "EMG", 8.0),
+        ("ECG", "uV", "ECG", 300.0),
+    ),
+    "bipolar": (
+        ("EEG Fpz-Cz", "uV", "EEG", 20.0),
+        ("EEG Pz-Oz", "uV", "EEG", 20.0),
+        ("E1-M2", "uV", "EOG", 30.0),
+        ("Chin1-Chin2", "uV", "EMG", 8.0),
+        ("ECG", "uV", "ECG", 300.0),
+    ),
+}
 #: Default speed per bed count: enough epochs for a p99 in about a minute; >= 64 beds real time.
 DEFAULT_SPEED = {1: 30.0, 16: 4.0, 64: 1.0, 256: 1.0}
 
@@ -83,7 +97,8 @@ def _source_id(bed: int, n_beds: int) -> str:
 
 
 def feeder_main(n_beds: int, speed: float, tick_s: float, seed: int,
-                conn: mpc.Connection) -> None:
+                conn: mpc.Connection, channels: tuple[Channel, ...] = MONTAGES["referential"]
+                ) -> None:
     """Feeder process: N outlets, then ``("go", start_at, stop_at)``, then paced pushes.
 
     Bed ``b`` begins with ``(1 - b / N)`` of an epoch already recorded (pushed at once at
@@ -95,16 +110,16 @@ def feeder_main(n_beds: int, speed: float, tick_s: float, seed: int,
     import pylsl
 
     rng = np.random.default_rng(seed)
-    n_chans = len(CHANNELS)
+    n_chans = len(channels)
     per_epoch = int(EPOCH_S * FS)
-    scale = np.array([c[3] for c in CHANNELS], dtype=np.float32)
+    scale = np.array([c[3] for c in channels], dtype=np.float32)
     outlets: list[Any] = []
     noise: list[np.ndarray] = []
     for b in range(n_beds):
         info = pylsl.StreamInfo(f"bench-bed{b:03d}", "EEG", n_chans, FS, pylsl.cf_float32,
                                 _source_id(b, n_beds))
         chans = info.desc().append_child("channels")
-        for label, unit, ctype, _ in CHANNELS:
+        for label, unit, ctype, _ in channels:
             ch = chans.append_child("channel")
             ch.append_child_value("label", label)
             ch.append_child_value("unit", unit)
@@ -235,7 +250,7 @@ def _pcts(values: list[float]) -> dict[str, float]:
 def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, tick_s: float,
             poll_s: float, daemon_cpus: str, startup_limit_s: float, torch_threads: int,
             log_dir: Path | None = None, inlet_buflen_s: int = 0,
-            idle_s: float = 5.0) -> RunResult:
+            idle_s: float = 5.0, montage: str = "referential") -> RunResult:
     """One bed count: feeder outlets, then the daemon; once every stream is connected, play
     for one epoch period of warm-up plus ``seconds`` and measure the window."""
     import zmq
@@ -253,7 +268,8 @@ def run_one(n_beds: int, speed: float, seconds: float, model: Path, tmp: Path, t
     log_path = (log_dir or tmp) / f"daemon-{n_beds}.log"
     spawn = mp.get_context("spawn")
     conn, child = spawn.Pipe()
-    feeder = spawn.Process(target=feeder_main, args=(n_beds, speed, tick_s, n_beds, child),
+    feeder = spawn.Process(target=feeder_main,
+                           args=(n_beds, speed, tick_s, n_beds, child, MONTAGES[montage]),
                            daemon=True)
     feeder.start()
     if not conn.poll(startup_limit_s):
@@ -459,11 +475,17 @@ def main(
     inlet_buflen: Annotated[int, typer.Option(
         help="daemon.inlet_buffer_s, liblsl's queue per inlet in s (0: the config default)."
     )] = 0,
+    montage: Annotated[str, typer.Option(
+        help="Streamed channels: 'referential' (one EEG, C3-M2) or 'bipolar' (EEG Fpz-Cz and "
+             "EEG Pz-Oz, which the bundled model scores as two EEG views per bed).")
+    ] = "referential",
     json_out: Annotated[str, typer.Option("--json", help="Write raw results here.")] = "",
 ) -> None:
     """Run the daemon benchmark and print a Markdown table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the daemon and the feeder on kill
+    if montage not in MONTAGES:
+        raise typer.BadParameter(f"--montage: expected one of {sorted(MONTAGES)}, got {montage!r}")
     counts = [int(x) for x in beds.split(",") if x.strip()]
     if speeds:
         speed_list = [float(x) for x in speeds.split(",")]
@@ -485,7 +507,7 @@ def main(
             os.environ["LSLAPICFG"] = str(cfg)  # inherited by the feeder and the daemon
             res = run_one(n, sp, seconds, model_path, tmp, tick, poll, daemon_cpus,
                           startup_limit, torch_threads, Path(log_dir) if log_dir else None,
-                          inlet_buflen)
+                          inlet_buflen, montage=montage)
             log.info("%d bed(s): %s", n, res)
             results.append(res)
     base = next((r.rss_mb for r in results if r.n_beds == 1), None)
@@ -493,7 +515,8 @@ def main(
 
     buffer_s = inlet_buflen if inlet_buflen > 0 else DaemonSection().inlet_buffer_s
     header = (f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
-              f"{platform.python_version()}, model: {how}, daemon.inlet_buffer_s {buffer_s} "
+              f"{platform.python_version()}, model: {how}, montage {montage}, "
+              f"daemon.inlet_buffer_s {buffer_s} "
               f"({'given' if inlet_buflen > 0 else 'config default'}); load average "
               f"{os.getloadavg()[0]:.1f} at the end")
     typer.echo(header)
