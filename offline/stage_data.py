@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,13 +123,23 @@ def _view_rows(rec: Recording, spec: PreprocessSpec, primary: str | None, n_epoc
 
 def load_raw(dataset: str, path: Path, spec: PreprocessSpec,
              eeg_view_sets: Sequence[Sequence[str]] = ()) -> list[StageRecording]:
-    """Every staged recording of ``dataset`` under ``path`` (sorted by source path).
+    """Every staged recording of ``dataset`` under ``path`` (sorted by source path): the list
+    of :func:`iter_raw`."""
+    return list(iter_raw(dataset, path, spec, eeg_view_sets))
+
+
+def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
+             eeg_view_sets: Sequence[Sequence[str]] = ()) -> Iterator[StageRecording]:
+    """Each staged recording of ``dataset`` under ``path`` (sorted by source path), read when
+    the caller asks for it, so one recording at a time is in memory (a whole-night PSG holds
+    about 6 MB of model input per hour).
 
     ``eeg_view_sets``: the model's ``SleepNetConfig.eeg_views``; the EEG channels they pair with
     the primary one are read too (``StageRecording.view_x``). Recordings without stages are
-    skipped with a warning; unreadable ones raise ``DataError``.
+    skipped with a warning; unreadable ones raise ``DataError``, as does a folder without any
+    staged recording (after the last one).
     """
-    out: list[StageRecording] = []
+    n_out = 0
     label_only = 0
     for source in list_sources(dataset, Path(path)):
         rec = read_recording(dataset, source)
@@ -148,22 +158,21 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec,
         fine, step = dreams_fine_stages(rec) if rec.dataset == "dreams" else (None, 0.0)
         eeg_label = next(iter(arrays.channels.get(Modality.EEG, [])), None)
         view_labels, view_x = _view_rows(rec, spec, eeg_label, n, eeg_view_sets)
-        out.append(
-            StageRecording(
-                id=rec.id,
-                subject=rec.subject or rec.id,
-                dataset=rec.dataset,
-                x=arrays.x,
-                mask=arrays.mask,
-                stages=stages,
-                fine_stages=fine,
-                fine_step_s=step,
-                eeg_label=eeg_label,
-                view_labels=view_labels,
-                view_x=view_x,
-            )
+        n_out += 1
+        yield StageRecording(
+            id=rec.id,
+            subject=rec.subject or rec.id,
+            dataset=rec.dataset,
+            x=arrays.x,
+            mask=arrays.mask,
+            stages=stages,
+            fine_stages=fine,
+            fine_step_s=step,
+            eeg_label=eeg_label,
+            view_labels=view_labels,
+            view_x=view_x,
         )
-    if not out:
+    if not n_out:
         hint = (f" (per-epoch feature files: --dataset {SLEEP_EDF_FEATURES})"
                 if dataset == "sleep-edf" else "")
         raise DataError(path, f"no staged {dataset} recording with signals found{hint}")
@@ -175,7 +184,6 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec,
             log.warning("%s: %d hypnogram(s) without a PSG skipped; %d night(s) there exist as "
                         "per-epoch feature files: score them with --dataset %s", path,
                         label_only, len(features), SLEEP_EDF_FEATURES)
-    return out
 
 
 def load_sleep_edf_feature_recordings(
@@ -296,11 +304,21 @@ def stage_fractions(rec: StageRecording, n_classes: int = 5) -> np.ndarray | Non
 def load_store(
     path: Path, spec: PreprocessSpec, dataset: str | None = None
 ) -> list[StageRecording]:
-    """Every staged recording in a store (optionally only ``dataset``), sorted by path.
+    """Every staged recording in a store (optionally only ``dataset``), sorted by path: the
+    list of :func:`iter_store`."""
+    return list(iter_store(path, spec, dataset))
 
-    Raises ``DataError`` when a recording's preprocessing spec differs from ``spec``.
+
+def iter_store(
+    path: Path, spec: PreprocessSpec, dataset: str | None = None
+) -> Iterator[StageRecording]:
+    """Each staged recording in a store (optionally only ``dataset``), sorted by path, read when
+    the caller asks for it.
+
+    Raises ``DataError`` when a recording's preprocessing spec differs from ``spec``, and when
+    the store has no staged recording (after the last one).
     """
-    out: list[StageRecording] = []
+    n_out = 0
     for stored in open_store(Path(path)).recordings():
         meta = stored.meta
         if dataset is not None and meta.dataset != dataset:
@@ -316,40 +334,56 @@ def load_store(
                 )
         batch = stored.read(beats=False)
         x, mask = exg_input(batch, meta)
-        out.append(
-            StageRecording(
-                id=meta.recording_id,
-                subject=meta.subject or meta.recording_id,
-                dataset=meta.dataset,
-                x=x,
-                mask=mask,
-                stages=np.asarray(batch.labels["stage"], dtype=np.int64),
-                eeg_label=next((c.label for c in meta.channels
-                                if c.modality == Modality.EEG.value and c.role == "primary"),
-                               None),
-            )
+        n_out += 1
+        yield StageRecording(
+            id=meta.recording_id,
+            subject=meta.subject or meta.recording_id,
+            dataset=meta.dataset,
+            x=x,
+            mask=mask,
+            stages=np.asarray(batch.labels["stage"], dtype=np.int64),
+            eeg_label=next((c.label for c in meta.channels
+                            if c.modality == Modality.EEG.value and c.role == "primary"),
+                           None),
         )
-    if not out:
+    if not n_out:
         raise DataError(path, "no staged recording in the store")
-    return out
 
 
 def load_stage_recordings(
     path: Path, dataset: str, spec: PreprocessSpec,
     eeg_view_sets: Sequence[Sequence[str]] = (),
 ) -> list[StageRecording]:
+    """The list of :func:`iter_stage_recordings`."""
+    return list(iter_stage_recordings(path, dataset, spec, eeg_view_sets))
+
+
+def iter_stage_recordings(
+    path: Path, dataset: str, spec: PreprocessSpec,
+    eeg_view_sets: Sequence[Sequence[str]] = (),
+) -> Iterator[StageRecording]:
     """A store (detected by its ``.parquet`` files), Sleep-EDF feature files (``dataset``
-    :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder. ``eeg_view_sets``: the
-    model's ``SleepNetConfig.eeg_views`` (raw folders and feature files; a store holds one EEG
-    channel per recording)."""
+    :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder; stores and raw folders one
+    recording at a time (:func:`iter_store`, :func:`iter_raw`). ``eeg_view_sets``: the model's
+    ``SleepNetConfig.eeg_views`` (raw folders and feature files; a store holds one EEG channel
+    per recording)."""
     if dataset == SLEEP_EDF_FEATURES:
-        return load_sleep_edf_feature_recordings(Path(path), eeg_view_sets)
+        return iter(load_sleep_edf_feature_recordings(Path(path), eeg_view_sets))
     if is_store(Path(path)):
-        return load_store(Path(path), spec, dataset=dataset or None)
-    return load_raw(dataset, Path(path), spec, eeg_view_sets)
+        return iter_store(Path(path), spec, dataset=dataset or None)
+    return iter_raw(dataset, Path(path), spec, eeg_view_sets)
+
+
+def without_signals(rec: StageRecording) -> StageRecording:
+    """``rec`` with its model input dropped (``x`` becomes ``(n_epochs, M, 0)``; no band powers,
+    no view rows), keeping what a report needs: ids, labels, stages and ``n_epochs``."""
+    return dataclasses.replace(
+        rec, x=np.zeros((rec.n_epochs, rec.x.shape[1], 0), dtype=np.float32), log_power=None,
+        view_x=None, view_log_power=None,
+    )
 
 
 __all__ = ["FEATURE_EEG_LABEL", "FEATURE_EEG_LABELS", "SLEEP_EDF_FEATURES", "StageRecording",
-           "is_store", "load_raw", "load_sleep_edf_feature_recordings", "load_stage_recordings",
-           "load_store",
-           "shifted_grids", "sleep_period", "stage_fractions"]
+           "is_store", "iter_raw", "iter_stage_recordings", "iter_store", "load_raw",
+           "load_sleep_edf_feature_recordings", "load_stage_recordings", "load_store",
+           "shifted_grids", "sleep_period", "stage_fractions", "without_signals"]

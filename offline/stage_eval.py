@@ -399,23 +399,27 @@ def evaluate_stage(
     ``dataset`` folder or a store), both modes; write ``out/report.json`` and figures.
     ``wake_margin_epochs``: score only the sleep period with that many epochs on each side
     (:func:`offline.stage_data.sleep_period`); None scores every labelled epoch."""
-    from offline.stage_data import load_stage_recordings, sleep_period
+    from offline.stage_data import iter_stage_recordings, sleep_period, without_signals
     from rtsleep.data.errors import DataError
     from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
     path = Path(model_path) if model_path is not None else default_model_path()
     meta = load_checkpoint_meta(path)
     model = load_predictor(path)
-    recs = load_stage_recordings(Path(data), dataset, meta.preprocess, meta.config.eeg_views)
-    if meta.config.encoder != "spectral" and any(r.log_power is not None for r in recs):
-        raise DataError(Path(data), f"band-power features need a spectral model; {path.name} "
-                                    f"has encoder {meta.config.encoder!r}")
-    if wake_margin_epochs is not None:
-        recs = [sleep_period(r, wake_margin_epochs) for r in recs]
+    evals: list[RecordingEval] = []
+    # one recording in memory at a time: each is scored, then kept without its signals
+    for rec in iter_stage_recordings(Path(data), dataset, meta.preprocess,
+                                     meta.config.eeg_views):
+        if meta.config.encoder != "spectral" and rec.log_power is not None:
+            raise DataError(Path(data), f"band-power features need a spectral model; "
+                                        f"{path.name} has encoder {meta.config.encoder!r}")
+        if wake_margin_epochs is not None:
+            rec = sleep_period(rec, wake_margin_epochs)
+        (ev,) = evaluate_model(model, [rec])
+        evals.append(RecordingEval(without_signals(ev.rec), ev.runs))
     history = None
     if meta.card and isinstance(meta.card.get("history"), dict):
         history = meta.card["history"]
-    evals = evaluate_model(model, recs)
     extra = {
         "model": str(path),
         "model_id": meta.model_id,

@@ -168,3 +168,38 @@ def test_evaluate_refuses_feature_files_for_a_model_without_a_spectral_encoder(
                                    "--out", str(tmp_path / "R")])
     assert res.exit_code == 1
     assert f"{folder}: band-power features need a spectral model" in res.output
+
+
+def test_evaluation_holds_one_recordings_signals_at_a_time(
+    shared_data: Path, tmp_path: Path, model: SleepNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of whole nights must not be loaded at once: when the next recording is read,
+    at most the one being scored still holds model input; the report covers them all."""
+    import gc
+
+    import offline.stage_data as stage_data
+    from offline.stage_eval import evaluate_stage
+    from rtsleep.data.preprocessing import PreprocessSpec
+    from rtsleep.models.checkpoint import save_model
+
+    path = tmp_path / "spectral.safetensors"
+    save_model(model, path, PreprocessSpec.default())
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for n in (1, 2, 3):
+        for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
+            (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    holding: list[int] = []
+    read = stage_data.read_recording
+
+    def counting_read(dataset: str, source: Path):  # type: ignore[no-untyped-def]
+        gc.collect()
+        holding.append(sum(1 for o in gc.get_objects()
+                           if type(o) is StageRecording and o.x.size > 0))
+        return read(dataset, source)
+
+    monkeypatch.setattr(stage_data, "read_recording", counting_read)
+    report = evaluate_stage("dreams", folder, path, tmp_path / "R")
+    assert len(holding) == 3 and max(holding) <= 1, holding
+    assert sorted(report["recordings"]) == ["excerpt1", "excerpt2", "excerpt3"]
+    assert report["pooled"]["n_epochs"] == 180
