@@ -58,6 +58,14 @@ def _evaluate_stage(dataset: str, data: Path, model: Path | None, out: Path,
     same = "identical" if report["streaming_matches_offline"] else "DIFFERENT"
     typer.echo(f"streaming vs offline: {same} (max |dp| {report['max_abs_prob_diff']:.2e})")
     typer.echo(f"report: {out / 'report.json'}")
+    failed = report.get("failed") or []
+    if failed:  # the others are scored and reported; the exit status tells a script
+        total = len(failed) + len(report["recordings"])
+        typer.echo(f"{len(failed)} of {total} recordings could not be read (not scored):",
+                   err=True)
+        for f in failed:
+            typer.echo(f"  {f['error']}", err=True)
+        raise typer.Exit(1)
     return report
 
 

@@ -128,50 +128,72 @@ def load_raw(dataset: str, path: Path, spec: PreprocessSpec,
     return list(iter_raw(dataset, path, spec, eeg_view_sets))
 
 
+def _read_staged(dataset: str, source: Path, spec: PreprocessSpec,
+                 eeg_view_sets: Sequence[Sequence[str]]) -> StageRecording | str:
+    """One source as a :class:`StageRecording`, or why it has none to score (``"no-stages"``,
+    ``"label-only"``, each logged). Unreadable: ``DataError``."""
+    rec = read_recording(dataset, source)
+    if rec.stages is None:
+        log.warning("%s: no sleep stages; skipped", source)
+        return "no-stages"
+    if not rec.channels:
+        log.warning("%s: labels only, no signal; skipped", source)
+        return "label-only"
+    arrays = epochs_from_recording(rec, spec)
+    n = arrays.n_epochs
+    stages = np.full(n, -1, dtype=np.int64)
+    k = min(n, len(rec.stages))
+    stages[:k] = np.asarray(rec.stages[:k], dtype=np.int64)
+    fine, step = dreams_fine_stages(rec) if rec.dataset == "dreams" else (None, 0.0)
+    eeg_label = next(iter(arrays.channels.get(Modality.EEG, [])), None)
+    view_labels, view_x = _view_rows(rec, spec, eeg_label, n, eeg_view_sets)
+    return StageRecording(
+        id=rec.id,
+        subject=rec.subject or rec.id,
+        dataset=rec.dataset,
+        x=arrays.x,
+        mask=arrays.mask,
+        stages=stages,
+        fine_stages=fine,
+        fine_step_s=step,
+        eeg_label=eeg_label,
+        view_labels=view_labels,
+        view_x=view_x,
+    )
+
+
 def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
-             eeg_view_sets: Sequence[Sequence[str]] = ()) -> Iterator[StageRecording]:
+             eeg_view_sets: Sequence[Sequence[str]] = (),
+             failed: list[tuple[str, str]] | None = None) -> Iterator[StageRecording]:
     """Each staged recording of ``dataset`` under ``path`` (sorted by source path), read when
     the caller asks for it, so one recording at a time is in memory (a whole-night PSG holds
     about 6 MB of model input per hour).
 
     ``eeg_view_sets``: the model's ``SleepNetConfig.eeg_views``; the EEG channels they pair with
     the primary one are read too (``StageRecording.view_x``). Recordings without stages are
-    skipped with a warning; unreadable ones raise ``DataError``, as does a folder without any
-    staged recording (after the last one).
+    skipped with a warning. An unreadable one raises ``DataError``; with a ``failed`` list it is
+    logged, appended as ``(source, error)`` and skipped instead. A folder without any staged
+    recording raises ``DataError`` (after the last one).
     """
     n_out = 0
     label_only = 0
     for source in list_sources(dataset, Path(path)):
-        rec = read_recording(dataset, source)
-        if rec.stages is None:
-            log.warning("%s: no sleep stages; skipped", source)
+        try:
+            staged = _read_staged(dataset, source, spec, eeg_view_sets)
+        except DataError as err:
+            if failed is None:
+                raise
+            log.error("%s", err)
+            failed.append((str(source), str(err)))
             continue
-        if not rec.channels:
-            log.warning("%s: labels only, no signal; skipped", source)
+        if staged == "label-only":
             label_only += 1
-            continue
-        arrays = epochs_from_recording(rec, spec)
-        n = arrays.n_epochs
-        stages = np.full(n, -1, dtype=np.int64)
-        k = min(n, len(rec.stages))
-        stages[:k] = np.asarray(rec.stages[:k], dtype=np.int64)
-        fine, step = dreams_fine_stages(rec) if rec.dataset == "dreams" else (None, 0.0)
-        eeg_label = next(iter(arrays.channels.get(Modality.EEG, [])), None)
-        view_labels, view_x = _view_rows(rec, spec, eeg_label, n, eeg_view_sets)
-        n_out += 1
-        yield StageRecording(
-            id=rec.id,
-            subject=rec.subject or rec.id,
-            dataset=rec.dataset,
-            x=arrays.x,
-            mask=arrays.mask,
-            stages=stages,
-            fine_stages=fine,
-            fine_step_s=step,
-            eeg_label=eeg_label,
-            view_labels=view_labels,
-            view_x=view_x,
-        )
+        if isinstance(staged, StageRecording):
+            n_out += 1
+            yield staged
+    if not n_out and failed:
+        raise DataError(path, f"none of its {dataset} recordings could be read "
+                              f"({len(failed)} failed; first: {failed[0][1]})")
     if not n_out:
         hint = (f" (per-epoch feature files: --dataset {SLEEP_EDF_FEATURES})"
                 if dataset == "sleep-edf" else "")
@@ -361,17 +383,18 @@ def load_stage_recordings(
 def iter_stage_recordings(
     path: Path, dataset: str, spec: PreprocessSpec,
     eeg_view_sets: Sequence[Sequence[str]] = (),
+    failed: list[tuple[str, str]] | None = None,
 ) -> Iterator[StageRecording]:
     """A store (detected by its ``.parquet`` files), Sleep-EDF feature files (``dataset``
     :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder; stores and raw folders one
     recording at a time (:func:`iter_store`, :func:`iter_raw`). ``eeg_view_sets``: the model's
     ``SleepNetConfig.eeg_views`` (raw folders and feature files; a store holds one EEG channel
-    per recording)."""
+    per recording). ``failed``: as for :func:`iter_raw` (raw folders)."""
     if dataset == SLEEP_EDF_FEATURES:
         return iter(load_sleep_edf_feature_recordings(Path(path), eeg_view_sets))
     if is_store(Path(path)):
         return iter_store(Path(path), spec, dataset=dataset or None)
-    return iter_raw(dataset, Path(path), spec, eeg_view_sets)
+    return iter_raw(dataset, Path(path), spec, eeg_view_sets, failed)
 
 
 def without_signals(rec: StageRecording) -> StageRecording:

@@ -398,7 +398,9 @@ def evaluate_stage(
     """Score the stage model ``model_path`` (the shipped model when None) on ``data`` (a raw
     ``dataset`` folder or a store), both modes; write ``out/report.json`` and figures.
     ``wake_margin_epochs``: score only the sleep period with that many epochs on each side
-    (:func:`offline.stage_data.sleep_period`); None scores every labelled epoch."""
+    (:func:`offline.stage_data.sleep_period`); None scores every labelled epoch. A raw
+    recording that cannot be read is logged and listed in the report's ``failed`` (source,
+    error), and the others are scored; ``DataError`` when none can be."""
     from offline.stage_data import iter_stage_recordings, sleep_period, without_signals
     from rtsleep.data.errors import DataError
     from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
@@ -407,9 +409,10 @@ def evaluate_stage(
     meta = load_checkpoint_meta(path)
     model = load_predictor(path)
     evals: list[RecordingEval] = []
+    failed: list[tuple[str, str]] = []
     # one recording in memory at a time: each is scored, then kept without its signals
     for rec in iter_stage_recordings(Path(data), dataset, meta.preprocess,
-                                     meta.config.eeg_views):
+                                     meta.config.eeg_views, failed):
         if meta.config.encoder != "spectral" and rec.log_power is not None:
             raise DataError(Path(data), f"band-power features need a spectral model; "
                                         f"{path.name} has encoder {meta.config.encoder!r}")
@@ -426,5 +429,6 @@ def evaluate_stage(
         "dataset": dataset,
         "data": str(data),
         "wake_margin_epochs": wake_margin_epochs,
+        "failed": [{"source": src, "error": err} for src, err in failed],
     }
     return write_report(evals, Path(out), extra=extra, history=history)

@@ -203,3 +203,33 @@ def test_evaluation_holds_one_recordings_signals_at_a_time(
     assert len(holding) == 3 and max(holding) <= 1, holding
     assert sorted(report["recordings"]) == ["excerpt1", "excerpt2", "excerpt3"]
     assert report["pooled"]["n_epochs"] == 180
+
+
+def test_evaluate_scores_the_readable_recordings_and_lists_the_unreadable_one(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A truncated excerpt in an archive: the others are scored and reported, the bad one is
+    named with its problem on stderr and in report.json, and the exit status is 1."""
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for n in (1, 2):
+        for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
+            (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    lines = (shared_data / "dreams-spindles" / "excerpt5.txt").read_text().splitlines()
+    (folder / "excerpt5.txt").write_text("\n".join(lines[: len(lines) // 2 + 7]) + "\n")
+    (folder / "Hypnogram_excerpt5.txt").symlink_to(
+        shared_data / "dreams-spindles" / "Hypnogram_excerpt5.txt")
+    out = tmp_path / "R"
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(folder), "--dataset", "dreams",
+                                   "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "(120 epochs, 2 recordings)" in res.output
+    assert "1 of 3 recordings could not be read" in res.output
+    assert f"{folder / 'excerpt5.txt'}: " in res.output and "not a whole rate" in res.output
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["recordings"]) == ["excerpt1", "excerpt2"]
+    assert [f["source"] for f in report["failed"]] == [str(folder / "excerpt5.txt")]
