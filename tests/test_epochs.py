@@ -157,6 +157,12 @@ def test_recording_without_any_usable_channel_is_rejected() -> None:
         epochs_from_recording(_rec([other]), SPEC)
 
 
+def test_an_eeg_too_slow_to_use_is_named_with_its_rate_and_the_minimum() -> None:
+    slow = _channel("C3-A2", Modality.EEG, 10.0, 60, 0)
+    with pytest.raises(DataError, match=r"C3-A2 \(EEG, 10 Hz\); ExG needs >= 50 Hz"):
+        epochs_from_recording(_rec([slow]), SPEC)
+
+
 def test_channel_not_starting_at_zero_is_rejected() -> None:
     eeg = _channel("C3-A2", Modality.EEG, 100.0, 60, 0)
     eeg.start_s = 2.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtsleep.data.channels import ChannelMap, rank_channels
+from rtsleep.data.channels import MIN_EXG_SFREQ, ChannelMap, rank_channels
 from rtsleep.data.errors import DataError
 from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec, check_amplitude
 from rtsleep.data.recording import EXG_MODALITIES, Channel, Modality, Recording
@@ -273,9 +273,12 @@ def epochs_from_recording(
     for mod in AUX_MODALITIES:
         used.extend(aux.get(mod, []))
     if not used:
-        have = ", ".join(f"{c.label} ({c.modality})" for c in rec.channels) or "no channels"
+        have = ", ".join(f"{c.label} ({c.modality}, {c.sfreq:g} Hz)"
+                         for c in rec.channels) or "no channels"
         wanted = ", ".join(str(m.modality) for m in spec.modalities)
-        raise DataError(rec.source, f"no usable channel for {wanted} (has: {have})")
+        raise DataError(rec.source, f"no usable channel for {wanted} (has: {have}; ExG needs "
+                                    f">= {MIN_EXG_SFREQ:g} Hz, and a flat or non-finite channel "
+                                    "is never used)")
     warnings: list[str] = []
     for ch in used:
         if ch.start_s != 0.0:
