@@ -148,17 +148,9 @@ def _read_staged(dataset: str, source: Path, spec: PreprocessSpec,
     eeg_label = next(iter(arrays.channels.get(Modality.EEG, [])), None)
     view_labels, view_x = _view_rows(rec, spec, eeg_label, n, eeg_view_sets)
     return StageRecording(
-        id=rec.id,
-        subject=rec.subject or rec.id,
-        dataset=rec.dataset,
-        x=arrays.x,
-        mask=arrays.mask,
-        stages=stages,
-        fine_stages=fine,
-        fine_step_s=step,
-        eeg_label=eeg_label,
-        view_labels=view_labels,
-        view_x=view_x,
+        id=rec.id, subject=rec.subject or rec.id, dataset=rec.dataset, x=arrays.x,
+        mask=arrays.mask, stages=stages, fine_stages=fine, fine_step_s=step,
+        eeg_label=eeg_label, view_labels=view_labels, view_x=view_x,
     )
 
 
