@@ -233,3 +233,43 @@ def test_evaluate_scores_the_readable_recordings_and_lists_the_unreadable_one(
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["recordings"]) == ["excerpt1", "excerpt2"]
     assert [f["source"] for f in report["failed"]] == [str(folder / "excerpt5.txt")]
+
+
+def test_evaluate_on_a_store_equals_the_raw_folder_and_reads_one_recording_at_a_time(
+    shared_data: Path, tmp_path: Path, model: SleepNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store written by ingest scores as the raw folder it came from (same readers, same
+    preprocessing), each stored recording read only when it is scored."""
+    import gc
+
+    from offline.ingest import ingest_paths
+    from offline.stage_eval import evaluate_stage
+    from rtsleep.data.preprocessing import PreprocessSpec
+    from rtsleep.data.store import StoredRecording
+    from rtsleep.models.checkpoint import save_model
+
+    path = tmp_path / "spectral.safetensors"
+    save_model(model, path, PreprocessSpec.default())
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for n in (1, 2, 3):
+        for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
+            (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    store = tmp_path / "store"
+    assert not ingest_paths([folder], "dreams", store, progress=False).failed
+    raw = evaluate_stage("dreams", folder, path, tmp_path / "R-raw")
+    holding: list[int] = []
+    read = StoredRecording.read
+
+    def counting_read(self: StoredRecording, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        gc.collect()
+        holding.append(sum(1 for o in gc.get_objects()
+                           if type(o) is StageRecording and o.x.size > 0))
+        return read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StoredRecording, "read", counting_read)
+    stored = evaluate_stage("dreams", store, path, tmp_path / "R-store")
+    assert len(holding) == 3 and max(holding) <= 1, holding
+    assert stored["pooled"] == raw["pooled"] and stored["pooled"]["n_epochs"] == 180
+    for rid in ("excerpt1", "excerpt2", "excerpt3"):
+        assert stored["recordings"][rid]["offline"] == raw["recordings"][rid]["offline"]
