@@ -139,6 +139,7 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60
         bounds = sleep_period_bounds(
             y, len(y) if wake_margin_epochs is None else wake_margin_epochs)
         if bounds is None:
+            log.warning("%s: no sleep epoch in its labels; left out", path)
             continue
         lo, hi = bounds
         cols = torch.from_numpy(x[lo:hi])

@@ -4,9 +4,11 @@ and the output delay (look-ahead) trained the way the model streams."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,3 +186,16 @@ def test_sleep_edf_feature_files_are_found_by_their_psg_names(tmp_path: Path) ->
     found = [(p.name, m.group(1), m.group(2)) for p, m in st.sleep_edf_feature_files(tmp_path)]
     assert found == [("SC4001E0.npz", "00", "1"), ("SC4362F0.npz", "36", "2"),
                      ("SC4672G0.npz", "67", "2")]
+
+
+def test_a_feature_night_without_sleep_is_left_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    for name, y in (("SC4001E0.npz", np.zeros(40)),
+                    ("SC4002E0.npz", np.r_[np.zeros(20), 2 * np.ones(20)])):
+        np.savez(tmp_path / name, X=rng.normal(size=(40, 72)), y=y.astype(np.int64))
+    with caplog.at_level(logging.WARNING):
+        nights = st.load_sleep_edf_features(tmp_path, wake_margin_epochs=None)
+    assert [n.id for n in nights] == ["SC4002E0"]
+    assert f"{tmp_path / 'SC4001E0.npz'}: no sleep epoch in its labels; left out" in caplog.text
