@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,8 +419,14 @@ def evaluate_stage(
                                         f"{path.name} has encoder {meta.config.encoder!r}")
         if wake_margin_epochs is not None:
             rec = sleep_period(rec, wake_margin_epochs)
+        t0 = time.perf_counter()
         (ev,) = evaluate_model(model, [rec])
         evals.append(RecordingEval(without_signals(ev.rec), ev.runs))
+        yt, yp = scored(ev.rec, ev.runs["offline"])
+        log.info("%s: %d epochs, %d scored, accuracy %s (both modes in %.1f s; %d recording(s) "
+                 "done)", rec.id, rec.n_epochs, len(yt),
+                 f"{float(np.mean(yt == yp)):.3f}" if len(yt) else "-",
+                 time.perf_counter() - t0, len(evals))
     history = None
     if meta.card and isinstance(meta.card.get("history"), dict):
         history = meta.card["history"]
