@@ -170,6 +170,22 @@ def test_evaluate_refuses_feature_files_for_a_model_without_a_spectral_encoder(
     assert f"{folder}: band-power features need a spectral model" in res.output
 
 
+def _saved_model_and_excerpts(model: SleepNet, shared_data: Path, tmp_path: Path,
+                              excerpts: tuple[int, ...]) -> tuple[Path, Path]:
+    """``model`` saved under ``tmp_path``, and a folder of symlinks to those DREAMS excerpts."""
+    from rtsleep.data.preprocessing import PreprocessSpec
+    from rtsleep.models.checkpoint import save_model
+
+    path = tmp_path / "spectral.safetensors"
+    save_model(model, path, PreprocessSpec.default())
+    folder = tmp_path / "dreams"
+    folder.mkdir()
+    for n in excerpts:
+        for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
+            (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    return path, folder
+
+
 def test_evaluation_holds_one_recordings_signals_at_a_time(
     shared_data: Path, tmp_path: Path, model: SleepNet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,16 +195,8 @@ def test_evaluation_holds_one_recordings_signals_at_a_time(
 
     import offline.stage_data as stage_data
     from offline.stage_eval import evaluate_stage
-    from rtsleep.data.preprocessing import PreprocessSpec
-    from rtsleep.models.checkpoint import save_model
 
-    path = tmp_path / "spectral.safetensors"
-    save_model(model, path, PreprocessSpec.default())
-    folder = tmp_path / "dreams"
-    folder.mkdir()
-    for n in (1, 2, 3):
-        for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
-            (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    path, folder = _saved_model_and_excerpts(model, shared_data, tmp_path, (1, 2, 3))
     holding: list[int] = []
     read = stage_data.read_recording
 
@@ -244,17 +252,9 @@ def test_evaluate_on_a_store_equals_the_raw_folder_and_reads_one_recording_at_a_
 
     from offline.ingest import ingest_paths
     from offline.stage_eval import evaluate_stage
-    from rtsleep.data.preprocessing import PreprocessSpec
     from rtsleep.data.store import StoredRecording
-    from rtsleep.models.checkpoint import save_model
 
-    path = tmp_path / "spectral.safetensors"
-    save_model(model, path, PreprocessSpec.default())
-    folder = tmp_path / "dreams"
-    folder.mkdir()
-    for n in (1, 2, 3):
-        for name in (f"excerpt{n}.txt", f"Hypnogram_excerpt{n}.txt"):
-            (folder / name).symlink_to(shared_data / "dreams-spindles" / name)
+    path, folder = _saved_model_and_excerpts(model, shared_data, tmp_path, (1, 2, 3))
     store = tmp_path / "store"
     assert not ingest_paths([folder], "dreams", store, progress=False).failed
     raw = evaluate_stage("dreams", folder, path, tmp_path / "R-raw")
