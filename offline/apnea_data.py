@@ -100,13 +100,27 @@ def read_npz_night(path: Path) -> ApneaNight:
     return night_from_recording(read_recording("apnea-ecg", path))
 
 
-def read_apnea_ecg_dir(folder: Path) -> list[ApneaNight]:
-    """All labelled nights under ``folder`` (npz or WFDB layout), sorted by id."""
+def read_apnea_ecg_dir(folder: Path, failed: list[tuple[str, str]] | None = None
+                       ) -> list[ApneaNight]:
+    """All labelled nights under ``folder`` (npz or WFDB layout), sorted by id. An unreadable
+    night raises ``DataError``; with a ``failed`` list it is logged, appended as ``(source,
+    error)`` and left out instead (a folder with none readable still raises)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "not a directory")
     sources = list_sources("apnea-ecg", folder)
     if not sources:
         raise DataError(folder, "no Apnea-ECG nights (*.npz, or *.apn with .qrs or ECG)")
-    nights = [night_from_recording(read_recording("apnea-ecg", src)) for src in sources]
+    nights = []
+    for src in sources:
+        try:
+            nights.append(night_from_recording(read_recording("apnea-ecg", src)))
+        except DataError as err:
+            if failed is None:
+                raise
+            log.error("%s", err)
+            failed.append((str(src), str(err)))
+    if not nights and failed:
+        raise DataError(folder, f"none of its Apnea-ECG nights could be read ({len(failed)} "
+                                f"failed; first: {failed[0][1]})")
     return sorted(nights, key=lambda n: n.id)

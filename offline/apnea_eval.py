@@ -148,9 +148,11 @@ def evaluate_apnea_ecg(
     """Score every night in ``data`` with both variants; write ``out/report.json`` and figures.
 
     The top-level ``pooled`` / ``recordings`` are the non-causal (offline) variant; both variants
-    are under ``variants``.
+    are under ``variants``. A night that cannot be read is logged and listed in ``failed``
+    (source, error), and the others are scored; ``DataError`` when none can be.
     """
-    nights: list[ApneaNight] = read_apnea_ecg_dir(data)
+    failed: list[tuple[str, str]] = []
+    nights: list[ApneaNight] = read_apnea_ecg_dir(data, failed)
     model = load_ecg_model(model_path)
     ids = [n.id for n in nights]
     labels = [n.labels for n in nights]
@@ -175,6 +177,7 @@ def evaluate_apnea_ecg(
         "ahi_class_agreement": main["ahi_class_agreement"],
         "recordings": main["recordings"],
         "variants": variants,
+        "failed": [{"source": src, "error": err} for src, err in failed],
     }
     out.mkdir(parents=True, exist_ok=True)
     report["figures"] = _figures(out, main, labels, probs_by["noncausal"])

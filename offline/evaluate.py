@@ -40,7 +40,21 @@ def _evaluate_apnea(dataset: str, data: Path, model: Path | None, out: Path) -> 
             f"{len(res['recordings'])} recordings)"
         )
     typer.echo(f"report: {out / 'report.json'}")
+    _exit_on_failures(report)
     return report
+
+
+def _exit_on_failures(report: dict[str, Any]) -> None:
+    """Name the recordings that could not be read on stderr and exit 1; the others were
+    scored and reported, and the exit status tells a script."""
+    failed = report.get("failed") or []
+    if failed:
+        total = len(failed) + len(report["recordings"])
+        typer.echo(f"{len(failed)} of {total} recordings could not be read (not scored):",
+                   err=True)
+        for f in failed:
+            typer.echo(f"  {f['error']}", err=True)
+        raise typer.Exit(1)
 
 
 def _evaluate_stage(dataset: str, data: Path, model: Path | None, out: Path,
@@ -58,14 +72,7 @@ def _evaluate_stage(dataset: str, data: Path, model: Path | None, out: Path,
     same = "identical" if report["streaming_matches_offline"] else "DIFFERENT"
     typer.echo(f"streaming vs offline: {same} (max |dp| {report['max_abs_prob_diff']:.2e})")
     typer.echo(f"report: {out / 'report.json'}")
-    failed = report.get("failed") or []
-    if failed:  # the others are scored and reported; the exit status tells a script
-        total = len(failed) + len(report["recordings"])
-        typer.echo(f"{len(failed)} of {total} recordings could not be read (not scored):",
-                   err=True)
-        for f in failed:
-            typer.echo(f"  {f['error']}", err=True)
-        raise typer.Exit(1)
+    _exit_on_failures(report)
     return report
 
 

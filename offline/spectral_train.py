@@ -41,6 +41,7 @@ import copy
 import logging
 import math
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,21 +122,40 @@ def sleep_edf_feature_files(folder: Path) -> list[tuple[Path, re.Match[str]]]:
     return [(p, m) for p, m in files if m is not None]
 
 
-def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60
-                            ) -> list[Sequence]:
+def _read_feature_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` float64 ``(n, 72)`` and ``y`` int64 ``(n,)`` of one feature file; ``DataError``
+    when it cannot be read or has another shape."""
+    try:
+        with np.load(path) as d:
+            x, y = np.asarray(d["X"], dtype=np.float64), np.asarray(d["y"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(path, f"unreadable feature file ({type(err).__name__}: {err})") from None
+    if x.ndim != 2 or x.shape[1] < 13 or len(y) != len(x):
+        raise DataError(path, f"expected X (n, 72) and y (n,), got {x.shape} and {y.shape}")
+    return x, y
+
+
+def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60,
+                            failed: list[tuple[str, str]] | None = None) -> list[Sequence]:
     """Sleep-EDF nights from ``features/SC4ssnE0.npz`` files (sorted), trimmed to the sleep period
     plus ``wake_margin_epochs`` on each side (None: every row, the whole recording). Nights
-    without sleep are left out. Subject = the two digits ``ss``."""
+    without sleep are left out. Subject = the two digits ``ss``. An unreadable file raises
+    ``DataError``; with a ``failed`` list it is logged, appended as ``(file, error)`` and left
+    out instead (a folder with none readable still raises)."""
     folder = Path(folder)
     matched = sleep_edf_feature_files(folder)
     if not matched:
         raise DataError(folder, "no Sleep-EDF feature files (SC4ssnE0.npz)")
     out: list[Sequence] = []
     for path, m in matched:
-        with np.load(path) as d:
-            x, y = np.asarray(d["X"], dtype=np.float64), np.asarray(d["y"], dtype=np.int64)
-        if x.ndim != 2 or x.shape[1] < 13 or len(y) != len(x):
-            raise DataError(path, f"expected X (n, 72) and y (n,), got {x.shape} and {y.shape}")
+        try:
+            x, y = _read_feature_file(path)
+        except DataError as err:
+            if failed is None:
+                raise
+            log.error("%s", err)
+            failed.append((str(path), str(err)))
+            continue
         bounds = sleep_period_bounds(
             y, len(y) if wake_margin_epochs is None else wake_margin_epochs)
         if bounds is None:
@@ -152,6 +172,9 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60
                 stages=torch.from_numpy(y[lo:hi].copy()),
             )
         )
+    if not out and failed:
+        raise DataError(folder, f"none of its feature files could be read ({len(failed)} "
+                                f"failed; first: {failed[0][1]})")
     return out
 
 

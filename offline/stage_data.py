@@ -33,7 +33,7 @@ from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.readers import list_sources, read_recording
 from rtsleep.data.readers.dreams import dreams_fine_stages, majority_stages
 from rtsleep.data.recording import EXG_MODALITIES, Modality, Recording
-from rtsleep.data.store import exg_input, open_store
+from rtsleep.data.store import StoredRecording, exg_input, open_store
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,17 @@ def _read_staged(dataset: str, source: Path, spec: PreprocessSpec,
     )
 
 
+def _skip_failed(source: Path, err: Exception, failed: list[tuple[str, str]] | None) -> None:
+    """Re-raise ``err`` when there is no ``failed`` list; else log it as one line naming
+    ``source`` (reader bugs and unexpected formats too) and append ``(source, message)``."""
+    if failed is None:
+        raise err
+    msg = str(err) if isinstance(err, DataError) else f"{source}: {type(err).__name__}: {err}"
+    log.debug("error on %s", source, exc_info=err)
+    log.error("%s", msg)
+    failed.append((str(source), msg))
+
+
 def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
              eeg_view_sets: Sequence[Sequence[str]] = (),
              failed: list[tuple[str, str]] | None = None) -> Iterator[StageRecording]:
@@ -163,20 +174,17 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
 
     ``eeg_view_sets``: the model's ``SleepNetConfig.eeg_views``; the EEG channels they pair with
     the primary one are read too (``StageRecording.view_x``). Recordings without stages are
-    skipped with a warning. An unreadable one raises ``DataError``; with a ``failed`` list it is
-    logged, appended as ``(source, error)`` and skipped instead. A folder without any staged
-    recording raises ``DataError`` (after the last one).
+    skipped with a warning. An unreadable one raises ``DataError``; with a ``failed`` list it (or
+    any other error of its reader) is logged, appended as ``(source, error)`` and skipped
+    instead. A folder without any staged recording raises ``DataError`` (after the last one).
     """
     n_out = 0
     label_only = 0
     for source in list_sources(dataset, Path(path)):
         try:
             staged = _read_staged(dataset, source, spec, eeg_view_sets)
-        except DataError as err:
-            if failed is None:
-                raise
-            log.error("%s", err)
-            failed.append((str(source), str(err)))
+        except Exception as err:  # noqa: BLE001 - with ``failed``, one bad file must not stop
+            _skip_failed(source, err, failed)
             continue
         if staged == "label-only":
             label_only += 1
@@ -201,7 +209,8 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
 
 
 def load_sleep_edf_feature_recordings(
-    path: Path, eeg_view_sets: Sequence[Sequence[str]] = ()
+    path: Path, eeg_view_sets: Sequence[Sequence[str]] = (),
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[StageRecording]:
     """The Sleep-EDF nights of the per-epoch feature files under ``path``
     (``SC4ssnE0.npz``, SOURCES.md layout), each a :class:`StageRecording` of the band log
@@ -212,7 +221,8 @@ def load_sleep_edf_feature_recordings(
     files goes into ``view_log_power`` when they pair it with :data:`FEATURE_EEG_LABEL`.
 
     The files leave out the epochs scored ``?`` or movement time (at most 4 per night here), so
-    the rows either side of such a gap follow each other in the stream."""
+    the rows either side of such a gap follow each other in the stream. ``failed``: as for
+    :func:`iter_raw`."""
     from offline.spectral_train import load_sleep_edf_features
 
     out = []
@@ -220,7 +230,7 @@ def load_sleep_edf_feature_recordings(
     views = tuple(eeg_views(FEATURE_EEG_LABEL, others, eeg_view_sets))
     col = FEATURE_EEG_LABELS.index(FEATURE_EEG_LABEL)
     view_cols = [FEATURE_EEG_LABELS.index(v) for v in views]
-    for night in load_sleep_edf_features(Path(path), wake_margin_epochs=None):
+    for night in load_sleep_edf_features(Path(path), wake_margin_epochs=None, failed=failed):
         lp = night.log_power[:, col].numpy().astype(np.float32)  # (n, n_bands)
         view_lp = (night.log_power[:, view_cols].permute(1, 0, 2).numpy().astype(np.float32)
                    if views else None)  # (V, n, n_bands)
@@ -324,29 +334,41 @@ def load_store(
 
 
 def iter_store(
-    path: Path, spec: PreprocessSpec, dataset: str | None = None
+    path: Path, spec: PreprocessSpec, dataset: str | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> Iterator[StageRecording]:
     """Each staged recording in a store (optionally only ``dataset``), sorted by path, read when
     the caller asks for it.
 
-    Raises ``DataError`` when a recording's preprocessing spec differs from ``spec``, and when
-    the store has no staged recording (after the last one).
+    Raises ``DataError`` when a recording's preprocessing spec differs from ``spec`` (a
+    model/store mismatch, the same for every recording), and when the store has no staged
+    recording (after the last one). An unreadable store file raises ``DataError``; with a
+    ``failed`` list it is logged, appended as ``(file, error)`` and skipped instead.
     """
     n_out = 0
-    for stored in open_store(Path(path)).recordings():
+    for file in open_store(Path(path)).paths():
+        try:
+            stored = StoredRecording(file)
+        except DataError as err:
+            _skip_failed(file, err, failed)
+            continue
         meta = stored.meta
         if dataset is not None and meta.dataset != dataset:
             continue
         if not meta.has_stages:
-            log.warning("%s: no sleep stages; skipped", stored.path)
+            log.warning("%s: no sleep stages; skipped", file)
             continue
         if meta.preprocess is not None:
             diffs = spec.mismatches(PreprocessSpec.from_json(json.dumps(meta.preprocess)))
-            if diffs:
+            if diffs:  # the model's mismatch, the same for every file: stop
                 raise DataError(
-                    stored.path, "preprocessing differs from the model's: " + "; ".join(diffs)
+                    file, "preprocessing differs from the model's: " + "; ".join(diffs)
                 )
-        batch = stored.read(beats=False)
+        try:
+            batch = stored.read(beats=False)
+        except DataError as err:
+            _skip_failed(file, err, failed)
+            continue
         x, mask = exg_input(batch, meta)
         n_out += 1
         yield StageRecording(
@@ -360,6 +382,9 @@ def iter_store(
                             if c.modality == Modality.EEG.value and c.role == "primary"),
                            None),
         )
+    if not n_out and failed:
+        raise DataError(path, f"none of its recordings could be read ({len(failed)} failed; "
+                              f"first: {failed[0][1]})")
     if not n_out:
         raise DataError(path, "no staged recording in the store")
 
@@ -381,11 +406,11 @@ def iter_stage_recordings(
     :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder; stores and raw folders one
     recording at a time (:func:`iter_store`, :func:`iter_raw`). ``eeg_view_sets``: the model's
     ``SleepNetConfig.eeg_views`` (raw folders and feature files; a store holds one EEG channel
-    per recording). ``failed``: as for :func:`iter_raw` (raw folders)."""
+    per recording). ``failed``: as for :func:`iter_raw`."""
     if dataset == SLEEP_EDF_FEATURES:
-        return iter(load_sleep_edf_feature_recordings(Path(path), eeg_view_sets))
+        return iter(load_sleep_edf_feature_recordings(Path(path), eeg_view_sets, failed))
     if is_store(Path(path)):
-        return iter_store(Path(path), spec, dataset=dataset or None)
+        return iter_store(Path(path), spec, dataset=dataset or None, failed=failed)
     return iter_raw(dataset, Path(path), spec, eeg_view_sets, failed)
 
 

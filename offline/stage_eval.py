@@ -407,8 +407,11 @@ def evaluate_stage(
     from rtsleep.models.checkpoint import load_checkpoint_meta, load_predictor
 
     path = Path(model_path) if model_path is not None else default_model_path()
-    meta = load_checkpoint_meta(path)
-    model = load_predictor(path)
+    try:
+        meta = load_checkpoint_meta(path)
+        model = load_predictor(path)
+    except (OSError, ValueError, KeyError) as err:  # the loader's messages name the file
+        raise DataError(path, str(err).removeprefix(f"{path}: ")) from None
     evals: list[RecordingEval] = []
     failed: list[tuple[str, str]] = []
     # one recording in memory at a time: each is scored, then kept without its signals

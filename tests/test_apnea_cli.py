@@ -108,3 +108,40 @@ def test_wfdb_layout_reads_the_same_labels(shared_data: Path, tmp_path: Path) ->
     (w,) = read_apnea_ecg_dir(tmp_path)
     np.testing.assert_array_equal(w.labels, night.labels)
     assert w.features().shape[0] == night.labels.size
+
+
+def _evaluate_apnea(data: Path, out: Path, model: Path | None = None):  # type: ignore[no-untyped-def]
+    args = ["evaluate", "--task", "apnea", "--dataset", "apnea-ecg", "--data", str(data),
+            "--out", str(out)]
+    return CliRunner().invoke(app, args + (["--model", str(model)] if model else []))
+
+
+def test_evaluate_scores_the_readable_nights_and_lists_the_unreadable_one(
+    shared_data: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """One damaged night in an archive: the others are scored and reported, the bad one is
+    named on stderr and in report.json, and the exit status is 1."""
+    data = tmp_path / "nights"
+    data.mkdir()
+    for r in RECORDS[:2]:
+        shutil.copy(shared_data / "apnea-ecg-hr" / "train" / f"{r}.npz", data)
+    bad = data / "c03.npz"
+    bad.write_bytes((shared_data / "apnea-ecg-hr" / "train" / "c03.npz").read_bytes()[:3000])
+    res = _evaluate_apnea(data, tmp_path / "o", tiny_model)
+    assert res.exit_code == 1, res.output
+    assert "1 of 3 recordings could not be read" in res.output and f"{bad}: " in res.output
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [r["id"] for r in rep["recordings"]] == list(RECORDS[:2])
+    assert [f["source"] for f in rep["failed"]] == [str(bad)]
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff" * 64])
+def test_evaluate_with_an_unreadable_apnea_model_is_a_one_line_error(
+    small_folder: Path, tmp_path: Path, content: bytes
+) -> None:
+    model = tmp_path / "broken.safetensors"
+    model.write_bytes(content)
+    res = _evaluate_apnea(small_folder, tmp_path / "o", model)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"{model}: not a readable safetensors file" in res.output
+    assert "Traceback" not in res.output

@@ -119,6 +119,19 @@ def test_header_that_lies_about_the_record_count_is_an_error(
         read_edf(bad)
 
 
+@pytest.mark.parametrize("duration", ["0", "nan", "-30"])
+def test_signal_edf_with_a_record_duration_that_is_not_positive_is_an_error(
+    short_psg: Path, tmp_path: Path, duration: str
+) -> None:
+    raw = bytearray(short_psg.read_bytes())
+    raw[244:252] = duration.ljust(8).encode()
+    bad = tmp_path / "dur.edf"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"record duration '{duration}'") as err:
+        read_edf(bad)
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_record_count_is_accepted_for_whole_records(short_psg: Path, tmp_path: Path
                                                             ) -> None:
     raw = bytearray(short_psg.read_bytes())

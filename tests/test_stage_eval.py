@@ -273,3 +273,90 @@ def test_evaluate_on_a_store_equals_the_raw_folder_and_reads_one_recording_at_a_
     assert stored["pooled"] == raw["pooled"] and stored["pooled"]["n_epochs"] == 180
     for rid in ("excerpt1", "excerpt2", "excerpt3"):
         assert stored["recordings"][rid]["offline"] == raw["recordings"][rid]["offline"]
+
+
+def test_evaluate_on_a_store_skips_and_lists_an_unreadable_store_file(
+    shared_data: Path, tmp_path: Path, model: SleepNet
+) -> None:
+    """A damaged Parquet file in a store is named in the report's ``failed``; the recordings
+    beside it are still scored."""
+    from offline.ingest import ingest_paths
+    from offline.stage_eval import evaluate_stage
+
+    path, folder = _saved_model_and_excerpts(model, shared_data, tmp_path, (1, 2))
+    store = tmp_path / "store"
+    assert not ingest_paths([folder], "dreams", store, progress=False).failed
+    good = sorted(store.rglob("*.parquet"))
+    bad = good[0].with_name("excerpt15.parquet")  # sorts between excerpt1 and excerpt2
+    bad.write_bytes(good[0].read_bytes()[:5000])
+    report = evaluate_stage("dreams", store, path, tmp_path / "R")
+    assert sorted(report["recordings"]) == ["excerpt1", "excerpt2"]
+    assert [f["source"] for f in report["failed"]] == [str(bad)]
+    assert "not a readable Parquet file" in report["failed"][0]["error"]
+
+
+def test_evaluate_on_feature_files_skips_and_lists_unreadable_ones(
+    shared_data: Path, tmp_path: Path, model: SleepNet
+) -> None:
+    """An empty and a truncated feature file are named with their problem; the good night
+    beside them is scored."""
+    from offline.stage_eval import evaluate_stage
+    from rtsleep.data.preprocessing import PreprocessSpec
+    from rtsleep.models.checkpoint import save_model
+
+    path = tmp_path / "spectral.safetensors"
+    save_model(model, path, PreprocessSpec.default())
+    folder = tmp_path / "features"
+    folder.mkdir()
+    src = shared_data / "sleep-edf-sc-subset" / "features" / "SC4011E0.npz"
+    (folder / "SC4011E0.npz").symlink_to(src)
+    (folder / "SC4021E0.npz").write_bytes(b"")
+    (folder / "SC4031E0.npz").write_bytes(src.read_bytes()[:4000])
+    report = evaluate_stage("sleep-edf-features", folder, path, tmp_path / "R")
+    assert sorted(report["recordings"]) == ["SC4011E0"]
+    failed = {Path(f["source"]).name: f["error"] for f in report["failed"]}
+    assert sorted(failed) == ["SC4021E0.npz", "SC4031E0.npz"]
+    assert all("unreadable feature file" in e and "\n" not in e for e in failed.values())
+
+
+def test_a_reader_error_of_any_kind_on_one_file_does_not_stop_an_evaluation(
+    shared_data: Path, tmp_path: Path, model: SleepNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only ``DataError``: an unexpected exception in a reader is reported as one line
+    naming the file and its type, and the other recordings are scored."""
+    import offline.stage_data as stage_data
+    from offline.stage_eval import evaluate_stage
+
+    path, folder = _saved_model_and_excerpts(model, shared_data, tmp_path, (1, 2))
+    read = stage_data.read_recording
+
+    def buggy_read(dataset: str, source: Path):  # type: ignore[no-untyped-def]
+        if source.name == "excerpt2.txt":
+            raise UnboundLocalError("reader bug")
+        return read(dataset, source)
+
+    monkeypatch.setattr(stage_data, "read_recording", buggy_read)
+    report = evaluate_stage("dreams", folder, path, tmp_path / "R")
+    assert sorted(report["recordings"]) == ["excerpt1"]
+    assert report["failed"] == [{"source": str(folder / "excerpt2.txt"),
+                                 "error": f"{folder / 'excerpt2.txt'}: UnboundLocalError: "
+                                          "reader bug"}]
+
+
+@pytest.mark.parametrize("content", [None, b"\x02" + b"\x00" * 7 + b"{}"])
+def test_evaluate_with_a_missing_or_broken_stage_model_is_a_one_line_error(
+    shared_data: Path, tmp_path: Path, content: bytes | None
+) -> None:
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+
+    model = tmp_path / "model.safetensors"
+    if content is not None:
+        model.write_bytes(content)
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(shared_data / "dreams-spindles"),
+                                   "--dataset", "dreams", "--model", str(model),
+                                   "--out", str(tmp_path / "R")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    line, = res.output.strip().splitlines()
+    assert line.startswith(f"{model}: ") and ("cannot read" in line or "not an rtsleep" in line)

@@ -188,20 +188,26 @@ def save_ecg_model(model: EcgApneaModel, path: Path) -> None:
 
 def load_ecg_model(path: Path | None = None) -> EcgApneaModel:
     """Read a file written by :func:`save_ecg_model` (default: the shipped model)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path) if path is not None else DEFAULT_MODEL_PATH
     if not p.is_file():
         raise DataError(p, "apnea model file not found")
-    with safe_open(str(p), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (OSError, SafetensorError) as err:
+        raise DataError(p, f"not a readable safetensors file ({err})") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(
             p, f"not an rtsleep ECG apnea model (format_version {meta.get('format_version')!r})"
         )
     if json.loads(meta["feature_names"]) != list(FEATURE_NAMES):
         raise DataError(p, "model was trained on a different feature set than this build computes")
-    tensors = load_file(str(p))
+    try:
+        tensors = load_file(str(p))
+    except (OSError, SafetensorError) as err:
+        raise DataError(p, f"not a readable safetensors file ({err})") from None
 
     def state(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}

@@ -21,6 +21,7 @@ Bad input raises ``DataError`` naming the file:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,6 +102,13 @@ def check_edf_file(path: Path) -> EdfHeader:
         raise DataError(path, "corrupt EDF header: samples per record are not numbers") from None
     if any(s < 1 for s in spr):
         raise DataError(path, f"corrupt EDF header: samples per record {list(spr)}")
+    # EDF+ allows a 0-s record only in annotation-only files (Sleep-EDF hypnograms)
+    has_signal = any(label.strip() not in ANNOTATION_LABELS for label in labels)
+    if not math.isfinite(record_duration) or record_duration < 0 or (
+            record_duration == 0 and has_signal):
+        raise DataError(
+            path, f"corrupt EDF header: data record duration {_field(fixed, 244, 8)!r} s"
+        )
     header = EdfHeader(
         version=_field(fixed, 0, 8),
         reserved=_field(fixed, 192, 44),
