@@ -44,12 +44,18 @@ class ModelSection:
     #: Nested dict merged into ``SleepNetConfig.<preset>().to_dict()`` (same keys as the JSON).
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.build()  # checked when the config is read, so the error names the file
+
     def build(self) -> SleepNetConfig:
         """The resulting :class:`SleepNetConfig` (``ValueError`` for unknown presets/keys)."""
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"model preset must be one of {MODEL_PRESETS}, got {self.preset!r}")
         base = getattr(SleepNetConfig, self.preset)().to_dict()
-        return SleepNetConfig.from_dict(deep_merge(base, self.overrides))
+        try:
+            return SleepNetConfig.from_dict(deep_merge(base, self.overrides))
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"overrides: {err}") from None
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -160,6 +160,9 @@ def ingest_command(
     if dataset not in DATASETS:
         typer.echo(f"error: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})", err=True)
         raise typer.Exit(2)
+    if not min_overlap_s >= 0:
+        typer.echo(f"error: --min-overlap must be >= 0 s, got {min_overlap_s:g}", err=True)
+        raise typer.Exit(2)
     try:
         needed = parse_modalities(require)
         cmap = load_channel_map(channel_map_file) if channel_map_file is not None else None

@@ -219,6 +219,14 @@ def test_ingest_unknown_dataset_is_a_clear_error(short_psg: Path, tmp_path: Path
     assert not out.exists()
 
 
+def test_ingest_negative_min_overlap_is_refused_before_reading(short_psg: Path, tmp_path: Path
+                                                               ) -> None:
+    out = tmp_path / "S"
+    result = _ingest(str(short_psg), "--dataset", "edf", "--out", str(out), "--min-overlap", "-1")
+    assert result.exit_code == 2
+    assert "--min-overlap must be >= 0 s, got -1" in result.output and not out.exists()
+
+
 def test_ingest_missing_path_is_reported(tmp_path: Path) -> None:
     result = _ingest(str(tmp_path / "nope.edf"), "--dataset", "edf", "--out", str(tmp_path / "S"))
     assert result.exit_code == 1

@@ -131,11 +131,11 @@ def test_gap_is_flagged_filled_by_holding_and_later_samples_keep_their_index() -
 
 
 def test_epochs_without_any_data_are_emitted_unscorable_so_indices_never_skip() -> None:
-    fs = 10.0
+    fs = 100.0
     ep = BedEpocher("bed1", ["eeg"])
     ep.attach("eeg", _layout("eeg", fs, ("C3",)))
-    ep.push("eeg", _ramp(300), T0 + np.arange(300) / fs)
-    late = np.arange(1200, 1500)  # epochs 1-3 never arrive
+    ep.push("eeg", _ramp(3000), T0 + np.arange(3000) / fs)
+    late = np.arange(12000, 15000)  # epochs 1-3 never arrive
     ep.push("eeg", late[:, None].astype(float), T0 + late / fs)
     blocks = ep.pop_ready(now=0.0)
     assert [b.index for b in blocks] == [0, 1, 2, 3, 4]
@@ -143,7 +143,7 @@ def test_epochs_without_any_data_are_emitted_unscorable_so_indices_never_skip() 
         assert b.unscorable
         assert "EEG: no channel" in b.quality.reason
         assert not b.channel("C3").received.any()
-        np.testing.assert_array_equal(b.channel("C3").data, 299.0)
+        np.testing.assert_array_equal(b.channel("C3").data, 2999.0)
     assert not blocks[4].unscorable
 
 

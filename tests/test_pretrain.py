@@ -187,6 +187,10 @@ def test_config_rejects_unknown_keys_naming_the_file(tmp_path: Path) -> None:
     bad.write_text('[loop]\nsteps = "many"\n')
     with pytest.raises(ValueError, match=r"bad\.toml: loop: steps: expected an integer"):
         load_config(PretrainConfig, bad)
+    # the model overrides are checked when the file is read, not when the model is built
+    bad.write_text("[model.overrides.temporal]\ndmodel = 3\n")
+    with pytest.raises(ValueError, match=r"bad\.toml: model: overrides: .*'dmodel'"):
+        load_config(PretrainConfig, bad)
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,18 @@ def test_one_clean_eeg_channel_keeps_the_epoch_scorable_and_bad_eog_is_masked() 
     assert eq.usable_modalities() == frozenset({Modality.EEG})
 
 
+def test_exg_below_50_hz_is_not_usable_and_leaves_the_epoch_unscorable() -> None:
+    """A clean EEG at 10 Hz cannot be model input (the scorer skips it), so it must not count
+    as the epoch's EEG; a slow airflow channel is fine."""
+    x = np.random.default_rng(0).normal(0.0, 20.0, 300)
+    slow = channel_quality("C3-A2", Modality.EEG, 10.0, x, np.ones(300, bool))
+    assert slow.clean_fraction == 1.0 and not slow.usable
+    assert slow.reasons == ("10 Hz, below the 50-Hz ExG minimum",)
+    ep = epoch_quality([slow])
+    assert ep.unscorable and "10 Hz, below the 50-Hz ExG minimum" in ep.reason
+    assert channel_quality("NAF", Modality.RESP, 10.0, x, np.ones(300, bool)).usable
+
+
 def test_no_eeg_channel_at_all_is_unscorable() -> None:
     eog = channel_quality("EOG1", Modality.EOG, FS, _eeg(), np.ones(N, bool))
     eq = epoch_quality([eog], missing_streams=["bed1-eeg"])

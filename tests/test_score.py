@@ -32,10 +32,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def excerpt3(shared_data: Path) -> Path:
-    path = shared_data / "dreams-spindles" / "excerpt3.edf"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
+    return shared_data / "dreams-spindles" / "excerpt3.edf"
 
 
 def test_score_writes_one_valid_line_per_epoch_equal_to_the_scorer(
@@ -110,9 +107,60 @@ def test_score_cli_png_and_errors(shared_data: Path, model_path: Path, tmp_path:
     res = runner.invoke(app, ["score", str(tmp_path / "missing.edf"), "--out", str(out),
                               "--model", str(model_path)])
     assert res.exit_code == 1 and "missing.edf" in res.output
+    res = runner.invoke(app, ["score", str(tmp_path), "--out", str(out), "--model",
+                              str(model_path)])
+    assert res.exit_code == 1 and f"{tmp_path}: is a folder; give one recording file" in res.output
     res = runner.invoke(app, ["score", str(edf), "--out", str(out), "--model",
                               str(tmp_path / "none.safetensors")])
     assert res.exit_code == 1 and "model file not found" in res.output
+
+
+def test_score_of_a_recording_whose_eeg_is_too_slow_scores_nothing_and_exits_1(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """An EEG below the 50-Hz ExG minimum cannot be model input: every epoch is unscorable
+    with that reason (not scored as if the EEG were clean), and the exit status says so."""
+    import edfio
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_s = 300.0
+    edf = tmp_path / "slow.edf"
+    edfio.Edf([
+        edfio.EdfSignal(rng.normal(0, 20, int(10 * n_s)), sampling_frequency=10, label="C3-A1",
+                        physical_dimension="uV", physical_range=(-500, 500)),
+        edfio.EdfSignal(rng.normal(0, 20, int(100 * n_s)), sampling_frequency=100,
+                        label="EOG1-A1", physical_dimension="uV", physical_range=(-500, 500)),
+    ], data_record_duration=1.0).write(edf)
+    out = tmp_path / "slow.jsonl"
+    res = CliRunner().invoke(app, ["score", str(edf), "--out", str(out), "--model",
+                                   str(model_path)])
+    assert res.exit_code == 1, res.output
+    assert "no epoch could be scored" in res.output and "10 Hz, below the 50-Hz" in res.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 10 and all(m["status"] == "unscorable" for m in lines)
+    assert all("C3-A1" in m["reason"] and "ExG minimum" in m["reason"] for m in lines)
+
+
+def test_a_score_run_that_fails_midway_leaves_the_previous_output_as_it_was(
+    shared_data: Path, model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rtsleep.daemon.score as score
+
+    out = tmp_path / "night.jsonl"
+    out.write_text("previous run\n")
+    real = score.iter_results
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield next(real(*args, **kwargs))
+        raise RuntimeError("scorer failed")
+
+    monkeypatch.setattr(score, "iter_results", failing)
+    net, spec, model_id, dev = load_scoring_model(model_path, "cpu")
+    with pytest.raises(RuntimeError, match="scorer failed"):
+        score_file(excerpt3(shared_data), out, Scorer(net, spec, model_id, dev, max_batch=1))
+    assert out.read_text() == "previous run\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["night.jsonl"]
 
 
 def test_score_cli_entry_point_runs_as_a_module() -> None:

@@ -163,6 +163,9 @@ def register(app: typer.Typer) -> None:
             raise _fail("score", str(err)) from None
         n_scored = sum(1 for m in messages if m["status"] == "scored")
         typer.echo(f"{file}: {len(messages)} epochs ({n_scored} scored) -> {out}")
+        if messages and not n_scored:  # the file tells why per epoch; a script needs to know
+            raise _fail("score", f"{file}: no epoch could be scored (first epoch: "
+                                 f"{messages[0].get('reason') or messages[0]['status']})")
         if png:
             expert = None
             try:

@@ -12,7 +12,8 @@ source sent NaN, and a boolean ``received`` mask (False where no sample arrived:
   more identical samples at the epoch's extreme value (ExG and RESP);
 - **clean**: none of the above.
 
-A channel is usable when its clean fraction is at least ``min_clean_fraction``. The epoch is
+A channel is usable when its clean fraction is at least ``min_clean_fraction`` and, for ExG, its
+rate is at least ``MIN_EXG_SFREQ`` (50 Hz; slower ExG cannot be model input). The epoch is
 ``unscorable`` when a modality in ``required_modalities`` (default: EEG) has no usable channel; the
 reason names the modality and what was wrong with each of its channels. Modalities the model can
 do without (EOG, EMG, ECG) are simply masked by the scorer when they are not usable
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtsleep.data.recording import Modality
+from rtsleep.data.channels import MIN_EXG_SFREQ
+from rtsleep.data.recording import EXG_MODALITIES, Modality
 
 _FLAT_MODALITIES = frozenset({Modality.EEG, Modality.EOG, Modality.EMG, Modality.ECG})
 _CLIP_MODALITIES = frozenset(_FLAT_MODALITIES | {Modality.RESP})
@@ -216,6 +218,9 @@ def channel_quality(
         reasons.append(f"flat {int(flat.sum()) / sfreq:.2f} s")
     if clipped.any():
         reasons.append(f"clipped {100.0 * clipped.mean():.0f}%")
+    too_slow = modality in EXG_MODALITIES and sfreq < MIN_EXG_SFREQ
+    if too_slow:
+        reasons.append(f"{sfreq:g} Hz, below the {MIN_EXG_SFREQ:g}-Hz ExG minimum")
     return ChannelQuality(
         label=label,
         modality=modality,
@@ -226,7 +231,7 @@ def channel_quality(
         n_flat=int(flat.sum()),
         n_clipped=int(clipped.sum()),
         clean_fraction=clean_fraction,
-        usable=clean_fraction >= cfg.min_clean_fraction and n > 0,
+        usable=clean_fraction >= cfg.min_clean_fraction and n > 0 and not too_slow,
         reasons=tuple(reasons),
     )
 

@@ -71,6 +71,8 @@ def _store_channels(path: Path) -> list[Channel]:
 def load_channels(path: Path, dataset: str = "edf", include_other: bool = False) -> list[Channel]:
     """Channels of ``path`` to replay (EDF via ``read_recording``, or a store Parquet file)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; give one recording file")
     if not path.is_file():
         raise DataError(path, "no such file")
     if path.suffix.lower() == ".parquet":

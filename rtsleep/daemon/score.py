@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,17 +69,25 @@ def score_file(
     scorer: Scorer,
     dataset: str = "edf",
 ) -> list[dict[str, Any]]:
-    """Score a recording file into ``out`` (JSON lines); returns the messages written."""
+    """Score a recording file into ``out`` (JSON lines); returns the messages written.
+
+    ``out`` is replaced only when the whole file has been scored: a run that fails leaves an
+    existing ``out`` as it was."""
     channels = load_channels(Path(path), dataset)
     messages: list[dict[str, Any]] = []
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for seq, res in enumerate(iter_results(scorer, str(path), channels)):
-            msg = result_message(res, scorer.model_id, None, None)
-            msg["seq"] = seq
-            msg["run"] = "score"
-            fh.write(json.dumps(msg, allow_nan=False, separators=(",", ":")) + "\n")
-            messages.append(msg)
+    part = out.with_name(f".{out.name}.part")
+    try:
+        with part.open("w", encoding="utf-8") as fh:
+            for seq, res in enumerate(iter_results(scorer, str(path), channels)):
+                msg = result_message(res, scorer.model_id, None, None)
+                msg["seq"] = seq
+                msg["run"] = "score"
+                fh.write(json.dumps(msg, allow_nan=False, separators=(",", ":")) + "\n")
+                messages.append(msg)
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
     log.info("%s: %d epochs scored -> %s", path, len(messages), out)
     return messages
 
