@@ -166,7 +166,8 @@ def _read_txt_signal(path: Path, cmap: ChannelMap) -> Channel:
     sfreq = data.size / EXCERPT_S
     if sfreq != round(sfreq):
         raise DataError(
-            path, f"{data.size} samples is not a whole rate over the {EXCERPT_S:.0f}-s excerpt"
+            path, f"{data.size} samples is not a whole rate over the {EXCERPT_S:.0f}-s excerpt "
+                  "(truncated, or extra lines?)"
         )
     modality = cmap.resolve(label)
     return Channel(label=label, modality=modality, sfreq=float(sfreq), unit=UV, data=data)
