@@ -74,7 +74,18 @@ def test_good_config_loads_into_dataclasses(tmp_path: Path) -> None:
         (("[daemon]", "[demon]"), "demon", "unknown section"),
         (("eeg_derivation = \"bipolar\"", "eeg_derivation = \"mastoid\""),
          "beds[1].eeg_derivation", "expected one of ['auto', 'referential', 'bipolar']"),
-        (("device = \"cpu\"", "device = \"cpu\"\nthreads = -1"), "model.threads", ">= 0"),
+        (("device = \"cpu\"", "device = \"cpu\"\nthreads = -1"), "model.threads",
+         "must be in 0..1024"),
+        (("device = \"cpu\"", "device = \"cpu\"\nthreads = 100000"), "model.threads",
+         "must be in 0..1024"),
+        (("[zmq]", "[zmq]\nsndhwm = 2147483648"), "zmq.sndhwm", "must be in 1..1000000"),
+        (("heartbeat_s = 2", "heartbeat_s = inf"), "daemon.heartbeat_s", "<= 3600 s, got inf"),
+        (("heartbeat_s = 2", "heartbeat_s = 2\npoll_s = inf"), "daemon.poll_s",
+         "must be > 0 and <= 1 s, got inf"),
+        (("heartbeat_s = 2", "heartbeat_s = 2\nepoch_timeout_s = nan"), "daemon.epoch_timeout_s",
+         "got nan"),
+        (("{ name = \"b2\" }", "{ name = \"b2\\u0001EMG\" }"), "beds[1].streams[0].name",
+         "control characters"),
         (("[zmq]", "[alerts]\nhypopnea_rule = \"2C\"\n[zmq]"), "alerts.hypopnea_rule",
          "expected '1A' or '1B'"),
         (("[zmq]", "[alerts]\necg = 1\n[zmq]"), "alerts.ecg", "expected true or false"),
@@ -146,6 +157,20 @@ def test_environment_override_is_validated(tmp_path: Path) -> None:
         load_config(write(tmp_path, GOOD), env={"RTSLEEP_MODEL_DEVICE": "gpu"})
     with pytest.raises(ConfigError, match="daemon.inlet_buffer_s: must be in 1..86400"):
         load_config(write(tmp_path, GOOD), env={"RTSLEEP_DAEMON_INLET_BUFFER_S": "0"})
+
+
+def test_a_bad_environment_value_is_blamed_on_its_variable_not_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD), env={"RTSLEEP_DAEMON_HEARTBEAT_S": "-1"})
+    assert str(err.value).startswith("RTSLEEP_DAEMON_HEARTBEAT_S: daemon.heartbeat_s: must be")
+
+
+def test_a_mistyped_environment_override_is_an_error_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^RTSLEEP_DAEMON_HEARTBEATS: unknown setting; "
+                                          r"\[daemon\] has \[.*'heartbeat_s'"):
+        load_config(write(tmp_path, GOOD), env={"RTSLEEP_DAEMON_HEARTBEATS": "3"})
+    # variables of other parts of rtsleep (no config section) are not the daemon's business
+    assert load_config(write(tmp_path, GOOD), env={"RTSLEEP_DATA": "/d"}).beds
 
 
 def test_check_endpoint_accepts_wildcard_and_rejects_garbage() -> None:

@@ -250,3 +250,29 @@ def test_unknown_model_fails_startup_and_check(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "problem: model:" in res.stderr
     assert "LSL stream" in res.stderr and "not found" in res.stderr
+
+
+def test_signals_that_arrive_during_the_teardown_after_shutdown_do_not_kill_the_daemon(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """SIGTERM, then SIGINT every 10 ms until the process is gone (an impatient operator): the
+    daemon shuts down cleanly and exits 0, also when a signal lands after ``stopped`` while the
+    interpreter tears down."""
+    import os
+    import time
+
+    cfg = write_config(tmp_path, model_path, "x.edf", free_port())  # its streams never appear
+    daemon = Daemon(cfg, tmp_path / "serve.log")
+    deadline = time.monotonic() + 60
+    while "serving 1 bed(s)" not in daemon.text():
+        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.text()
+        time.sleep(0.1)
+    daemon.proc.send_signal(signal.SIGTERM)
+    while daemon.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            os.kill(daemon.proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    assert daemon.stop() == 0, daemon.text()[-2000:]
+    assert "stopped" in daemon.text()

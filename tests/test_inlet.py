@@ -33,6 +33,16 @@ def test_selector_needs_a_field_and_rejects_control_characters() -> None:
         StreamSelector(name="a\nb")
 
 
+def test_a_stream_without_channels_is_a_data_error_naming_it() -> None:
+    """So the bed takes the one-line retry path instead of failing inside the ring buffer."""
+    from rtsleep.daemon.inlet import StreamLayout
+    from rtsleep.data.errors import DataError
+
+    info = pylsl.StreamInfo("amp", "EEG", 0, 100.0, "float32", "amp-zero")
+    with pytest.raises(DataError, match="^amp-zero: stream has no channels$"):
+        StreamLayout.from_info(info)
+
+
 def test_resolve_finds_a_stream_whose_name_has_both_quote_kinds() -> None:
     name = f"amp 'A' \"B\" {os.getpid()}"
     outlet = pylsl.StreamOutlet(

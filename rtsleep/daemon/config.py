@@ -180,6 +180,12 @@ class Config:
     source: str = "<config>"
 
 
+MAX_THREADS = 1024
+"""Largest ``model.threads`` accepted (a typo of a huge count fails at model load)."""
+
+MAX_SNDHWM = 1_000_000
+"""Largest ``zmq.sndhwm`` accepted (messages queued per subscriber)."""
+
 _SECTIONS: dict[str, type] = {
     "daemon": DaemonSection,
     "model": ModelSection,
@@ -263,15 +269,24 @@ def _parse_env(raw: str, tp: Any, src: str, key: str) -> Any:
     return _coerce(value, tp, src, key)
 
 
-def _apply_env(cfg: Config, env: Mapping[str, str]) -> None:
+def _apply_env(cfg: Config, env: Mapping[str, str]) -> dict[str, str]:
+    """Apply the ``RTSLEEP_<SECTION>_<KEY>`` overrides; returns ``{"section.key": variable}``
+    of those applied. A variable that names a section but no key of it is a ``ConfigError``
+    (a typo must not be ignored silently)."""
+    applied: dict[str, str] = {}
     for section, cls in _SECTIONS.items():
         obj = getattr(cfg, section)
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            var = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
-            if var in env:
-                value = _parse_env(env[var], hints[f.name], var, f"{section}.{f.name}")
-                setattr(obj, f.name, value)
+        names = {f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}": f.name
+                 for f in dataclasses.fields(cls)}
+        for var in sorted(v for v in env if v.startswith(f"{ENV_PREFIX}{section.upper()}_")):
+            if var not in names:
+                raise ConfigError(var, "",
+                                  f"unknown setting; [{section}] has {sorted(names.values())}")
+            name = names[var]
+            setattr(obj, name, _parse_env(env[var], hints[name], var, f"{section}.{name}"))
+            applied[f"{section}.{name}"] = var
+    return applied
 
 
 def _build_beds(value: Any, src: str) -> list[BedConfig]:
@@ -304,6 +319,11 @@ def _build_beds(value: Any, src: str) -> list[BedConfig]:
             if not (s.name or s.type or s.source_id):
                 raise ConfigError(src, f"{key}.streams[{j}]",
                                   "a selector needs at least one of name, type, source_id")
+            for field_name in ("name", "type", "source_id"):
+                value = getattr(s, field_name)
+                if value and any(ord(c) < 32 or ord(c) == 127 for c in value):
+                    raise ConfigError(src, f"{key}.streams[{j}].{field_name}",
+                                      f"has control characters: {value!r}")
         channels_raw = table.get("channels", {})
         if not isinstance(channels_raw, Mapping):
             raise ConfigError(src, f"{key}.channels", "expected a table label = modality")
@@ -340,11 +360,12 @@ def validate(cfg: Config) -> None:
     """Cross-field checks; raises :class:`ConfigError`."""
     src = cfg.source
     d, m, z, a = cfg.daemon, cfg.model, cfg.zmq, cfg.alerts
-    for key, v in (("daemon.heartbeat_s", d.heartbeat_s), ("daemon.epoch_timeout_s",
-                   d.epoch_timeout_s), ("daemon.poll_s", d.poll_s),
-                   ("daemon.state_max_age_s", d.state_max_age_s)):
-        if not v > 0:
-            raise ConfigError(src, key, f"must be > 0, got {v}")
+    for key, v, most in (("daemon.heartbeat_s", d.heartbeat_s, 3600.0),
+                         ("daemon.epoch_timeout_s", d.epoch_timeout_s, 3600.0),
+                         ("daemon.poll_s", d.poll_s, 1.0),
+                         ("daemon.state_max_age_s", d.state_max_age_s, 7 * 86400.0)):
+        if not 0 < v <= most:
+            raise ConfigError(src, key, f"must be > 0 and <= {most:g} s, got {v}")
     if not 0 <= d.context_reset_s < math.inf:
         raise ConfigError(src, "daemon.context_reset_s", f"must be >= 0 s (0: never), got "
                           f"{d.context_reset_s}")
@@ -362,16 +383,16 @@ def validate(cfg: Config) -> None:
                           f"{m.device!r}")
     if m.max_batch < 1:
         raise ConfigError(src, "model.max_batch", f"must be >= 1, got {m.max_batch}")
-    if m.threads < 0:
-        raise ConfigError(src, "model.threads", f"must be >= 0, got {m.threads}")
+    if not 0 <= m.threads <= MAX_THREADS:
+        raise ConfigError(src, "model.threads", f"must be in 0..{MAX_THREADS}, got {m.threads}")
     if not z.endpoints:
         raise ConfigError(src, "zmq.endpoints", "at least one endpoint is needed")
     for i, ep in enumerate(z.endpoints):
         problem = check_endpoint(ep)
         if problem:
             raise ConfigError(src, f"zmq.endpoints[{i}]", problem)
-    if z.sndhwm < 1:
-        raise ConfigError(src, "zmq.sndhwm", f"must be >= 1, got {z.sndhwm}")
+    if not 1 <= z.sndhwm <= MAX_SNDHWM:
+        raise ConfigError(src, "zmq.sndhwm", f"must be in 1..{MAX_SNDHWM}, got {z.sndhwm}")
     if bool(z.curve_secret_key) != bool(z.curve_allow_dir):
         raise ConfigError(src, "zmq.curve_allow_dir" if z.curve_secret_key else
                           "zmq.curve_secret_key",
@@ -399,9 +420,13 @@ def config_from_dict(data: Mapping[str, Any], source: str = "<config>",
         else:
             raise ConfigError(source, key, f"unknown section (known: "
                               f"{sorted([*_SECTIONS, 'beds'])})")
-    if env is not None:
-        _apply_env(cfg, env)
-    validate(cfg)
+    from_env = _apply_env(cfg, env) if env is not None else {}
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        if err.key not in from_env:
+            raise
+        raise ConfigError(from_env[err.key], err.key, err.problem) from None
     return cfg
 
 

@@ -151,6 +151,8 @@ class StreamLayout:
         if sfreq <= 0:
             raise DataError(source, "stream has an irregular rate; need a nominal sampling rate")
         n = int(info.channel_count())
+        if n < 1:
+            raise DataError(source, "stream has no channels")
         specs: list[ChannelSpec] = []
         ch = info.desc().child("channels").child("channel")
         while not ch.empty() and len(specs) < n:

@@ -460,6 +460,17 @@ def serve(cfg: Config, verbose: bool = False) -> int:
         raise
     if daemon.stop_requested:
         daemon.shutdown()
-        return 0
-    return daemon.run()
+        code = 0
+    else:
+        code = daemon.run()
+    ignore_late_signals()
+    return code
+
+
+def ignore_late_signals() -> None:
+    """After shutdown only the interpreter's teardown is left (about a second). A late SIGTERM or
+    SIGINT (an impatient second Ctrl-C) must not turn exit 0 into death by signal: the
+    interpreter puts Python handlers back to the default as it finalizes, but keeps SIG_IGN."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
