@@ -6,6 +6,8 @@ tests/test_replay_lsl.py does the same over real LSL on loopback.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -263,3 +265,22 @@ def test_a_vanished_stream_is_waited_for_once_and_again_after_it_catches_up() ->
     assert ep.pop_ready(now=8.0) == []
     assert ep.pop_ready(now=12.9) == []
     assert [b.index for b in ep.pop_ready(now=13.0)] == [5]
+
+
+def test_a_stream_that_can_never_be_model_input_is_named_once_when_attached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its epochs only carry a reason; the log must say which stream and why, once."""
+    ep = BedEpocher("bed1", ["slow", "misc", "eeg"])
+    with caplog.at_level(logging.WARNING, logger="rtsleep.daemon.epocher"):
+        ep.attach("slow", _layout("slow", 10.0, ("C3-A2",)))
+        ep.attach("misc", _layout("misc", 100.0, ("foo", "bar"), unit="", ctype="Misc"))
+        ep.attach("eeg", _layout("eeg", 100.0, ("C4-A1",)))
+        ep.attach("slow", _layout("slow", 10.0, ("C3-A2",)))  # a re-attach says nothing more
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == [
+        "bed bed1: stream slow: C3-A2 (EEG) at 10 Hz, below the 50-Hz ExG minimum; not model "
+        "input",
+        "bed bed1: stream misc: no channel maps to a modality (labels foo, bar); map them with "
+        "the bed's channels = {...}",
+    ]

@@ -60,7 +60,7 @@ from rtsleep.daemon.quality import (
     channel_quality,
     epoch_quality,
 )
-from rtsleep.data.channels import DEFAULT_CHANNEL_MAP, unit_scale_to_uv
+from rtsleep.data.channels import DEFAULT_CHANNEL_MAP, MIN_EXG_SFREQ, unit_scale_to_uv
 from rtsleep.data.errors import DataError
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
 
@@ -221,9 +221,25 @@ class BedEpocher:
         pairs = zip(layout.channels, track.modalities, strict=True)
         track.factors = np.array([to_uv_factor(c.unit, m, key) for c, m in pairs])
         track.hold = np.zeros(layout.n_chans)
+        self._warn_unusable(key, layout, track.modalities)
         if self.anchor is not None:
             # after a restart the stream resumes at the next epoch, not at sample 0
             track.frontier = self.next_index * track.per_epoch
+
+    def _warn_unusable(self, key: str, layout: StreamLayout,
+                       modalities: Sequence[Modality]) -> None:
+        """Say once, when the stream is attached, what of it can never reach the model (its
+        epochs then only carry the reason)."""
+        labels = [c.label for c in layout.channels]
+        if all(m == Modality.OTHER for m in modalities):
+            log.warning("bed %s: stream %s: no channel maps to a modality (labels %s); map them "
+                        "with the bed's channels = {...}", self.bed, key, ", ".join(labels))
+            return
+        slow = [f"{c.label} ({m})" for c, m in zip(layout.channels, modalities, strict=True)
+                if m in EXG_MODALITIES]
+        if slow and layout.sfreq < MIN_EXG_SFREQ:
+            log.warning("bed %s: stream %s: %s at %g Hz, below the %g-Hz ExG minimum; not model "
+                        "input", self.bed, key, ", ".join(slow), layout.sfreq, MIN_EXG_SFREQ)
 
     def _track(self, key: str) -> _Track:
         try:
