@@ -172,6 +172,49 @@ def test_killed_player_restarted_with_same_source_id_shows_a_flagged_gap() -> No
     assert inlet.dejitter.n_gaps == 1
 
 
+def test_stream_that_comes_back_with_another_layout_is_read_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The amplifier is restarted with a second EEG channel under the same source id. liblsl
+    never reconnects an inlet to a different layout, so without a fresh look the bed would stay
+    silent all night; instead the new outlet is opened, the change is logged, and the epochs
+    after it carry both channels, with the index going on without a gap or a duplicate."""
+    import logging
+
+    chans = _channels(200.0)[:2]
+    source = _uid("relayout")
+    t0 = pylsl.local_clock()
+    base = PlayerConfig(channels=chans[:1], source=source, speed=15.0, ramp=True, t0=t0,
+                        wait_consumers_s=25.0)
+    (plan,) = plan_outlets(source, chans[:1], ramp=True)
+    ingest = BedIngest("bed1", [StreamSelector(source_id=plan.source_id)], timeout_s=2.0,
+                       relook_s=1.0)
+    first = Player(base)
+    second: Player | None = None
+    try:
+        with caplog.at_level(logging.INFO, logger="rtsleep.daemon"):
+            first.start(timeout_s=30)
+            assert ingest.wait_open(25)
+            got = _collect(ingest, 1, 20)
+            first.kill()
+            second = Player(replace(base, channels=chans, start_s=90.0))
+            second.start(timeout_s=30)
+            got += _collect(ingest, 5, 40)
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+        ingest.close()
+    assert [b.index for b in got] == list(range(len(got))) and len(got) >= 5
+    assert any("came back with another layout (3 channels (C3-A2, C4-A1, ramp)" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.ERROR), caplog.text
+    assert [c.label for c in got[0].channels] == ["C3-A2", "ramp"]
+    last = got[-1]
+    assert [c.label for c in last.channels] == ["C3-A2", "C4-A1", "ramp"]
+    assert all(c.received.all() for c in last.channels) and not last.unscorable
+    _ramp_ok([last], RAMP_LABEL, 3000)
+
+
 def test_replay_command_plays_dreams_excerpt3_sample_exact_in_60_epochs(
     shared_data: Path,
 ) -> None:

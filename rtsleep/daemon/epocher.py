@@ -226,6 +226,23 @@ class BedEpocher:
             # after a restart the stream resumes at the next epoch, not at sample 0
             track.frontier = self.next_index * track.per_epoch
 
+    def reattach(self, key: str, layout: StreamLayout) -> None:
+        """Stream ``key`` came back with another ``layout`` (a new outlet): its track starts
+        afresh at the next epoch to emit, as after a restart; the samples it held for epochs not
+        yet emitted are dropped (logged). ``DataError`` (track unchanged) when ``layout`` cannot
+        be epoched."""
+        old = self._track(key)
+        dropped = sum(int(r.any(axis=1).sum()) for _, r in old.pending.values())
+        self._tracks[key] = _Track(key)
+        try:
+            self.attach(key, layout)
+        except DataError:
+            self._tracks[key] = old
+            raise
+        if dropped:
+            log.warning("bed %s: stream %s: %d samples of the old layout not yet in an emitted "
+                        "epoch dropped", self.bed, key, dropped)
+
     def _warn_unusable(self, key: str, layout: StreamLayout,
                        modalities: Sequence[Modality]) -> None:
         """Say once, when the stream is attached, what of it can never reach the model (its

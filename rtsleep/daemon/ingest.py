@@ -17,7 +17,9 @@ are flagged missing in the epochs. ``inlet_buffer_s`` sizes liblsl's queue of ev
 (whole seconds of data, at most ``inlet_buffer_s`` and at most what fits in ``inlet_buffer_mb``
 MB per stream, never below 60 s unless ``inlet_buffer_s`` is lower; the daemon passes
 ``daemon.inlet_buffer_s`` and ``daemon.inlet_buffer_mb``; ``None`` keeps ``Inlet``'s default,
-sized for replays at max speed).
+sized for replays at max speed). ``relook_s``: how long a stream may stay silent before its
+handle looks for it again, in case it came back with another layout (``StreamHandle``); the bed
+then reads the new layout from the next epoch on (``BedEpocher.reattach``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 import pylsl
 
 from rtsleep.daemon.epocher import BedEpocher, EpochBlock, ModalityResolver
-from rtsleep.daemon.inlet import StreamHandle, StreamSelector
+from rtsleep.daemon.inlet import Inlet, StreamHandle, StreamSelector
 from rtsleep.daemon.quality import QualityConfig
 from rtsleep.data.errors import DataError
 
@@ -53,6 +55,7 @@ class BedIngest:
         inlet_buffer_mb: float | None = None,
         inlet_kwargs: dict[str, object] | None = None,
         max_samples_per_poll: int = 100_000,
+        relook_s: float = 10.0,
     ) -> None:
         keys = [s.key for s in selectors]
         self.bed = bed
@@ -75,9 +78,12 @@ class BedIngest:
                 raise ValueError(f"inlet_buffer_mb must be >= 0 MB, got {inlet_buffer_mb}")
             kwargs["max_buffer_bytes"] = inlet_buffer_mb * 1e6 if inlet_buffer_mb > 0 else None
         kwargs.update(inlet_kwargs or {})
-        self.streams = [StreamHandle(s, inlet_kwargs=kwargs) for s in selectors]
-        self._attached: set[str] = set()
-        self._broken: set[str] = set()
+        self.streams = [StreamHandle(s, relook_s=relook_s, inlet_kwargs=kwargs)
+                        for s in selectors]
+        #: key -> the inlet attached to the epocher (a stream that came back with another
+        #: layout gets a new one, see ``StreamHandle``), and the inlets found unusable.
+        self._attached: dict[str, Inlet] = {}
+        self._broken: dict[str, Inlet] = {}
         self._max = max_samples_per_poll
 
     def wait_open(self, timeout_s: float) -> bool:
@@ -93,16 +99,21 @@ class BedIngest:
         """
         for handle in self.streams:
             inlet = handle.inlet
-            if inlet is None or handle.key in self._broken:
+            if inlet is None or self._broken.get(handle.key) is inlet:
                 continue
-            if handle.key not in self._attached:
+            attached = self._attached.get(handle.key)
+            if attached is not inlet:
                 try:
-                    self.epocher.attach(handle.key, inlet.layout)
+                    if attached is None:
+                        self.epocher.attach(handle.key, inlet.layout)
+                    else:  # the stream came back with another layout
+                        attached.close()
+                        self.epocher.reattach(handle.key, inlet.layout)
                 except DataError as err:
                     log.error("bed %s: %s; stream ignored", self.bed, err)
-                    self._broken.add(handle.key)
+                    self._broken[handle.key] = inlet
                     continue
-                self._attached.add(handle.key)
+                self._attached[handle.key] = inlet
             total = 0
             while total < self._max:
                 n = inlet.pull(self._max - total)

@@ -353,7 +353,11 @@ class Inlet:
             self.close()
             raise
         self.key = self.layout.key
+        #: The outlet instance this inlet reads (a restarted outlet has a new uid).
+        self.uid = str(info.uid())
         self._clock = clock
+        #: Monotonic time the stream was opened.
+        self.opened_at = clock()
         try:
             self.clock_offset = float(self._inlet.time_correction(open_timeout_s))
         except LslTimeoutError:
@@ -443,6 +447,13 @@ class StreamHandle:
     Resolution retries every ``retry_s`` until the stream appears; opening (with its blocking first
     clock correction) happens in the same daemon thread. Errors are logged, never raised into
     the scoring loop.
+
+    Once open, the same thread looks again every ``relook_s`` while the inlet has been silent
+    that long. liblsl reconnects by itself to an outlet that comes back with the same source id
+    and layout; one that comes back with another layout (channel count, rate or format: an
+    amplifier reconfigured mid-night) it never reconnects to. Such a stream is opened anew and
+    replaces :attr:`inlet` (logged as an error naming both layouts); the old inlet is left to
+    its user to close (:meth:`close` closes it too).
     """
 
     def __init__(
@@ -452,15 +463,19 @@ class StreamHandle:
         retry_s: float = 0.5,
         resolve_timeout_s: float = 1.0,
         error_retry_s: float = 10.0,
+        relook_s: float = 10.0,
         inlet_kwargs: dict[str, object] | None = None,
     ) -> None:
         self.selector = selector
         self._error_retry_s = error_retry_s
         self.key = selector.key
         self._retry_s = retry_s
+        self._relook_s = relook_s
         self._resolve_timeout_s = resolve_timeout_s
         self._inlet_kwargs = dict(inlet_kwargs or {})
         self._inlet: Inlet | None = None
+        self._retired: list[Inlet] = []
+        self._opened = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._connect, name=f"lsl-open-{self.key}", daemon=True
@@ -470,20 +485,10 @@ class StreamHandle:
     def _connect(self) -> None:
         while not self._stop.is_set():
             try:
-                infos = resolve(self.selector, self._resolve_timeout_s)
-                if infos:
-                    if len(infos) > 1:
-                        log.warning("%s: %d streams match; using the first", self.key, len(infos))
-                    inlet = Inlet(infos[0], key=self.key, **self._inlet_kwargs)  # type: ignore[arg-type]
-                    if self._stop.is_set():
-                        inlet.close()
-                        return
-                    self._inlet = inlet
-                    log.info(
-                        "%s: opened (%d channels at %g Hz)",
-                        self.key, inlet.layout.n_chans, inlet.layout.sfreq,
-                    )
-                    return
+                if self._inlet is None:
+                    self._open_first()
+                else:
+                    self._relook(self._inlet)
             except DataError as err:
                 # a stream we cannot use (or could not open): retry, but slowly
                 log.error("%s (retrying in %g s)", err, self._error_retry_s)
@@ -491,7 +496,47 @@ class StreamHandle:
                 continue
             except Exception:  # noqa: BLE001 - keep retrying; never crash the daemon
                 log.exception("%s: failed to open the stream", self.key)
-            self._stop.wait(self._retry_s)
+            self._stop.wait(self._retry_s if self._inlet is None else self._relook_s)
+
+    def _open(self, info: pylsl.StreamInfo) -> Inlet | None:
+        inlet = Inlet(info, key=self.key, **self._inlet_kwargs)  # type: ignore[arg-type]
+        if self._stop.is_set():
+            inlet.close()
+            return None
+        return inlet
+
+    def _open_first(self) -> None:
+        infos = resolve(self.selector, self._resolve_timeout_s)
+        if not infos:
+            return
+        if len(infos) > 1:
+            log.warning("%s: %d streams match; using the first", self.key, len(infos))
+        inlet = self._open(infos[0])
+        if inlet is None:
+            return
+        self._inlet = inlet
+        self._opened.set()
+        log.info("%s: opened (%s)", self.key, _describe(inlet.layout))
+
+    def _relook(self, inlet: Inlet) -> None:
+        """Replace ``inlet`` by the stream's new outlet when it came back with another layout."""
+        last = inlet.last_data if inlet.last_data is not None else inlet.opened_at
+        if time.monotonic() - last < self._relook_s:
+            return
+        for info in resolve(self.selector, self._resolve_timeout_s):
+            if str(info.uid()) == inlet.uid:
+                continue
+            fresh = self._open(info)
+            if fresh is None:
+                return
+            if fresh.layout == inlet.layout:  # same layout: liblsl's recovery takes it over
+                fresh.close()
+                continue
+            log.error("%s: the stream came back with another layout (%s; was %s); reading the "
+                      "new one", self.key, _describe(fresh.layout), _describe(inlet.layout))
+            self._retired.append(inlet)
+            self._inlet = fresh
+            return
 
     @property
     def inlet(self) -> Inlet | None:
@@ -504,15 +549,20 @@ class StreamHandle:
 
     def wait_open(self, timeout_s: float) -> bool:
         """Block up to ``timeout_s`` s until the inlet is open (for tools and tests)."""
-        self._thread.join(timeout_s)
-        return self._inlet is not None
+        return self._opened.wait(timeout_s)
 
     def pull(self, max_samples: int | None = None) -> int:
         """Pull into the inlet's ring buffer; 0 while not open."""
         return self._inlet.pull(max_samples) if self._inlet is not None else 0
 
     def close(self) -> None:
-        """Stop resolving and close the inlet."""
+        """Stop resolving and close the inlet (and any it replaced)."""
         self._stop.set()
-        if self._inlet is not None:
-            self._inlet.close()
+        for inlet in [*self._retired, *([self._inlet] if self._inlet is not None else [])]:
+            inlet.close()
+
+
+def _describe(layout: StreamLayout) -> str:
+    """``"3 channels (C3-A2, C4-A1, O1-A2) at 100 Hz"``."""
+    return (f"{layout.n_chans} channels ({', '.join(c.label for c in layout.channels)}) "
+            f"at {layout.sfreq:g} Hz")
