@@ -123,6 +123,32 @@ def test_uneven_chunk_timestamps_over_lsl_still_cut_exactly() -> None:
     _ramp_ok(blocks, RAMP_LABEL, 3000)
 
 
+def _crash_and_restart(
+    ingest: BedIngest, first: PlayerConfig, second: Callable[[], PlayerConfig], n_after: int,
+    timeout_s: float,
+) -> list[EpochBlock]:
+    """Play ``first`` until epoch 0 is cut, kill it without goodbye (an amplifier crash), drain
+    what was in flight, then play ``second()`` (built after the crash) and collect ``n_after``
+    more epochs. Both players and ``ingest`` are stopped whatever happens."""
+    player = Player(first)
+    again: Player | None = None
+    try:
+        player.start(timeout_s=30)
+        assert ingest.wait_open(25)
+        got = _collect(ingest, 1, 20)  # epoch 0 complete: the player is ~30 s into the file
+        assert [b.index for b in got] == [0]
+        player.kill()  # mid-epoch 1, without goodbye
+        got += _collect(ingest, 99, 0.5)
+        again = Player(second())
+        again.start(timeout_s=30)
+        return got + _collect(ingest, n_after, timeout_s)
+    finally:
+        player.kill()
+        if again is not None:
+            again.stop()
+        ingest.close()
+
+
 def test_killed_player_restarted_with_same_source_id_shows_a_flagged_gap() -> None:
     fs, speed = 100.0, 15.0
     chans = [_channels(200.0)[0]]
@@ -133,28 +159,20 @@ def test_killed_player_restarted_with_same_source_id_shows_a_flagged_gap() -> No
     )
     (plan,) = plan_outlets(source, chans, ramp=True)
     ingest = BedIngest("bed1", [StreamSelector(source_id=plan.source_id)], timeout_s=2.0)
-    first = Player(base)
-    second: Player | None = None
-    try:
-        first.start(timeout_s=30)
-        assert ingest.wait_open(25)
-        got = _collect(ingest, 1, 20)  # epoch 0 complete: the player is ~30 s into the file
-        assert [b.index for b in got] == [0]
-        first.kill()  # mid-epoch 1, without goodbye
+    seen: dict[str, float] = {}
+
+    def resumed() -> PlayerConfig:
         inlet = ingest.streams[0].inlet
         assert inlet is not None
-        got += _collect(ingest, 99, 0.5)  # drain what was in flight
-        last_seen = inlet.n_samples  # samples received before the crash (ramp starts at 0)
-        resume_s = last_seen / fs + 12.34  # the amplifier comes back 12.34 s of signal later
-        assert resume_s < 60.0, "restart point must fall inside epoch 1"
-        second = Player(replace(base, start_s=resume_s))
-        second.start(timeout_s=30)
-        got += _collect(ingest, 3, 25)
-    finally:
-        first.kill()
-        if second is not None:
-            second.stop()
-        ingest.close()
+        seen["last"] = inlet.n_samples  # samples received before the crash (ramp starts at 0)
+        seen["resume_s"] = inlet.n_samples / fs + 12.34  # back 12.34 s of signal later
+        assert seen["resume_s"] < 60.0, "restart point must fall inside epoch 1"
+        return replace(base, start_s=seen["resume_s"])
+
+    got = _crash_and_restart(ingest, base, resumed, 3, 25)
+    inlet = ingest.streams[0].inlet
+    assert inlet is not None
+    last_seen, resume_s = int(seen["last"]), seen["resume_s"]
     assert [b.index for b in got] == list(range(len(got))) and len(got) >= 4
     _ramp_ok(got, RAMP_LABEL, 3000)
     gap_epoch = got[1]
@@ -189,22 +207,9 @@ def test_stream_that_comes_back_with_another_layout_is_read_again(
     (plan,) = plan_outlets(source, chans[:1], ramp=True)
     ingest = BedIngest("bed1", [StreamSelector(source_id=plan.source_id)], timeout_s=2.0,
                        relook_s=1.0)
-    first = Player(base)
-    second: Player | None = None
-    try:
-        with caplog.at_level(logging.INFO, logger="rtsleep.daemon"):
-            first.start(timeout_s=30)
-            assert ingest.wait_open(25)
-            got = _collect(ingest, 1, 20)
-            first.kill()
-            second = Player(replace(base, channels=chans, start_s=90.0))
-            second.start(timeout_s=30)
-            got += _collect(ingest, 5, 40)
-    finally:
-        first.kill()
-        if second is not None:
-            second.stop()
-        ingest.close()
+    with caplog.at_level(logging.INFO, logger="rtsleep.daemon"):
+        got = _crash_and_restart(
+            ingest, base, lambda: replace(base, channels=chans, start_s=90.0), 5, 40)
     assert [b.index for b in got] == list(range(len(got))) and len(got) >= 5
     assert any("came back with another layout (3 channels (C3-A2, C4-A1, ramp)" in r.getMessage()
                for r in caplog.records if r.levelno == logging.ERROR), caplog.text

@@ -355,6 +355,8 @@ class Inlet:
         self.key = self.layout.key
         #: The outlet instance this inlet reads (a restarted outlet has a new uid).
         self.uid = str(info.uid())
+        #: What liblsl's recovery requires to be unchanged before it reconnects.
+        self.signature = _signature(info)
         self._clock = clock
         #: Monotonic time the stream was opened.
         self.opened_at = clock()
@@ -524,14 +526,11 @@ class StreamHandle:
         if time.monotonic() - last < self._relook_s:
             return
         for info in resolve(self.selector, self._resolve_timeout_s):
-            if str(info.uid()) == inlet.uid:
-                continue
+            if str(info.uid()) == inlet.uid or _signature(info) == inlet.signature:
+                continue  # the same outlet, or one liblsl's recovery reconnects to
             fresh = self._open(info)
             if fresh is None:
                 return
-            if fresh.layout == inlet.layout:  # same layout: liblsl's recovery takes it over
-                fresh.close()
-                continue
             log.error("%s: the stream came back with another layout (%s; was %s); reading the "
                       "new one", self.key, _describe(fresh.layout), _describe(inlet.layout))
             self._retired.append(inlet)
@@ -560,6 +559,11 @@ class StreamHandle:
         self._stop.set()
         for inlet in [*self._retired, *([self._inlet] if self._inlet is not None else [])]:
             inlet.close()
+
+
+def _signature(info: pylsl.StreamInfo) -> tuple[int, float, int]:
+    """Channel count, nominal rate and sample format of a stream."""
+    return int(info.channel_count()), float(info.nominal_srate()), int(info.channel_format())
 
 
 def _describe(layout: StreamLayout) -> str:
