@@ -276,3 +276,30 @@ def test_signals_that_arrive_during_the_teardown_after_shutdown_do_not_kill_the_
         time.sleep(0.01)
     assert daemon.stop() == 0, daemon.text()[-2000:]
     assert "stopped" in daemon.text()
+
+
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """Another port (or an ipc:// endpoint, which libzmq lets a second process take over) must
+    not let two daemons restore and overwrite the same beds' state files."""
+    import time
+
+    cfg = write_config(tmp_path, model_path, "x.edf", free_port())
+    daemon = Daemon(cfg, tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 60
+        while "serving 1 bed(s)" not in daemon.text():
+            assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.text()
+            time.sleep(0.1)
+        other = tmp_path / "other.toml"
+        text = cfg.read_text()
+        port = text.split("tcp://127.0.0.1:")[1].split('"')[0]
+        other.write_text(text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"))
+        res = subprocess.run(rtsleep("serve", "--config", str(other)), env=child_env(),
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        assert daemon.stop() == 0, daemon.text()[-2000:]
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        f"another rtsleep serve is using this state directory (pid {daemon.proc.pid})")

@@ -28,12 +28,15 @@ restart their indices are published as unscorable (no gap, no duplicate).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import sys
 import time
 from collections import deque
 from collections.abc import Collection
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -62,6 +65,9 @@ from rtsleep.data.recording import EPOCH_S, Modality
 from rtsleep.models.ensemble import SleepNetEnsemble
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "serve.lock"
+"""In the state directory: held by the running daemon, holds its pid."""
 
 NEW_RECORDING_CHECK_S = 1.0
 """How often the loop looks for ``rtsleep new-recording`` requests, s."""
@@ -124,6 +130,7 @@ class Daemon:
         self.stop_requested = False
         self.scorer: Scorer | None = None
         self.publisher: Publisher | None = None
+        self._lock_fd: int | None = None
         self.ingests: dict[str, BedIngest] = {}
         self.alerts: dict[str, BedAlerts] = {}
         self.respiration: dict[str, BedRespiration] = {}
@@ -178,6 +185,7 @@ class Daemon:
         except OSError as err:
             raise StartupError(f"{cfg.daemon.state_dir}: state directory not writable: "
                                f"{err.strerror or err}") from None
+        self._lock_state_dir(cfg.daemon.state_dir)
         try:
             self.publisher = Publisher(
                 cfg.zmq.endpoints, sndhwm=cfg.zmq.sndhwm,
@@ -436,6 +444,24 @@ class Daemon:
         self.close(linger_s=1.0)
         log.info("stopped")
 
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        """Hold ``<state_dir>/serve.lock`` (an exclusive ``flock``, released when the process
+        ends, even by SIGKILL) so that a second daemon on the same beds' state files refuses to
+        start instead of restoring and overwriting them (a ZMQ ``ipc://`` endpoint or another
+        port would not stop it)."""
+        path = state_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(f"{state_dir}: another rtsleep serve is using this state "
+                               f"directory (pid {other})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
     def close(self, linger_s: float = 0.0) -> None:
         """Close streams and sockets without persisting (a failed startup uses this directly);
         ``linger_s`` bounds the wait for queued messages to go out."""
@@ -443,6 +469,9 @@ class Daemon:
             ingest.close()
         if self.publisher is not None:
             self.publisher.close(linger_s)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the state directory
+            self._lock_fd = None
 
 
 def serve(cfg: Config, verbose: bool = False) -> int:
