@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rtsleep.daemon.lslconfig import write_loopback_config
+from rtsleep.data.errors import DataError
 from rtsleep.data.recording import EPOCH_S, STAGE_NAMES
 from rtsleep.settings import data_dir
 
@@ -223,9 +224,11 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
                     raise DemoError(f"only {len(stages)} of {n_epochs} epochs after "
                                     f"{timeout_s:.0f} s")
                 if daemon.poll() is not None:
-                    tail = (tmp / "serve.log").read_text(errors="replace").strip()
-                    last = tail.splitlines()[-1] if tail else "no output"
-                    raise DemoError(f"the daemon exited ({daemon.returncode}): {last}")
+                    raise DemoError(f"the daemon exited ({daemon.returncode}): "
+                                    f"{_last_line(tmp / 'serve.log')}")
+                if replay is not None and replay.poll():
+                    raise DemoError(f"the replay exited ({replay.returncode}): "
+                                    f"{_last_line(tmp / 'replay.log')}")
                 if live and now >= next_draw:
                     out.write("\x1b[H\x1b[2J" + render(state, now))
                     out.flush()
@@ -238,10 +241,11 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
                 state.connected = True
                 state.update(topic, msg, time.monotonic())
                 if topic == "status/" and replay is None:
-                    replay = subprocess.Popen(
-                        [sys.executable, "-m", "rtsleep.cli", "replay", str(path), "--speed",
-                         speed, "--wait-consumers", "60"],
-                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    with (tmp / "replay.log").open("wb") as replay_log:
+                        replay = subprocess.Popen(
+                            [sys.executable, "-m", "rtsleep.cli", "replay", str(path),
+                             "--speed", speed, "--wait-consumers", "60"],
+                            env=env, stdout=replay_log, stderr=replay_log)
                 elif topic.startswith("stage/"):
                     stages[int(msg["epoch"])] = msg
         finally:
@@ -275,6 +279,17 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
     return 0
 
 
+def _last_line(log_file: Path) -> str:
+    text = log_file.read_text(errors="replace").strip() if log_file.is_file() else ""
+    return text.splitlines()[-1] if text else "no output"
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM/SIGHUP (a CI timeout, a closed terminal) end the demo like Ctrl-C: through the
+    ``finally`` that stops the daemon and the replay and removes the temporary folder."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m rtsleep.demo``)."""
     parser = argparse.ArgumentParser(prog="python -m rtsleep.demo", description=__doc__,
@@ -289,11 +304,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="Reader for the expert hypnogram (default: guessed from the name).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.speed != "auto":
+        import typer
+
+        from rtsleep.daemon.replay import parse_speed
+
+        try:
+            parse_speed(args.speed)
+        except typer.BadParameter as err:
+            _say(sys.stderr, f"demo: error: --speed: {err}")
+            return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     try:
         return run_demo(args.file, args.model, args.speed, args.timeout, dataset=args.dataset)
-    except DemoError as err:
+    except (DemoError, DataError) as err:
         _say(sys.stderr, f"demo: error: {err}")
         return 1
+    except KeyboardInterrupt:
+        _say(sys.stderr, "demo: interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -55,3 +55,62 @@ def test_inlet_buffer_covers_a_loop_stall_at_the_replay_speed_at_most_the_night(
     assert demo.inlet_buffer_s(60, "60") == 660  # 10 wall seconds at 60x, plus a margin
     assert demo.inlet_buffer_s(60, "1000") == 1860  # never more than the night
     assert demo.inlet_buffer_s(60, "nan") == 1860
+
+
+def test_a_bad_speed_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    assert demo.main(["--speed", "fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "demo: error: --speed: speed must be a number or 'max', got 'fast'"
+
+
+def test_an_unreadable_recording_is_a_one_line_error(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damaged = tmp_path / "excerpt3.edf"
+    damaged.write_bytes((shared_data / "dreams-spindles" / "excerpt3.edf").read_bytes()[:100000])
+    assert demo.main(["--file", str(damaged)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"demo: error: {damaged}: truncated EDF")
+
+
+def test_sigterm_stops_the_daemon_and_the_replay_and_removes_the_temporary_folder(
+    tmp_path: Path,
+) -> None:
+    """A CI timeout or ``kill`` ends the demo through its clean-up, like Ctrl-C: nothing of it
+    is left running or on disk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    children: list[str] = []
+    proc = subprocess.Popen([sys.executable, "-m", "rtsleep.demo", "--timeout", "120"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed once the daemon is up and the replay started
+        assert first.startswith("demo: "), first
+        folder, = tmp_path.glob("rtsleep-demo-*")
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert children, "the daemon should be running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in children:  # so that a failing run leaves nothing behind either
+            if proc.returncode != 128 + signal.SIGTERM:
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+    time.sleep(0.5)
+    assert not folder.exists()
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in _state(pid), pid
+
+
+def _state(pid: str) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("State:")).lower()
