@@ -185,6 +185,10 @@ def test_bad_options_are_value_errors() -> None:
         WatchState(history=0)
     with pytest.raises(ValueError, match="--count"):
         run_watch(WatchOptions(max_messages=0), out=io.StringIO())
+    # a negative refresh would have made the poll wait for ever, ignoring --duration
+    for refresh in (-1.0, 0.0, float("inf")):
+        with pytest.raises(ValueError, match="--refresh must be > 0 and <= 60 s"):
+            run_watch(WatchOptions(duration_s=0.1, refresh_s=refresh), out=io.StringIO())
 
 
 # ------------------------------------------------------------------------- real sockets
@@ -274,13 +278,15 @@ def _strip(msg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in msg.items() if k not in ("seq", "run")}
 
 
-def test_watch_command_shows_stalled_without_a_daemon() -> None:
+def test_watch_command_shows_stalled_without_a_daemon_and_exits_1() -> None:
+    """The view says so, and the exit status lets a script tell the daemon is down."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     res = CliRunner().invoke(app, ["watch", "--endpoint", endpoint, "--duration", "0.4",
                                    "--stall", "0.1", "--plain"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     assert "disconnected" in res.output
     assert "STALLED: no heartbeat since the start" in res.output
+    assert f"rtsleep watch: {endpoint}: no message from the daemon in 0 s" in res.output
 
 
 def test_watch_command_rejects_half_a_curve_key_pair(tmp_path: Any) -> None:

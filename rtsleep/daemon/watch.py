@@ -361,6 +361,8 @@ def run_watch(options: WatchOptions, out: TextIO | None = None,
         raise ValueError(f"--count must be >= 1, got {options.max_messages}")
     if options.duration_s is not None and not options.duration_s > 0:
         raise ValueError(f"--duration must be > 0, got {options.duration_s}")
+    if not 0 < options.refresh_s <= 60:
+        raise ValueError(f"--refresh must be > 0 and <= 60 s, got {options.refresh_s}")
     if not options.endpoints:
         raise ValueError("at least one endpoint is needed")
     live = options.live if options.live is not None else bool(
@@ -484,7 +486,12 @@ def register(app: typer.Typer) -> None:
             curve_client_key=curve_client_key,
         )
         try:
-            run_watch(opts)
+            state = run_watch(opts)
         except (ValueError, OSError) as err:
             typer.echo(f"rtsleep watch: {err}", err=True)
             raise typer.Exit(1) from None
+        if (count is not None or duration is not None) and not state.n_messages:
+            # a script watching for a while must be able to tell that the daemon is down
+            typer.echo(f"rtsleep watch: {state.endpoint}: no message from the daemon in "
+                       f"{time.monotonic() - state.started:.0f} s", err=True)
+            raise typer.Exit(1)
