@@ -292,6 +292,21 @@ def test_replay_of_a_missing_file_fails_with_one_clear_line(tmp_path: Path) -> N
     assert proc.stderr.strip().splitlines()[-1] == f"error: {missing}: no such file"
 
 
+@pytest.mark.parametrize("start", ["300", "5000", "inf"])
+def test_replay_starting_past_the_end_is_an_error_not_an_empty_success(
+    shared_data: Path, start: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from rtsleep.cli import app
+
+    psg = shared_data / "sleep-edf-sc-subset" / "psg-excerpt" / "short_psg.edf"  # 300 s
+    res = CliRunner().invoke(app, ["replay", str(psg), "--speed", "max", "--start", start])
+    assert res.exit_code == 1, res.output
+    assert f"error: {psg}: --start {float(start):g} s is not within the recording (300 s)" \
+        in res.output
+
+
 def test_store_parquet_plays_its_stored_signals_epoch_after_epoch(tmp_path: Path) -> None:
     from rtsleep.data.recording import Recording
     from rtsleep.data.store import StoredRecording, write_recording

@@ -402,10 +402,15 @@ def register(app: typer.Typer) -> None:
         except DataError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
+        length_s = max(p.n_samples / p.sfreq for p in plans)
+        if not start < length_s:  # also inf and nan
+            typer.echo(f"error: {file}: --start {start:g} s is not within the recording "
+                       f"({length_s:g} s)", err=True)
+            raise typer.Exit(1)
         for p in plans:
             typer.echo(f"{p.source_id}: {len(p.labels)} channels at {p.sfreq:g} Hz "
                        f"({', '.join(p.labels)})")
-        span_s = max(p.n_samples / p.sfreq for p in plans) - start
+        span_s = length_s - start
         need = inlet_buffer_for(span_s, config.speed)
         live = DaemonSection()
         budget = live.inlet_buffer_mb * 1e6 or None
