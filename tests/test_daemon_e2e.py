@@ -303,3 +303,23 @@ def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].endswith(
         f"another rtsleep serve is using this state directory (pid {daemon.proc.pid})")
+
+
+def test_check_reports_a_zmq_port_that_is_already_taken(model_path: Path, tmp_path: Path
+                                                        ) -> None:
+    """``serve`` would fail on it; ``check`` must say so before, not report ok."""
+    import socket
+
+    from rtsleep.daemon.commands import check_config
+    from rtsleep.daemon.config import load_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = load_config(write_config(tmp_path, model_path, "x.edf", port), env={})
+        problems = check_config(cfg, stream_timeout_s=0.1)
+    assert any(p.startswith(f"zmq: tcp://127.0.0.1:{port}: cannot bind: ") for p in problems), \
+        problems
+    free = load_config(write_config(tmp_path, model_path, "x.edf", free_port()), env={})
+    assert not any(p.startswith("zmq:") for p in check_config(free, stream_timeout_s=0.1))

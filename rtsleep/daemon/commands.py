@@ -67,10 +67,37 @@ def check_config(cfg: Config, stream_timeout_s: float = 1.0) -> list[str]:
             problems.append(f"{allow}: CURVE allow-list directory not found")
         elif not zmq.auth.load_certificates(allow):
             problems.append(f"{allow}: no client public keys (nobody could subscribe)")
+    problems += _unbindable_tcp(cfg.zmq.endpoints)
     for bed in cfg.beds:
         for sel in selectors(bed):
             if not resolve(sel, stream_timeout_s):
                 problems.append(f"bed {bed.id}: LSL stream {sel.predicate()} not found")
+    return problems
+
+
+def _unbindable_tcp(endpoints: list[str]) -> list[str]:
+    """The ``tcp://`` endpoints a publisher could not bind now (a port taken by a running
+    daemon or another program); ``ipc://`` paths libzmq takes over, so only the state-directory
+    lock of ``serve`` tells a second daemon there."""
+    import zmq
+
+    problems = []
+    ctx = zmq.Context()
+    try:
+        for ep in endpoints:
+            if not ep.startswith("tcp://"):
+                continue
+            sock = ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                sock.bind(ep)
+            except zmq.ZMQError as err:
+                problems.append(f"zmq: {ep}: cannot bind: {err} (another rtsleep serve or "
+                                "program on it?)")
+            finally:
+                sock.close(0)
+    finally:
+        ctx.term()
     return problems
 
 
