@@ -307,6 +307,34 @@ def test_replay_starting_past_the_end_is_an_error_not_an_empty_success(
         in res.output
 
 
+def test_an_impatient_ctrl_c_stops_a_replay_cleanly(shared_data: Path) -> None:
+    """SIGINT, then SIGINT every 10 ms until the process is gone: one line, exit 0, and no
+    KeyboardInterrupt noise from the outlets being torn down."""
+    import signal
+
+    psg = shared_data / "sleep-edf-sc-subset" / "psg-excerpt" / "short_psg.edf"
+    proc = subprocess.Popen([sys.executable, "-m", "rtsleep.cli", "replay", str(psg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("rtsleep-replay:")  # outlets planned
+        time.sleep(1.0)  # playing at 1x
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "replay: interrupted" in out
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_store_parquet_plays_its_stored_signals_epoch_after_epoch(tmp_path: Path) -> None:
     from rtsleep.data.recording import Recording
     from rtsleep.data.store import StoredRecording, write_recording

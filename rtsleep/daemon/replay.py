@@ -36,6 +36,7 @@ import logging
 import math
 import multiprocessing as mp
 import multiprocessing.synchronize as mps
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -424,6 +425,8 @@ def register(app: typer.Typer) -> None:
         try:
             n = play(config, plans=plans)
         except KeyboardInterrupt:
+            # a second Ctrl-C while the outlets are torn down would only print noise
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             typer.echo("replay: interrupted")
             return
         except DataError as err:
