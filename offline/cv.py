@@ -182,19 +182,30 @@ def register(app: typer.Typer) -> None:
 
         if folds != "loso":
             raise typer.BadParameter(f"--folds {folds!r}: only 'loso' is implemented")
+        if steps < 1:
+            raise typer.BadParameter(f"--steps must be >= 1, got {steps}")
         path = pretrained
         try:
+            # the report folder is checked first: not after hours of folds
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".rtsleep-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
             meta = load_checkpoint_meta(path)
             model = load_model(path)
             if model.cfg.encoder != "spectral":
                 raise ValueError(f"{path}: cv fine-tunes spectral models only")
             recs = load_stage_recordings(data, dataset, meta.preprocess)
-        except (DataError, ValueError) as exc:
+        except (DataError, ValueError, OSError) as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc
         evals, fold_info = run_loso(model, recs, seed=seed, steps=steps, shift_s=shift_s)
-        res = write_cv(evals, fold_info, out, seed, steps,
-                       {"pretrained": str(path), "shift_s": shift_s})
+        try:
+            res = write_cv(evals, fold_info, out, seed, steps,
+                           {"pretrained": str(path), "shift_s": shift_s})
+        except OSError as exc:
+            typer.echo(f"{out}: cannot write the report ({exc})", err=True)
+            raise typer.Exit(1) from exc
         for mode, p in res["modes"].items():
             typer.echo(f"{mode:>9}: accuracy {p['accuracy']:.4f}  macro-F1 {p['macro_f1']:.4f}  "
                        f"kappa {p['kappa']:.4f}  ({p['n_epochs']} epochs)")

@@ -170,7 +170,10 @@ class RecordingSource:
         if not self.columns:
             return out
         with self._parquet() as pf:
-            table = pf.read_row_group(rg, columns=list(self.columns.values()))
+            try:
+                table = pf.read_row_group(rg, columns=list(self.columns.values()))
+            except (OSError, pa.ArrowException) as err:
+                raise DataError(self.path, f"damaged Parquet data ({err})") from None
         for j, col in self.columns.items():
             if self.n_times[j] != n_times:
                 raise DataError(

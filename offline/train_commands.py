@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from safetensors import SafetensorError
 
 from offline.config import load_config
 from offline.data import TASKS
@@ -34,6 +35,12 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override loop.seed.
 InitOpt = Annotated[str | None, typer.Option("--init", help="Checkpoint to start from.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue OUT/train if present.")]
 
+
+
+RUN_ERRORS = (ValueError, OSError, SafetensorError)
+"""What a run reports as one line: bad input and config (``ValueError``, ``DataError``) and
+file-system trouble, a full disk included (``OSError``; safetensors reports it as its own
+error)."""
 
 def _split(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())
@@ -69,7 +76,7 @@ def pretrain_command(
         loop = _with_overrides(cfg.loop, steps, seed)
         cfg = dataclasses.replace(cfg, method=method, loop=loop, init=init or cfg.init)
         path = pretrain(cfg, store, out, resume=resume)
-    except (ValueError, OSError) as err:
+    except RUN_ERRORS as err:
         _fail(err)
     finally:
         shutdown_distributed()
@@ -113,7 +120,7 @@ def _downstream(
             select=select,
         )
         path = finetune(cfg, store, out, mode=mode, resume=resume)
-    except (ValueError, OSError) as err:
+    except RUN_ERRORS as err:
         _fail(err)
     finally:
         shutdown_distributed()

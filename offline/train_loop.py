@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -302,6 +303,28 @@ def save_training_checkpoint(
     return final
 
 
+def earlier_run(out_dir: Path) -> str:
+    """What of an earlier run ``out_dir`` holds (its training checkpoint, exported model or
+    non-empty history), as a short phrase; empty when none. A new run there would overwrite
+    it, so :func:`train_loop` refuses one without ``resume``."""
+    found = [name for name in (TRAIN_DIR + "/", MODEL_FILE) if (out_dir / name).exists()]
+    history = out_dir / HISTORY_FILE
+    if history.is_file() and history.stat().st_size > 0:
+        found.append(HISTORY_FILE)
+    return ", ".join(found)
+
+
+def _recover_interrupted_save(out_dir: Path, dist: DistInfo) -> None:
+    """A process that died between the two renames of :func:`save_training_checkpoint` left
+    its last complete checkpoint as ``.train.old`` and no ``train``: put it back."""
+    final, old = out_dir / TRAIN_DIR, out_dir / f".{TRAIN_DIR}.old"
+    if dist.is_main and not final.exists() and (old / "state.json").exists():
+        old.rename(final)
+        log.warning("%s: restored the last training checkpoint from %s (the run that wrote it "
+                    "stopped while saving)", final, old.name)
+    dist.barrier()
+
+
 def load_training_checkpoint(
     out_dir: Path,
     objective: nn.Module,
@@ -316,6 +339,23 @@ def load_training_checkpoint(
     ``ValueError`` when the checkpoint was made with another config or world size.
     """
     ckpt = out_dir / TRAIN_DIR
+    try:
+        return _load_training_checkpoint(ckpt, objective, optimizer, stream, dist, config_json,
+                                         best)
+    except (OSError, RuntimeError, KeyError, json.JSONDecodeError, SafetensorError) as err:
+        raise ValueError(f"{ckpt}: unreadable training checkpoint ({type(err).__name__}: "
+                         f"{err}); remove it to start afresh") from None
+
+
+def _load_training_checkpoint(
+    ckpt: Path,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: BatchStream,
+    dist: DistInfo,
+    config_json: str,
+    best: _Best | None,
+) -> int:
     state = json.loads((ckpt / "state.json").read_text())
     if state["world_size"] != dist.world_size:
         raise ValueError(
@@ -457,11 +497,20 @@ def train_loop(
     best = _Best() if evaluator is not None else None
     if evaluator is not None and (eval_every < 1 or not select_key):
         raise ValueError("an evaluator needs eval_every >= 1 and a select_key")
+    _recover_interrupted_save(out_dir, dist)
     if resume and (out_dir / TRAIN_DIR / "state.json").exists():
         start = load_training_checkpoint(
             out_dir, objective, optimizer, stream, dist, config_json, best
         )
         log.info("resumed %s from step %d", out_dir / TRAIN_DIR, start)
+    elif resume:
+        log.warning("%s: no training checkpoint to resume from; starting at step 0",
+                    out_dir / TRAIN_DIR)
+    else:
+        earlier = earlier_run(out_dir)
+        if earlier:
+            raise ValueError(f"{out_dir}: holds an earlier run ({earlier}); continue it with "
+                             "--resume or give a new --out")
     history_path = out_dir / HISTORY_FILE
     history = _read_history(history_path, start)
     if dist.is_main:

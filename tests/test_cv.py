@@ -125,3 +125,22 @@ def test_mean_evals_averages_member_probabilities_per_recording_and_mode() -> No
             np.testing.assert_array_equal(ev.runs[mode].epochs, runs[0][i].runs[mode].epochs)
     with pytest.raises(ValueError, match="differ"):
         cv.mean_evals([runs[0], list(reversed(runs[1]))])
+
+
+def test_cv_checks_its_report_folder_and_steps_before_training_any_fold(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Not after hours of folds: an --out that is a file fails at once, naming it, and zero
+    steps would give a report that looks complete but trained nothing."""
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+
+    taken = tmp_path / "report"
+    taken.write_text("not a folder")
+    args = ["cv", "--folds", "loso", "--data", str(shared_data / "dreams-spindles"),
+            "--dataset", "dreams", "--pretrained", str(tmp_path / "none.safetensors")]
+    res = CliRunner().invoke(app, [*args, "--out", str(taken)])
+    assert res.exit_code == 1 and str(taken) in res.output and "exists" in res.output.lower()
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "R"), "--steps", "0"])
+    assert res.exit_code == 2 and "--steps must be >= 1, got 0" in res.output

@@ -370,6 +370,46 @@ def test_resume_with_another_config_is_refused(run_a: Path, store: Path, tmp_pat
         finetune(other, store, tmp_path, resume=True)
 
 
+def test_a_new_run_into_a_finished_run_folder_is_refused_and_keeps_its_history(
+    run_a: Path, store: Path, tmp_path: Path
+) -> None:
+    """Without --resume a run there would overwrite the earlier one (its history first)."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_a, folder)
+    history = (folder / "history.jsonl").read_text()
+    with pytest.raises(ValueError, match="holds an earlier run .*train/.*--resume"):
+        finetune(_cfg(), store, folder)
+    assert (folder / "history.jsonl").read_text() == history
+
+
+def test_resume_restores_a_checkpoint_left_as_train_old_by_a_crash_while_saving(
+    run_a: Path, store: Path, tmp_path: Path
+) -> None:
+    """A process killed between the two renames of a checkpoint save leaves ``.train.old``
+    only; --resume must continue from it, not start again from step 0."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_a, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "train").rename(folder / ".train.old")
+    ran: list[int] = []
+    finetune(_cfg(), store, folder, resume=True, hooks=[lambda s, _o, _l: ran.append(s)])
+    assert ran == [] and (folder / "train" / "state.json").exists()
+    a, b = _weights(run_a / "model.safetensors"), _weights(folder / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "optimizer.pt", "state.json"])
+def test_a_truncated_training_checkpoint_is_a_one_line_error_naming_it(
+    run_a: Path, store: Path, tmp_path: Path, name: str
+) -> None:
+    shutil.copytree(run_a / "train", tmp_path / "train")
+    part = tmp_path / "train" / name
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(ValueError, match="train: unreadable training checkpoint") as err:
+        finetune(_cfg(), store, tmp_path, resume=True)
+    assert "\n" not in str(err.value)
+
+
 def test_subjects_are_told_apart_by_dataset_in_selections_and_splits(tmp_path: Path) -> None:
     for dataset in ("a", "b"):
         rec = synthetic_recording(f"{dataset}_night", "s1", 2, seed=1)

@@ -281,6 +281,38 @@ def test_store_refuses_files_that_are_not_rtsleep_stores(tmp_path: Path) -> None
         open_store(tmp_path / "missing")
 
 
+def test_store_data_page_that_cannot_be_decoded_is_a_data_error_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    """The footer reads, a page header does not: the error must say which file, for the
+    reader of one recording and for the training data index alike."""
+    from offline.data import StoreIndex
+
+    n = 20
+    rng = np.random.default_rng(0)
+    rec = Recording(
+        id="night", dataset="edf", subject="s", source=Path("/d/night.edf"),
+        channels=[Channel("C3-A2", Modality.EEG, 100.0, "uV", rng.normal(0, 20, n * 3000))],
+        stages=rng.integers(0, 5, n).astype(np.int8),
+    )
+    write_recording(rec, tmp_path)
+    path = tmp_path / "edf" / "night.parquet"
+    md = pq.ParquetFile(path).metadata
+    cols = [md.row_group(0).column(j) for j in range(md.num_columns)]
+    page = next(c for c in cols if "C3-A2" in c.path_in_schema).data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[page : page + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+    stored = open_store(path).get("night")  # the footer is intact
+    with pytest.raises(DataError, match=f"^{path}: damaged Parquet data"):
+        stored.read()
+    with pytest.raises(DataError, match=f"^{path}: damaged Parquet data"):
+        list(stored.iter_batches())
+    index = StoreIndex(tmp_path)
+    with pytest.raises(DataError, match=f"^{path}: damaged Parquet data"):
+        index.sources[0].read_row_group(0, 3000)
+
+
 def test_store_exg_input_follows_the_model_tensor_contract(tmp_path: Path) -> None:
     rec = _psg()
     write_recording(rec, tmp_path)

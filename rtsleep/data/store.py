@@ -30,6 +30,7 @@ temporary file renamed into place on success.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -619,12 +620,25 @@ class StoredRecording:
         """
         cols, chans = self._columns(channels, beats)
         for i in range(self._file.num_row_groups):
-            yield self._to_batch(self._file.read_row_group(i, columns=cols), chans)
+            with self._damaged():
+                table = self._file.read_row_group(i, columns=cols)
+            yield self._to_batch(table, chans)
 
     def read(self, channels: Sequence[str] | None = None, beats: bool = True) -> EpochBatch:
         """All epochs at once (see :meth:`iter_batches` for ``channels``)."""
         cols, chans = self._columns(channels, beats)
-        return self._to_batch(self._file.read(columns=cols), chans)
+        with self._damaged():
+            table = self._file.read(columns=cols)
+        return self._to_batch(table, chans)
+
+    @contextlib.contextmanager
+    def _damaged(self) -> Iterator[None]:
+        """A data page that cannot be decoded (the footer read fine): ``DataError`` naming the
+        file, not pyarrow's message alone."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as err:
+            raise DataError(self.path, f"damaged Parquet data ({err})") from None
 
     def read_labels(self) -> dict[str, np.ndarray]:
         """The label columns only: name -> ``(n_epochs,)``."""
