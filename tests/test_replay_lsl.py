@@ -267,9 +267,11 @@ def test_speed_parsing() -> None:
     assert parse_speed("max") is None
     assert parse_speed("60x") == 60.0
     assert parse_speed("0.5") == 0.5
-    for bad in ("0", "-2", "fast", "nan"):
+    for bad in ("0", "-2", "fast", "nan", "inf"):
         with pytest.raises(typer.BadParameter):
             parse_speed(bad)
+    with pytest.raises(typer.BadParameter, match="finite number > 0, got 'inf'"):
+        parse_speed("inf")
 
 
 def test_modalities_with_two_rates_get_one_outlet_per_rate() -> None:

@@ -365,7 +365,7 @@ def parse_speed(value: str) -> float | None:
     except ValueError:
         raise typer.BadParameter(f"speed must be a number or 'max', got {value!r}") from None
     if not speed > 0 or not math.isfinite(speed):
-        raise typer.BadParameter(f"speed must be > 0, got {value!r}")
+        raise typer.BadParameter(f"speed must be a finite number > 0, got {value!r}")
     return speed
 
 
