@@ -298,11 +298,15 @@ def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
         other.write_text(text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"))
         res = subprocess.run(rtsleep("serve", "--config", str(other)), env=child_env(),
                              capture_output=True, text=True, timeout=60)
+        from rtsleep.daemon.lifecycle import serving_pid
+
+        assert serving_pid(tmp_path / "state") == str(daemon.proc.pid)
     finally:
         assert daemon.stop() == 0, daemon.text()[-2000:]
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].endswith(
         f"another rtsleep serve is using this state directory (pid {daemon.proc.pid})")
+    assert serving_pid(tmp_path / "state") is None  # released when the daemon stopped
 
 
 def test_check_reports_a_zmq_port_that_is_already_taken(model_path: Path, tmp_path: Path

@@ -67,7 +67,10 @@ def check_config(cfg: Config, stream_timeout_s: float = 1.0) -> list[str]:
             problems.append(f"{allow}: CURVE allow-list directory not found")
         elif not zmq.auth.load_certificates(allow):
             problems.append(f"{allow}: no client public keys (nobody could subscribe)")
-    problems += _unbindable_tcp(cfg.zmq.endpoints)
+    from rtsleep.daemon.lifecycle import serving_pid
+
+    if serving_pid(state_dir) is None:  # else its endpoints are bound by that daemon
+        problems += _unbindable_tcp(cfg.zmq.endpoints)
     for bed in cfg.beds:
         for sel in selectors(bed):
             if not resolve(sel, stream_timeout_s):
@@ -133,6 +136,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         streams = sum(len(b.streams) for b in cfg.beds)
         typer.echo(f"ok: {config}: {len(cfg.beds)} bed(s), {streams} stream(s) found, model loads")
+        from rtsleep.daemon.lifecycle import serving_pid
+
+        pid = serving_pid(cfg.daemon.state_dir)
+        if pid is not None:
+            typer.echo(f"rtsleep serve is running with this state directory (pid {pid})")
 
     @app.command("new-recording")
     def new_recording(

@@ -69,6 +69,22 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "serve.lock"
 """In the state directory: held by the running daemon, holds its pid."""
 
+
+def serving_pid(state_dir: Path) -> str | None:
+    """The pid of the ``rtsleep serve`` holding ``state_dir``'s lock, or None when none does."""
+    path = state_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # also drops the probe's own lock
+    return None
+
 NEW_RECORDING_CHECK_S = 1.0
 """How often the loop looks for ``rtsleep new-recording`` requests, s."""
 
