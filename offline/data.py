@@ -159,7 +159,7 @@ class RecordingSource:
     def _parquet(self) -> pq.ParquetFile:
         """A fresh handle (not kept: a store may hold more files than the open-file limit)."""
         try:
-            return pq.ParquetFile(self.path)
+            return pq.ParquetFile(self.path, page_checksum_verification=True)
         except (OSError, pa.ArrowException) as err:
             raise DataError(self.path, f"not a readable Parquet file ({err})") from err
 

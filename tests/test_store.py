@@ -281,11 +281,13 @@ def test_store_refuses_files_that_are_not_rtsleep_stores(tmp_path: Path) -> None
         open_store(tmp_path / "missing")
 
 
+@pytest.mark.parametrize(("offset", "fill"), [(0, "header"), (200, "payload")])
 def test_store_data_page_that_cannot_be_decoded_is_a_data_error_naming_the_file(
-    tmp_path: Path,
+    tmp_path: Path, offset: int, fill: str
 ) -> None:
-    """The footer reads, a page header does not: the error must say which file, for the
-    reader of one recording and for the training data index alike."""
+    """The footer reads, a page does not: a garbled page header, or random bytes in the
+    signal values, which only the page checksum can tell (they decompress fine). The error
+    must say which file, for the reader of one recording and for the training data index."""
     from offline.data import StoreIndex
 
     n = 20
@@ -301,7 +303,9 @@ def test_store_data_page_that_cannot_be_decoded_is_a_data_error_naming_the_file(
     cols = [md.row_group(0).column(j) for j in range(md.num_columns)]
     page = next(c for c in cols if "C3-A2" in c.path_in_schema).data_page_offset
     raw = bytearray(path.read_bytes())
-    raw[page : page + 64] = b"\xff" * 64
+    at = page + offset
+    raw[at : at + 4000] = (b"\xff" * 4000 if fill == "header"
+                           else rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
     path.write_bytes(bytes(raw))
     stored = open_store(path).get("night")  # the footer is intact
     with pytest.raises(DataError, match=f"^{path}: damaged Parquet data"):

@@ -290,6 +290,8 @@ def write_table(table: pa.Table, path: Path) -> Path:
             write_statistics=[n for n in other_cols if n not in BEAT_COLUMNS],
             # Leaf paths of the list columns: byte-stream-split floats compress ~11 % better.
             use_byte_stream_split=[f"{n}.list.element" for n in signal_cols],
+            # CRC32 per page: bytes changed on disk are an error on read, not silent data
+            write_page_checksum=True,
         )
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -555,7 +557,7 @@ class StoredRecording:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self._file = pq.ParquetFile(self.path)
+            self._file = pq.ParquetFile(self.path, page_checksum_verification=True)
         except (OSError, pa.ArrowException) as err:
             raise DataError(self.path, f"not a readable Parquet file ({err})") from err
         raw = (self._file.schema_arrow.metadata or {}).get(METADATA_KEY)
