@@ -60,7 +60,12 @@ from rtsleep.daemon.quality import (
     channel_quality,
     epoch_quality,
 )
-from rtsleep.data.channels import DEFAULT_CHANNEL_MAP, MIN_EXG_SFREQ, unit_scale_to_uv
+from rtsleep.data.channels import (
+    DEFAULT_CHANNEL_MAP,
+    MIN_EXG_SFREQ,
+    too_slow_for_model,
+    unit_scale_to_uv,
+)
 from rtsleep.data.errors import DataError
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
 
@@ -253,8 +258,8 @@ class BedEpocher:
                         "with the bed's channels = {...}", self.bed, key, ", ".join(labels))
             return
         slow = [f"{c.label} ({m})" for c, m in zip(layout.channels, modalities, strict=True)
-                if m in EXG_MODALITIES]
-        if slow and layout.sfreq < MIN_EXG_SFREQ:
+                if too_slow_for_model(m, layout.sfreq)]
+        if slow:
             log.warning("bed %s: stream %s: %s at %g Hz, below the %g-Hz ExG minimum; not model "
                         "input", self.bed, key, ", ".join(slow), layout.sfreq, MIN_EXG_SFREQ)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtsleep.data.channels import MIN_EXG_SFREQ
-from rtsleep.data.recording import EXG_MODALITIES, Modality
+from rtsleep.data.channels import MIN_EXG_SFREQ, too_slow_for_model
+from rtsleep.data.recording import Modality
 
 _FLAT_MODALITIES = frozenset({Modality.EEG, Modality.EOG, Modality.EMG, Modality.ECG})
 _CLIP_MODALITIES = frozenset(_FLAT_MODALITIES | {Modality.RESP})
@@ -218,7 +218,7 @@ def channel_quality(
         reasons.append(f"flat {int(flat.sum()) / sfreq:.2f} s")
     if clipped.any():
         reasons.append(f"clipped {100.0 * clipped.mean():.0f}%")
-    too_slow = modality in EXG_MODALITIES and sfreq < MIN_EXG_SFREQ
+    too_slow = too_slow_for_model(modality, sfreq)
     if too_slow:
         reasons.append(f"{sfreq:g} Hz, below the {MIN_EXG_SFREQ:g}-Hz ExG minimum")
     return ChannelQuality(

@@ -58,7 +58,7 @@ from rtsleep.daemon.epocher import EpochBlock, EpochChannel
 from rtsleep.daemon.messages import ChannelQuality, stage_message
 from rtsleep.daemon.quality import EpochQuality
 from rtsleep.daemon.state import BedState
-from rtsleep.data.channels import MIN_EXG_SFREQ, eeg_views, preference_rank
+from rtsleep.data.channels import eeg_views, preference_rank, too_slow_for_model
 from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
 from rtsleep.data.recording import EPOCH_S, EXG_MODALITIES, Modality
 from rtsleep.models.ensemble import route_derivation
@@ -119,7 +119,7 @@ def ranked_by_label(channels: Sequence[EpochChannel], modality: Modality) -> lis
     cands = [
         (preference_rank(c.label, modality), i, c)
         for i, c in enumerate(channels)
-        if c.modality == modality and not (modality in EXG_MODALITIES and c.sfreq < MIN_EXG_SFREQ)
+        if c.modality == modality and not too_slow_for_model(modality, c.sfreq)
     ]
     return [c for _, _, c in sorted(cands, key=lambda t: (t[0], t[1]))]
 

@@ -336,6 +336,13 @@ MIN_EXG_SFREQ = 50.0
 """ExG channels sampled slower than this (Sleep-EDF's 1-Hz EMG envelope) are never primary."""
 
 
+def too_slow_for_model(modality: Modality, sfreq: float) -> bool:
+    """Whether a channel of ``modality`` at ``sfreq`` Hz is ExG slower than
+    :data:`MIN_EXG_SFREQ`, so it can never be model input (the one rule for readers, daemon
+    channel choice and epoch quality)."""
+    return modality in EXG_MODALITIES and sfreq < MIN_EXG_SFREQ
+
+
 def preference_rank(label: str, modality: Modality) -> int:
     """Position of ``label`` in :data:`PRIMARY_PREFERENCE` of ``modality`` (0 = most preferred;
     a label the table does not name ranks after all that it does)."""
@@ -355,7 +362,7 @@ def rank_channels(channels: Sequence[Channel], modality: Modality) -> list[Chann
         if c.modality == modality
         and not is_flat(c)
         and bool(np.all(np.isfinite(c.data)))
-        and not (modality in EXG_MODALITIES and c.sfreq < MIN_EXG_SFREQ)
+        and not too_slow_for_model(modality, c.sfreq)
     ]
     indexed = list(enumerate(candidates))
     indexed.sort(key=lambda ic: (preference_rank(ic[1].label, modality), ic[0]))
