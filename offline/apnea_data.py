@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offline.failures import Failed, none_readable, skip_failed
 from rtsleep.apnea.ecg_model import VARIANTS
 from rtsleep.apnea.features import NONCAUSAL_TRACE_SHIFT_S, sequence_features, sequence_traces
 from rtsleep.apnea.hr import rr_to_hr, valid_beats
@@ -100,8 +101,7 @@ def read_npz_night(path: Path) -> ApneaNight:
     return night_from_recording(read_recording("apnea-ecg", path))
 
 
-def read_apnea_ecg_dir(folder: Path, failed: list[tuple[str, str]] | None = None
-                       ) -> list[ApneaNight]:
+def read_apnea_ecg_dir(folder: Path, failed: Failed | None = None) -> list[ApneaNight]:
     """All labelled nights under ``folder`` (npz or WFDB layout), sorted by id. An unreadable
     night raises ``DataError``; with a ``failed`` list it is logged, appended as ``(source,
     error)`` and left out instead (a folder with none readable still raises)."""
@@ -116,11 +116,7 @@ def read_apnea_ecg_dir(folder: Path, failed: list[tuple[str, str]] | None = None
         try:
             nights.append(night_from_recording(read_recording("apnea-ecg", src)))
         except DataError as err:
-            if failed is None:
-                raise
-            log.error("%s", err)
-            failed.append((str(src), str(err)))
+            skip_failed(src, err, failed)
     if not nights and failed:
-        raise DataError(folder, f"none of its Apnea-ECG nights could be read ({len(failed)} "
-                                f"failed; first: {failed[0][1]})")
+        raise none_readable(folder, "Apnea-ECG nights", failed)
     return sorted(nights, key=lambda n: n.id)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from offline.apnea_data import ApneaNight, read_apnea_ecg_dir
+from offline.failures import Failed
 from rtsleep.apnea.aasm import RespEvent
 from rtsleep.apnea.ahi import SEVERITY_BOUNDS, SEVERITY_NAMES, ahi_from_minutes, severity_index
 from rtsleep.apnea.ecg_model import VARIANTS, load_ecg_model
@@ -151,7 +152,7 @@ def evaluate_apnea_ecg(
     are under ``variants``. A night that cannot be read is logged and listed in ``failed``
     (source, error), and the others are scored; ``DataError`` when none can be.
     """
-    failed: list[tuple[str, str]] = []
+    failed: Failed = []
     nights: list[ApneaNight] = read_apnea_ecg_dir(data, failed)
     model = load_ecg_model(model_path)
     ids = [n.id for n in nights]

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from offline.failures import Failed, none_readable, skip_failed
 from rtsleep.data.errors import DataError
 from rtsleep.data.labels import sleep_period_bounds
 from rtsleep.data.preprocessing import PreprocessSpec
@@ -136,7 +137,7 @@ def _read_feature_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60,
-                            failed: list[tuple[str, str]] | None = None) -> list[Sequence]:
+                            failed: Failed | None = None) -> list[Sequence]:
     """Sleep-EDF nights from ``features/SC4ssnE0.npz`` files (sorted), trimmed to the sleep period
     plus ``wake_margin_epochs`` on each side (None: every row, the whole recording). Nights
     without sleep are left out. Subject = the two digits ``ss``. An unreadable file raises
@@ -151,10 +152,7 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60,
         try:
             x, y = _read_feature_file(path)
         except DataError as err:
-            if failed is None:
-                raise
-            log.error("%s", err)
-            failed.append((str(path), str(err)))
+            skip_failed(path, err, failed)
             continue
         bounds = sleep_period_bounds(
             y, len(y) if wake_margin_epochs is None else wake_margin_epochs)
@@ -173,8 +171,7 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60,
             )
         )
     if not out and failed:
-        raise DataError(folder, f"none of its feature files could be read ({len(failed)} "
-                                f"failed; first: {failed[0][1]})")
+        raise none_readable(folder, "feature files", failed)
     return out
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offline.failures import Failed, none_readable, skip_failed
 from rtsleep.data.channels import eeg_views, preference_rank, rank_channels
 from rtsleep.data.epochs import epochs_from_recording
 from rtsleep.data.errors import DataError
@@ -154,20 +155,9 @@ def _read_staged(dataset: str, source: Path, spec: PreprocessSpec,
     )
 
 
-def _skip_failed(source: Path, err: Exception, failed: list[tuple[str, str]] | None) -> None:
-    """Re-raise ``err`` when there is no ``failed`` list; else log it as one line naming
-    ``source`` (reader bugs and unexpected formats too) and append ``(source, message)``."""
-    if failed is None:
-        raise err
-    msg = str(err) if isinstance(err, DataError) else f"{source}: {type(err).__name__}: {err}"
-    log.debug("error on %s", source, exc_info=err)
-    log.error("%s", msg)
-    failed.append((str(source), msg))
-
-
 def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
              eeg_view_sets: Sequence[Sequence[str]] = (),
-             failed: list[tuple[str, str]] | None = None) -> Iterator[StageRecording]:
+             failed: Failed | None = None) -> Iterator[StageRecording]:
     """Each staged recording of ``dataset`` under ``path`` (sorted by source path), read when
     the caller asks for it, so one recording at a time is in memory (a whole-night PSG holds
     about 6 MB of model input per hour).
@@ -184,7 +174,7 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
         try:
             staged = _read_staged(dataset, source, spec, eeg_view_sets)
         except Exception as err:  # noqa: BLE001 - with ``failed``, one bad file must not stop
-            _skip_failed(source, err, failed)
+            skip_failed(source, err, failed)
             continue
         if staged == "label-only":
             label_only += 1
@@ -192,8 +182,7 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
             n_out += 1
             yield staged
     if not n_out and failed:
-        raise DataError(path, f"none of its {dataset} recordings could be read "
-                              f"({len(failed)} failed; first: {failed[0][1]})")
+        raise none_readable(path, f"{dataset} recordings", failed)
     if not n_out:
         hint = (f" (per-epoch feature files: --dataset {SLEEP_EDF_FEATURES})"
                 if dataset == "sleep-edf" else "")
@@ -210,7 +199,7 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
 
 def load_sleep_edf_feature_recordings(
     path: Path, eeg_view_sets: Sequence[Sequence[str]] = (),
-    failed: list[tuple[str, str]] | None = None,
+    failed: Failed | None = None,
 ) -> list[StageRecording]:
     """The Sleep-EDF nights of the per-epoch feature files under ``path``
     (``SC4ssnE0.npz``, SOURCES.md layout), each a :class:`StageRecording` of the band log
@@ -335,7 +324,7 @@ def load_store(
 
 def iter_store(
     path: Path, spec: PreprocessSpec, dataset: str | None = None,
-    failed: list[tuple[str, str]] | None = None,
+    failed: Failed | None = None,
 ) -> Iterator[StageRecording]:
     """Each staged recording in a store (optionally only ``dataset``), sorted by path, read when
     the caller asks for it.
@@ -350,7 +339,7 @@ def iter_store(
         try:
             stored = StoredRecording(file)
         except DataError as err:
-            _skip_failed(file, err, failed)
+            skip_failed(file, err, failed)
             continue
         meta = stored.meta
         if dataset is not None and meta.dataset != dataset:
@@ -367,7 +356,7 @@ def iter_store(
         try:
             batch = stored.read(beats=False)
         except DataError as err:
-            _skip_failed(file, err, failed)
+            skip_failed(file, err, failed)
             continue
         x, mask = exg_input(batch, meta)
         n_out += 1
@@ -383,8 +372,7 @@ def iter_store(
                            None),
         )
     if not n_out and failed:
-        raise DataError(path, f"none of its recordings could be read ({len(failed)} failed; "
-                              f"first: {failed[0][1]})")
+        raise none_readable(path, "recordings", failed)
     if not n_out:
         raise DataError(path, "no staged recording in the store")
 
@@ -400,7 +388,7 @@ def load_stage_recordings(
 def iter_stage_recordings(
     path: Path, dataset: str, spec: PreprocessSpec,
     eeg_view_sets: Sequence[Sequence[str]] = (),
-    failed: list[tuple[str, str]] | None = None,
+    failed: Failed | None = None,
 ) -> Iterator[StageRecording]:
     """A store (detected by its ``.parquet`` files), Sleep-EDF feature files (``dataset``
     :data:`SLEEP_EDF_FEATURES`) or else a raw ``dataset`` folder; stores and raw folders one

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from offline.failures import Failed
 from offline.stage_data import StageRecording
 from rtsleep.data.recording import EXG_MODALITIES, STAGE_NAMES, Modality
 from rtsleep.models.checkpoint import Predictor
@@ -413,7 +414,7 @@ def evaluate_stage(
     except (OSError, ValueError, KeyError) as err:  # the loader's messages name the file
         raise DataError(path, str(err).removeprefix(f"{path}: ")) from None
     evals: list[RecordingEval] = []
-    failed: list[tuple[str, str]] = []
+    failed: Failed = []
     # one recording in memory at a time: each is scored, then kept without its signals
     for rec in iter_stage_recordings(Path(data), dataset, meta.preprocess,
                                      meta.config.eeg_views, failed):
