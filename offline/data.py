@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
@@ -40,7 +39,13 @@ from offline.augment import AugmentConfig, augment_windows
 from rtsleep.data.errors import DataError
 from rtsleep.data.preprocessing import PreprocessSpec
 from rtsleep.data.recording import EXG_MODALITIES, Modality
-from rtsleep.data.store import StoredRecording, fixed_list_numpy, open_store
+from rtsleep.data.store import (
+    StoredRecording,
+    damaged_parquet,
+    fixed_list_numpy,
+    open_parquet,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +163,7 @@ class RecordingSource:
 
     def _parquet(self) -> pq.ParquetFile:
         """A fresh handle (not kept: a store may hold more files than the open-file limit)."""
-        try:
-            return pq.ParquetFile(self.path, page_checksum_verification=True)
-        except (OSError, pa.ArrowException) as err:
-            raise DataError(self.path, f"not a readable Parquet file ({err})") from err
+        return open_parquet(self.path)
 
     def read_row_group(self, rg: int, n_times: int) -> np.ndarray:
         """Row group ``rg`` as float32 ``(rows, M, S)`` (zeros for missing modalities)."""
@@ -169,11 +171,8 @@ class RecordingSource:
         out = np.zeros((rows, len(EXG_MODALITIES), n_times), dtype=np.float32)
         if not self.columns:
             return out
-        with self._parquet() as pf:
-            try:
-                table = pf.read_row_group(rg, columns=list(self.columns.values()))
-            except (OSError, pa.ArrowException) as err:
-                raise DataError(self.path, f"damaged Parquet data ({err})") from None
+        with self._parquet() as pf, damaged_parquet(self.path):
+            table = pf.read_row_group(rg, columns=list(self.columns.values()))
         for j, col in self.columns.items():
             if self.n_times[j] != n_times:
                 raise DataError(

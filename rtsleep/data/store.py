@@ -551,15 +551,31 @@ def _list_numpy(col: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
     return np.split(values, offsets[1:-1])
 
 
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """``path`` opened with its page checksums verified on every read (files written before the
+    store had them read as before); ``DataError`` when it is not a readable Parquet file."""
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(path, f"not a readable Parquet file ({err})") from err
+
+
+@contextlib.contextmanager
+def damaged_parquet(path: Path) -> Iterator[None]:
+    """Around a read of ``path``'s data: a page that cannot be decoded or fails its checksum
+    (the footer read fine) is a ``DataError`` naming the file, not pyarrow's message alone."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(path, f"damaged Parquet data ({err})") from None
+
+
 class StoredRecording:
     """One recording in a store: metadata plus streamed reads of its epochs."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            self._file = pq.ParquetFile(self.path, page_checksum_verification=True)
-        except (OSError, pa.ArrowException) as err:
-            raise DataError(self.path, f"not a readable Parquet file ({err})") from err
+        self._file = open_parquet(self.path)
         raw = (self._file.schema_arrow.metadata or {}).get(METADATA_KEY)
         if raw is None:
             raise DataError(self.path, "not an rtsleep store file (no 'rtsleep' metadata)")
@@ -622,25 +638,16 @@ class StoredRecording:
         """
         cols, chans = self._columns(channels, beats)
         for i in range(self._file.num_row_groups):
-            with self._damaged():
+            with damaged_parquet(self.path):
                 table = self._file.read_row_group(i, columns=cols)
             yield self._to_batch(table, chans)
 
     def read(self, channels: Sequence[str] | None = None, beats: bool = True) -> EpochBatch:
         """All epochs at once (see :meth:`iter_batches` for ``channels``)."""
         cols, chans = self._columns(channels, beats)
-        with self._damaged():
+        with damaged_parquet(self.path):
             table = self._file.read(columns=cols)
         return self._to_batch(table, chans)
-
-    @contextlib.contextmanager
-    def _damaged(self) -> Iterator[None]:
-        """A data page that cannot be decoded (the footer read fine): ``DataError`` naming the
-        file, not pyarrow's message alone."""
-        try:
-            yield
-        except (OSError, pa.ArrowException) as err:
-            raise DataError(self.path, f"damaged Parquet data ({err})") from None
 
     def read_labels(self) -> dict[str, np.ndarray]:
         """The label columns only: name -> ``(n_epochs,)``."""
