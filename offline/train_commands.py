@@ -35,12 +35,11 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override loop.seed.
 InitOpt = Annotated[str | None, typer.Option("--init", help="Checkpoint to start from.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue OUT/train if present.")]
 
-
-
 RUN_ERRORS = (ValueError, OSError, SafetensorError)
 """What a run reports as one line: bad input and config (``ValueError``, ``DataError``) and
 file-system trouble, a full disk included (``OSError``; safetensors reports it as its own
 error)."""
+
 
 def _split(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())

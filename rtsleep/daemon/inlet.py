@@ -424,6 +424,10 @@ class Inlet:
             self.last_data = self._clock()
         return total
 
+    def silent_s(self) -> float:
+        """Seconds since the last pull that returned samples (since opening, before any)."""
+        return self._clock() - (self.opened_at if self.last_data is None else self.last_data)
+
     def _queue_full(self) -> None:
         self.n_queue_full += 1
         now = self._clock()
@@ -522,8 +526,7 @@ class StreamHandle:
 
     def _relook(self, inlet: Inlet) -> None:
         """Replace ``inlet`` by the stream's new outlet when it came back with another layout."""
-        last = inlet.last_data if inlet.last_data is not None else inlet.opened_at
-        if time.monotonic() - last < self._relook_s:
+        if inlet.silent_s() < self._relook_s:
             return
         for info in resolve(self.selector, self._resolve_timeout_s):
             if str(info.uid()) == inlet.uid or _signature(info) == inlet.signature:

@@ -80,10 +80,15 @@ def serving_pid(state_dir: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        return _lock_holder(fd)
     finally:
         os.close(fd)  # also drops the probe's own lock
     return None
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid written into the held lock file ``fd`` ("?" when it is empty)."""
+    return os.read(fd, 32).decode(errors="replace").strip() or "?"
 
 NEW_RECORDING_CHECK_S = 1.0
 """How often the loop looks for ``rtsleep new-recording`` requests, s."""
@@ -470,7 +475,7 @@ class Daemon:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            other = _lock_holder(fd)
             os.close(fd)
             raise StartupError(f"{state_dir}: another rtsleep serve is using this state "
                                f"directory (pid {other})") from None
