@@ -162,6 +162,18 @@ streams = [{streams}]
     return path
 
 
+def interrupt_until_exit(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
+    """SIGINT ``proc`` every 10 ms until it is gone (an impatient operator's Ctrl-C), so that
+    some signals land while it shuts down and tears down."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            os.kill(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+
+
 class Daemon:
     """``rtsleep serve`` in a subprocess (stderr to a file for the assertions)."""
 
@@ -184,6 +196,13 @@ class Daemon:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_serving(self, timeout_s: float = 60.0) -> None:
+        """Until the log says the daemon serves (signal handlers installed, state locked)."""
+        deadline = time.monotonic() + timeout_s
+        while "serving " not in self.text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.text()
+            time.sleep(0.1)
 
 
 class Sub:

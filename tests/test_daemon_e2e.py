@@ -25,6 +25,7 @@ from daemon_helpers import (
     confined_lsl,
     excerpt3,
     free_port,
+    interrupt_until_exit,
     rtsleep,
     tiny_model,
     write_config,
@@ -258,22 +259,11 @@ def test_signals_that_arrive_during_the_teardown_after_shutdown_do_not_kill_the_
     """SIGTERM, then SIGINT every 10 ms until the process is gone (an impatient operator): the
     daemon shuts down cleanly and exits 0, also when a signal lands after ``stopped`` while the
     interpreter tears down."""
-    import os
-    import time
-
     cfg = write_config(tmp_path, model_path, "x.edf", free_port())  # its streams never appear
     daemon = Daemon(cfg, tmp_path / "serve.log")
-    deadline = time.monotonic() + 60
-    while "serving 1 bed(s)" not in daemon.text():
-        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.text()
-        time.sleep(0.1)
+    daemon.wait_serving()
     daemon.proc.send_signal(signal.SIGTERM)
-    while daemon.proc.poll() is None and time.monotonic() < deadline:
-        try:
-            os.kill(daemon.proc.pid, signal.SIGINT)
-        except ProcessLookupError:
-            break
-        time.sleep(0.01)
+    interrupt_until_exit(daemon.proc, 60)
     assert daemon.stop() == 0, daemon.text()[-2000:]
     assert "stopped" in daemon.text()
 
@@ -283,15 +273,11 @@ def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
 ) -> None:
     """Another port (or an ipc:// endpoint, which libzmq lets a second process take over) must
     not let two daemons restore and overwrite the same beds' state files."""
-    import time
 
     cfg = write_config(tmp_path, model_path, "x.edf", free_port())
     daemon = Daemon(cfg, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 60
-        while "serving 1 bed(s)" not in daemon.text():
-            assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.text()
-            time.sleep(0.1)
+        daemon.wait_serving()
         other = tmp_path / "other.toml"
         text = cfg.read_text()
         port = text.split("tcp://127.0.0.1:")[1].split('"')[0]

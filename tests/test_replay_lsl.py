@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pylsl
 import pytest
+from daemon_helpers import interrupt_until_exit
 
 from rtsleep.daemon.epocher import EpochBlock
 from rtsleep.daemon.ingest import BedIngest
@@ -312,7 +313,6 @@ def test_replay_starting_past_the_end_is_an_error_not_an_empty_success(
 def test_an_impatient_ctrl_c_stops_a_replay_cleanly(shared_data: Path) -> None:
     """SIGINT, then SIGINT every 10 ms until the process is gone: one line, exit 0, and no
     KeyboardInterrupt noise from the outlets being torn down."""
-    import signal
 
     psg = shared_data / "sleep-edf-sc-subset" / "psg-excerpt" / "short_psg.edf"
     proc = subprocess.Popen([sys.executable, "-m", "rtsleep.cli", "replay", str(psg)],
@@ -321,13 +321,7 @@ def test_an_impatient_ctrl_c_stops_a_replay_cleanly(shared_data: Path) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("rtsleep-replay:")  # outlets planned
         time.sleep(1.0)  # playing at 1x
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                os.kill(proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                break
-            time.sleep(0.01)
+        interrupt_until_exit(proc)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
