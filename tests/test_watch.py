@@ -4,6 +4,7 @@ loopback (reception, reconnection to a restarted publisher, the command line).""
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 import time
@@ -189,6 +190,19 @@ def test_bad_options_are_value_errors() -> None:
     for refresh in (-1.0, 0.0, float("inf")):
         with pytest.raises(ValueError, match="--refresh must be > 0 and <= 60 s"):
             run_watch(WatchOptions(duration_s=0.1, refresh_s=refresh), out=io.StringIO())
+
+
+@pytest.mark.parametrize(("endpoint", "problem"), [
+    ("tcp://127.0.0.1:99999", "port 99999 outside 1-65535"),
+    ("tcp://no-such-host.invalid:5556", "cannot resolve host 'no-such-host.invalid'"),
+    ("tcp://*:5556", "'\\*' is for binding"),
+    ("127.0.0.1:5556", "expected tcp://HOST:PORT"),
+])
+def test_an_endpoint_that_cannot_be_reached_is_refused_before_waiting(
+        endpoint: str, problem: str) -> None:
+    # ZeroMQ connects in the background: without the check watch waited as "disconnected"
+    with pytest.raises(ValueError, match=f"^{re.escape(endpoint)}: {problem}"):
+        run_watch(WatchOptions(endpoints=[endpoint], duration_s=5.0), out=io.StringIO())
 
 
 # ------------------------------------------------------------------------- real sockets

@@ -25,6 +25,8 @@ no action here; the socket monitor feeds the ``connected``/``disconnected`` line
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import sys
 import time
 from collections import deque
@@ -35,6 +37,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
+from rtsleep.daemon.config import check_endpoint
 from rtsleep.daemon.messages import STATUS_TOPIC, alert_topic, decode, stage_topic
 from rtsleep.data.recording import STAGE_NAMES
 
@@ -313,6 +316,28 @@ class WatchOptions:
     curve_client_key: str = ""
 
 
+def connect_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be connected to, or ``None``.
+
+    ZeroMQ connects in the background, so a port out of range or a host name that does not
+    resolve would otherwise only show as "disconnected" for ever.
+    """
+    problem = check_endpoint(endpoint)
+    if problem:
+        return problem
+    m = re.match(r"^tcp://(.+):(\d+)$", endpoint)
+    if m is None:
+        return None
+    host = m.group(1).strip("[]")
+    if host == "*":
+        return "'*' is for binding; give the daemon's host name or address"
+    try:
+        socket.getaddrinfo(host, int(m.group(2)), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        return f"cannot resolve host {host!r}: {err}"
+    return None
+
+
 def topics(beds: Sequence[str]) -> list[str]:
     """Subscription prefixes: every bed, or exactly the given ones (topics end in ``/``)."""
     if not beds:
@@ -365,6 +390,10 @@ def run_watch(options: WatchOptions, out: TextIO | None = None,
         raise ValueError(f"--refresh must be > 0 and <= 60 s, got {options.refresh_s}")
     if not options.endpoints:
         raise ValueError("at least one endpoint is needed")
+    for ep in options.endpoints:
+        problem = connect_problem(ep)
+        if problem:
+            raise ValueError(f"{ep}: {problem}")
     live = options.live if options.live is not None else bool(
         hasattr(stream, "isatty") and stream.isatty())
     width = options.width or _terminal_width(stream)
