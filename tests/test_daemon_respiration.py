@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from daemon_helpers import VALIDATOR, excerpt3_blocks
+from daemon_helpers import VALIDATOR, channel_blocks, excerpt3, excerpt3_blocks
 
 from rtsleep.daemon.epocher import EpochBlock
+from rtsleep.daemon.replay import load_channels
 from rtsleep.daemon.respiration import BedRespiration, pick_channels
 from rtsleep.daemon.scorer import EpochResult
 
@@ -58,3 +60,28 @@ def test_airflow_gap_closes_the_segment_and_rebases_later_events(shared_data: Pa
     assert not [a for a in provisional if gap[0] <= a["onset_lsl"] < gap[1]]
     later = [a for a in provisional if a["epoch"] > 21]
     assert later and all(a["onset_lsl"] >= gap[1] for a in later)
+
+
+def _excerpt3_with(shared_data: Path, label: str, edit: Any) -> list[EpochBlock]:
+    """excerpt3's blocks (anchor ``ANCHOR``) with channel ``label``'s samples ``edit``ed."""
+    channels = load_channels(excerpt3(shared_data))
+    for c in channels:
+        if c.label == label:
+            c.data = edit(c.data.copy())
+    return channel_blocks("b", channels, anchor=ANCHOR)
+
+
+def test_nan_bursts_in_airflow_are_not_scored_as_apneas(shared_data: Path) -> None:
+    def bursts(x: np.ndarray) -> np.ndarray:  # 10 s of NaN every 90 s (the epocher holds them)
+        for s in range(0, x.size, 50 * 90):
+            x[s + 100 : s + 600] = np.nan
+        return x
+
+    clean = [a for a in run(excerpt3_blocks(shared_data, anchor=ANCHOR))[1]
+             if a["state"] == "confirmed"]
+    blocks = _excerpt3_with(shared_data, "NAF1", bursts)
+    assert blocks[3].quality.channel("NAF1").usable  # a third NaN: still a usable epoch
+    confirmed = [a for a in run(blocks)[1] if a["state"] == "confirmed"]
+    apneas = [a for a in confirmed if a["event"].startswith("apnea")]
+    assert len(apneas) == len([a for a in clean if a["event"].startswith("apnea")])
+

@@ -10,9 +10,11 @@ rate ratio is an integer; without SpO2 the hypopnea rule falls back to ``flow``)
 
 The detector is never fed garbage: an epoch whose airflow channel is missing samples or unusable
 ends the current detector segment (``flush``: open events are decided on what was seen) and a new
-segment starts at the next clean epoch. Event times are re-based to the bed's epoch 0, and event
-ids are unique across segments. The detector state is not persisted: after a restart a new
-segment starts (the first ``min_baseline_s`` seconds build a new baseline).
+segment starts at the next clean epoch; NaN samples of a usable epoch go in as NaN (not the
+epocher's held value, a flat line that would read as an apnea) and score no event. Event times
+are re-based to the bed's epoch 0, and event ids are unique across segments. The detector state
+is not persisted: after a restart a new segment starts (the first ``min_baseline_s`` seconds
+build a new baseline).
 """
 
 from __future__ import annotations
@@ -131,16 +133,16 @@ class BedRespiration:
         if flow is not None and clean:
             if self._detector is None:
                 self._detector = self._new_detector(ch, block.index)
-            effort = [by_label[e].data for e in ch.effort if e in by_label]
+            effort = [_received(by_label[e]) for e in ch.effort if e in by_label]
             eff = np.stack(effort) if len(effort) == len(ch.effort) and effort else None  # (k, n)
             if ch.effort and eff is None:
                 eff = np.zeros((1, flow.data.shape[0]))  # a belt vanished: no effort signal
             sp = None
             if ch.spo2 is not None:
                 s = by_label.get(ch.spo2)
-                sp = (np.repeat(s.data, ch.spo2_repeat) if s is not None
+                sp = (np.repeat(_received(s), ch.spo2_repeat) if s is not None
                       else np.full(flow.data.shape[0], np.nan))
-            updates = self._rebase(self._detector.push(flow.data, eff, sp))
+            updates = self._rebase(self._detector.push(_received(flow), eff, sp))
         elif self._detector is not None:
             updates = self._rebase(self._detector.flush())
             self._detector = None
@@ -175,3 +177,9 @@ class BedRespiration:
             sensor=str(a.get("sensor") or ""), model_id=self.model_id,
             desaturation_pct=a.get("desaturation_pct"), reason=a.get("reason") or None,
         )
+
+
+def _received(ch: EpochChannel) -> np.ndarray:
+    """The channel's samples with NaN where none was received or it was not finite (the epocher
+    holds the last good value there; a held airflow is a flat line, i.e. an apnea)."""
+    return np.where(ch.received, ch.data, np.nan)
