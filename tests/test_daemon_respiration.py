@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from rtsleep.daemon.epocher import EpochBlock
 from rtsleep.daemon.replay import load_channels
 from rtsleep.daemon.respiration import BedRespiration, pick_channels
 from rtsleep.daemon.scorer import EpochResult
+from rtsleep.data.recording import Modality
 
 ANCHOR = 100.0
 
@@ -84,4 +86,13 @@ def test_nan_bursts_in_airflow_are_not_scored_as_apneas(shared_data: Path) -> No
     confirmed = [a for a in run(blocks)[1] if a["state"] == "confirmed"]
     apneas = [a for a in confirmed if a["event"].startswith("apnea")]
     assert len(apneas) == len([a for a in clean if a["event"].startswith("apnea")])
+
+
+def test_an_airflow_stream_that_attaches_late_is_still_used(shared_data: Path) -> None:
+    blocks = excerpt3_blocks(shared_data, anchor=ANCHOR)
+    first = dataclasses.replace(
+        blocks[0], channels=tuple(c for c in blocks[0].channels if c.modality != Modality.RESP))
+    resp, alerts = run([first, *blocks[1:]])
+    assert resp.active and resp.channels is not None and resp.channels.flow == "NAF1"
+    assert [a for a in alerts if a["state"] == "confirmed"]
 

@@ -84,7 +84,6 @@ class BedRespiration:
         self._detector: RespiratoryDetector | None = None
         self._epoch0 = 0
         self._generation = -1
-        self._chosen = False
 
     @property
     def n_segments(self) -> int:
@@ -114,8 +113,7 @@ class BedRespiration:
     def on_block(self, block: EpochBlock, anchor: float | None,
                  utc_offset: float | None) -> list[dict[str, Any]]:
         """Feed one epoch's raw samples; returns alert messages (without ``seq``/``run``)."""
-        if not self._chosen:
-            self._chosen = True
+        if self.channels is None:  # until an airflow channel shows up (its stream may be late)
             self.channels = pick_channels(block.channels)
             if self.channels is not None:
                 log.info("bed %s: respiratory events from %s (effort %s, SpO2 %s)", self.bed,
