@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,11 @@ def test_an_airflow_stream_that_attaches_late_is_still_used(shared_data: Path) -
     assert resp.active and resp.channels is not None and resp.channels.flow == "NAF1"
     assert [a for a in alerts if a["state"] == "confirmed"]
 
+
+def test_spo2_that_is_not_a_percentage_is_warned_about_once(
+        shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocks = _excerpt3_with(shared_data, "SAO2", lambda x: np.full_like(x, 0.96))  # a fraction
+    with caplog.at_level(logging.WARNING, logger="rtsleep.daemon.respiration"):
+        run(blocks[:4])
+    warned = [r for r in caplog.records if "SAO2" in r.getMessage()]
+    assert len(warned) == 1 and "50-100 %" in warned[0].getMessage()

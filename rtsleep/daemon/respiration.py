@@ -84,6 +84,7 @@ class BedRespiration:
         self._detector: RespiratoryDetector | None = None
         self._epoch0 = 0
         self._generation = -1
+        self._spo2_warned = False
 
     @property
     def n_segments(self) -> int:
@@ -140,6 +141,7 @@ class BedRespiration:
                 s = by_label.get(ch.spo2)
                 sp = (np.repeat(_received(s), ch.spo2_repeat) if s is not None
                       else np.full(flow.data.shape[0], np.nan))
+                self._check_spo2(ch.spo2, sp)
             updates = self._rebase(self._detector.push(_received(flow), eff, sp))
         elif self._detector is not None:
             updates = self._rebase(self._detector.flush())
@@ -148,6 +150,17 @@ class BedRespiration:
                      self.bed, block.index)
         alerts = self.tracker.on_updates(updates)
         return [self._message(a, block.index, anchor, utc_offset) for a in alerts]
+
+    def _check_spo2(self, label: str, sp: np.ndarray) -> None:
+        """Warn once when a whole epoch of SpO2 holds no saturation in 50-100 % (a fraction,
+        another unit, or not an oximeter): every hypopnea is then rejected for lack of SpO2."""
+        finite = sp[np.isfinite(sp)]
+        if self._spo2_warned or finite.size == 0 or ((finite >= 50) & (finite <= 100)).any():
+            return
+        self._spo2_warned = True
+        log.warning("bed %s: SpO2 channel %s has no values in 50-100 %% (median %.3g): not a "
+                    "saturation in %%? Hypopneas cannot be confirmed (rule %s)", self.bed,
+                    label, float(np.median(finite)), self.rule)
 
     def on_result(self, res: EpochResult, anchor: float | None,
                   utc_offset: float | None) -> list[dict[str, Any]]:
