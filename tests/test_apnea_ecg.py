@@ -87,6 +87,19 @@ def test_rpeaks_chunked_equal_offline_on_slpdb_ecg_at_250_hz(shared_data: Path, 
     np.testing.assert_array_equal(_stream(StreamingRPeakDetector(250.0), ecg, 1), offline)
 
 
+def test_rpeaks_find_no_beats_in_flat_ecg_instead_of_raising(shared_data: Path) -> None:
+    # a lead off (zeros) at 50 Hz and a held value at 250 Hz, each longer than a detector window
+    ecg = _excerpt3_ecg(shared_data)[: 50 * 120].copy()
+    ecg[50 * 30 : 50 * 70] = 0.0
+    beats = detect_rpeaks(ecg, 50.0)
+    assert beats.size > 60 and not ((beats > 31.0) & (beats < 69.0)).any()
+    np.testing.assert_array_equal(_stream(StreamingRPeakDetector(50.0), ecg, 2), beats)
+    slp = _slpdb_ecg(shared_data, "slp01a")
+    slp[250 * 10 : 250 * 40] = slp[250 * 10 - 1]
+    assert not ((detect_rpeaks(slp, 250.0) > 11.0) & (detect_rpeaks(slp, 250.0) < 39.0)).any()
+    assert detect_rpeaks(np.zeros(250 * 30), 250.0).size == 0
+
+
 def test_rpeaks_reject_non_finite_chunk() -> None:
     with pytest.raises(DataError, match="ECG: .*NaN"):
         StreamingRPeakDetector(100.0).push(np.array([0.0, np.nan]))

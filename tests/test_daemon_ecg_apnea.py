@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from daemon_helpers import VALIDATOR, excerpt3_blocks
+from daemon_helpers import VALIDATOR, channel_blocks, excerpt3, excerpt3_blocks
 
 from rtsleep.apnea.ecg_model import load_ecg_model
 from rtsleep.apnea.ecg_stream import EcgApneaStream
 from rtsleep.daemon.alerts import AlertThresholds
 from rtsleep.daemon.ecg_apnea import ECG_EVENT, BedEcgApnea
 from rtsleep.daemon.epocher import EpochBlock
+from rtsleep.daemon.replay import load_channels
 from rtsleep.daemon.scorer import EpochResult
 
 
@@ -51,3 +52,14 @@ def test_ecg_gap_restarts_the_stream(shared_data: Path) -> None:
     bed, _ = run(excerpt3_blocks(shared_data, "ECG", 30), threshold=0.99)
     # the new stream starts at epoch 31; its epochs are numbered from there
     assert bed.stream_start_epoch == 31
+
+
+def test_a_flat_ecg_stretch_in_usable_epochs_does_not_stop_the_stream(shared_data: Path) -> None:
+    channels = load_channels(excerpt3(shared_data))
+    ecg = next(c for c in channels if c.label == "ECG")
+    ecg.data = ecg.data.copy()
+    ecg.data[50 * 315 : 50 * 344] = 0.0  # lead off 29 s across epochs 10 and 11, < half of each
+    blocks = channel_blocks("b", channels)
+    assert all(blocks[k].quality.channel("ECG").usable for k in (10, 11))
+    bed, _ = run(blocks, threshold=0.99)  # raised "ECG signal is flat" (pathway disabled)
+    assert bed.stream_start_epoch == 0  # one stream all night, not restarted

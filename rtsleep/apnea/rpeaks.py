@@ -43,6 +43,9 @@ def _detect_window(x: np.ndarray, fs: float, min_fs: float) -> np.ndarray:
 
     if x.size < int(2 * fs):
         return np.zeros(0)
+    moving = np.flatnonzero(x != x[0])
+    if moving.size == 0 or x.size - moving[0] < int(2 * fs):
+        return np.zeros(0)  # flat (lead off, a held gap): no beats; sleepecg raises on it
     if fs >= min_fs:
         return sleepecg.detect_heartbeats(x, fs).astype(np.float64)
     ratio = Fraction(math.ceil(min_fs / fs * 1000), 1000).limit_denominator(20)
