@@ -24,7 +24,7 @@ import numpy as np
 from offline.failures import Failed, none_readable, skip_failed
 from rtsleep.apnea.ecg_model import VARIANTS
 from rtsleep.apnea.features import NONCAUSAL_TRACE_SHIFT_S, sequence_features, sequence_traces
-from rtsleep.apnea.hr import rr_to_hr, valid_beats
+from rtsleep.apnea.hr import HrCleanConfig, rr_to_hr, valid_beats
 from rtsleep.apnea.rpeaks import detect_rpeaks
 from rtsleep.data.errors import DataError
 from rtsleep.data.readers import list_sources, read_recording
@@ -76,9 +76,9 @@ def night_from_recording(rec: Recording) -> ApneaNight:
     labels = np.asarray(rec.minute_labels, dtype=bool)
     if rec.beats is not None:  # npz layout
         ends = (np.arange(labels.size) + 1.0) * 60.0 + NPZ_LABEL_OFFSET_S
-        return ApneaNight(
+        return _checked(rec, ApneaNight(
             rec.id, rec.beats.times_s, np.asarray(rec.beats.hr_bps, dtype=np.float64), labels, ends
-        )
+        ))
     record = Path(rec.source).with_suffix("")
     qrs = Path(f"{record}.qrs")
     if qrs.is_file():
@@ -93,7 +93,19 @@ def night_from_recording(rec: Recording) -> ApneaNight:
         beat_t = detect_rpeaks(ch.data, ch.sfreq) + ch.start_s
     times, hr = rr_to_hr(beat_t)
     ends = (np.arange(labels.size) + 1.0) * 60.0
-    return ApneaNight(rec.id, times, hr, labels, ends)
+    return _checked(rec, ApneaNight(rec.id, times, hr, labels, ends))
+
+
+def _checked(rec: Recording, night: ApneaNight) -> ApneaNight:
+    """``night``, or ``DataError`` when fewer than half its beats are valid: the model would
+    score every minute of it as a night without beats (no apnea), and the metrics would count it."""
+    n_valid = int(night.valid.sum())
+    if n_valid < 0.5 * night.hr_bps.size or not n_valid:
+        cfg = HrCleanConfig()
+        raise DataError(rec.source, f"{n_valid} of {night.hr_bps.size} beats have a plausible "
+                        f"heart rate ({cfg.min_bps:g}-{cfg.max_bps:g} /s); is hr in beats per "
+                        "second, and is there an ECG?")
+    return night
 
 
 def read_npz_night(path: Path) -> ApneaNight:
@@ -112,9 +124,15 @@ def read_apnea_ecg_dir(folder: Path, failed: Failed | None = None) -> list[Apnea
     if not sources:
         raise DataError(folder, "no Apnea-ECG nights (*.npz, or *.apn with .qrs or ECG)")
     nights = []
+    seen: dict[str, Path] = {}
     for src in sources:
         try:
-            nights.append(night_from_recording(read_recording("apnea-ecg", src)))
+            night = night_from_recording(read_recording("apnea-ecg", src))
+            if night.id in seen:
+                raise DataError(src, f"record {night.id} is also {seen[night.id]}; each night "
+                                "must be read once")
+            seen[night.id] = src
+            nights.append(night)
         except DataError as err:
             skip_failed(src, err, failed)
     if not nights and failed:

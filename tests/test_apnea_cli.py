@@ -145,3 +145,27 @@ def test_evaluate_with_an_unreadable_apnea_model_is_a_one_line_error(
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert f"{model}: not a readable safetensors file" in res.output
     assert "Traceback" not in res.output
+
+
+def test_nights_without_plausible_beats_or_read_twice_are_listed_not_scored(
+    shared_data: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A night in bpm (every beat out of range), one without beats and a second copy of a
+    record under another folder were scored as apnea-free nights and counted in the metrics."""
+    src = shared_data / "apnea-ecg-hr" / "train"
+    data = tmp_path / "nights"
+    (data / "again").mkdir(parents=True)
+    shutil.copy(src / "a02.npz", data)
+    shutil.copy(src / "a02.npz", data / "again")
+    with np.load(src / "b01.npz") as d:
+        t, hr, apn = d["t"], d["hr"], d["apn"]
+    np.savez(data / "x01.npz", t=t, hr=hr * 60.0, apn=apn)  # bpm instead of beats/s
+    np.savez(data / "x02.npz", t=np.zeros(0), hr=np.zeros(0), apn=apn[:30])  # no beats
+    res = _evaluate_apnea(data, tmp_path / "o", tiny_model)
+    assert res.exit_code == 1, res.output
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [r["id"] for r in rep["recordings"]] == ["a02"]
+    errors = {Path(f["source"]).relative_to(data).as_posix(): f["error"] for f in rep["failed"]}
+    assert set(errors) == {"again/a02.npz", "x01.npz", "x02.npz"}
+    assert "beats per second" in errors["x01.npz"] and "0 of 0 beats" in errors["x02.npz"]
+    assert f"is also {data / 'a02.npz'}" in errors["again/a02.npz"]
