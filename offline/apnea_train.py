@@ -37,6 +37,7 @@ from rtsleep.apnea.ecg_model import (
     save_ecg_model,
 )
 from rtsleep.apnea.trace_model import EcgTraceConfig, EcgTraceNet
+from rtsleep.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,11 @@ def register(app: typer.Typer) -> None:
         """Train the causal and non-causal ECG apnea models (feature GRU + trace CNN each) on all
         nights in DATA."""
         torch.set_num_threads(threads)
-        nights = read_apnea_ecg_dir(data)
+        try:
+            nights = read_apnea_ecg_dir(data)
+        except DataError as err:  # training needs every night: name the bad one, no traceback
+            typer.echo(f"apnea-train: {err}", err=True)
+            raise typer.Exit(1) from err
         inputs = [night_inputs(n) for n in nights]
         cfg = TrainConfig(epochs=epochs, seed=seed)
         trace_cfg = TraceTrainConfig(epochs=trace_epochs, seed=seed)

@@ -15,6 +15,7 @@ from offline.apnea_data import read_apnea_ecg_dir, read_npz_night
 from offline.apnea_train import TraceTrainConfig, TrainConfig, night_inputs, train_model
 from offline.cli import app
 from rtsleep.apnea.ecg_model import save_ecg_model
+from rtsleep.data.errors import DataError
 
 torch.set_num_threads(1)
 RECORDS = ("a02", "b01", "c03")
@@ -169,3 +170,17 @@ def test_nights_without_plausible_beats_or_read_twice_are_listed_not_scored(
     assert set(errors) == {"again/a02.npz", "x01.npz", "x02.npz"}
     assert "beats per second" in errors["x01.npz"] and "0 of 0 beats" in errors["x02.npz"]
     assert f"is also {data / 'a02.npz'}" in errors["again/a02.npz"]
+
+
+def test_apnea_train_on_a_damaged_night_is_a_one_line_error(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    src = shared_data / "apnea-ecg-hr" / "train"
+    shutil.copy(src / "c03.npz", tmp_path)
+    (tmp_path / "c04.npz").write_bytes((src / "c04.npz").read_bytes()[:3000])  # cut short
+    out = tmp_path / "m.safetensors"
+    res = CliRunner().invoke(app, ["apnea-train", "--data", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 1 and not isinstance(res.exception, DataError)
+    assert res.output.strip().splitlines() == [
+        f"apnea-train: {tmp_path / 'c04.npz'}: unreadable npz: File is not a zip file"]
+    assert not out.exists()
