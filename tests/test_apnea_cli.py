@@ -182,5 +182,6 @@ def test_apnea_train_on_a_damaged_night_is_a_one_line_error(
     res = CliRunner().invoke(app, ["apnea-train", "--data", str(tmp_path), "--out", str(out)])
     assert res.exit_code == 1 and not isinstance(res.exception, DataError)
     assert res.output.strip().splitlines() == [
-        f"apnea-train: {tmp_path / 'c04.npz'}: unreadable npz: File is not a zip file"]
+        f"apnea-train: {tmp_path / 'c04.npz'}: unreadable npz: not a zip archive (damaged or "
+        "not an npz file)"]
     assert not out.exists()

@@ -69,6 +69,8 @@ def read_apnea_ecg(source: Path, channel_map: ChannelMap | None = None) -> Recor
 
 
 def _read_npz(path: Path) -> Recording:
+    if not zipfile.is_zipfile(path):  # else numpy's message is about pickles and allow_pickle
+        raise DataError(path, "unreadable npz: not a zip archive (damaged or not an npz file)")
     try:
         with np.load(path, allow_pickle=False) as d:
             missing = {"t", "hr", "apn"} - set(d.files)
@@ -77,6 +79,8 @@ def _read_npz(path: Path) -> Recording:
             t = np.asarray(d["t"], dtype=np.float64)
             hr = np.asarray(d["hr"], dtype=np.float64)
             apn_raw = np.asarray(d["apn"])
+    except DataError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(path, f"unreadable npz: {err}") from None
     if t.ndim != 1 or hr.shape != t.shape:
