@@ -103,3 +103,16 @@ def test_bad_npz_files_are_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         read_recording("apnea-ecg", bad)
     assert str(err.value).count(str(bad)) == 1, "the file is named once"
+
+
+def test_truncated_signal_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    # wfdb reads past the end of a cut .dat without a word and returns garbage for the rest
+    apn = _apn_record(tmp_path, ["N", "A", "N"], with_signal=True)
+    dat = tmp_path / "x01.dat"
+    whole = dat.read_bytes()
+    assert len(whole) == 3 * 60 * 100 * 2  # format 16: two bytes a sample
+    assert read_recording("apnea-ecg", apn).channels  # the whole file reads
+    dat.write_bytes(whole[:300])
+    with pytest.raises(DataError, match="x01.dat: truncated WFDB signal file: 300 bytes, the "
+                                        "header's 18000 samples need 36000"):
+        read_recording("apnea-ecg", apn)

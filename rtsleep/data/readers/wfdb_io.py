@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Bits per sample of the WFDB storage formats whose file size follows from the header (the
+#: difference formats 310/311 and the FLAC formats 508-532 are not checked).
+_FORMAT_BITS = {"8": 8, "80": 8, "16": 16, "61": 16, "160": 16, "212": 12, "24": 24, "32": 32}
+
 
 def _with_patched_header(record: Path, exts: tuple[str, ...], read: Callable[[Path], T]) -> T:
     """Run ``read(record)``; on a header date error, retry on a copy without the base date."""
@@ -82,6 +86,30 @@ def read_annotation(record: Path, ext: str) -> wfdb.io.annotation.Annotation:
         raise DataError(path, f"unreadable WFDB annotation file: {err}") from None
 
 
+def _check_sizes(header: wfdb.io.record.Record, folder: Path) -> None:
+    """``DataError`` when a signal file is shorter than its header says: wfdb reads past the
+    end of a truncated ``.dat`` without a word and returns garbage for the missing part."""
+    if not header.sig_len:
+        return
+    n = len(header.file_name or [])
+    fmts = list(header.fmt or [""] * n)
+    spf = list(header.samps_per_frame or [1] * n)
+    offsets = list(header.byte_offset or [0] * n)
+    bits: dict[str, int] = {}  # file -> bits per frame
+    offset: dict[str, int] = {}  # file -> bytes before the first sample
+    for name, fmt, k, off in zip(header.file_name or [], fmts, spf, offsets, strict=False):
+        if str(fmt) not in _FORMAT_BITS:
+            return
+        bits[name] = bits.get(name, 0) + _FORMAT_BITS[str(fmt)] * int(k or 1)
+        offset[name] = int(off or 0)
+    for name, frame_bits in bits.items():
+        need = offset[name] + (int(header.sig_len) * frame_bits + 7) // 8
+        size = Path(folder, name).stat().st_size
+        if size < need:
+            raise DataError(Path(folder, name), f"truncated WFDB signal file: {size} bytes, the "
+                            f"header's {header.sig_len} samples need {need}")
+
+
 def read_signals(record: Path, channel_map: ChannelMap | None = None) -> list[Channel]:
     """All signals of ``record`` when its ``.dat`` file is present, else ``[]``.
 
@@ -92,6 +120,7 @@ def read_signals(record: Path, channel_map: ChannelMap | None = None) -> list[Ch
     files = {Path(record.parent, f) for f in (header.file_name or []) if f}
     if not files or not all(f.is_file() for f in files):
         return []
+    _check_sizes(header, record.parent)
     cmap = channel_map or DEFAULT_CHANNEL_MAP
     try:
         rec = _with_patched_header(
