@@ -89,6 +89,18 @@ def test_ahi_is_undefined_before_sleep() -> None:
     assert r.ahi is None and r.summary()["severity"] is None
 
 
+def test_ahi_waits_for_min_sleep_s_so_one_early_event_is_not_severe() -> None:
+    r = RunningAhi(min_sleep_s=600.0)
+    r.add_epoch(Stage.N2)
+    r.add_event()  # one event in 30 s of sleep would read as 120 events/h
+    assert r.ahi is None and r.summary()["severity"] is None
+    for _ in range(19):
+        r.add_epoch(Stage.N2)
+    assert r.ahi == pytest.approx(6.0) and r.summary()["severity"] == "mild"  # 1 in 10 min
+    with pytest.raises(ValueError, match="min_sleep_s"):
+        RunningAhi(min_sleep_s=-1.0)
+
+
 @pytest.mark.parametrize(
     ("ahi", "cls"),
     [

@@ -53,6 +53,14 @@ def test_excerpt3_alerts_are_schema_valid_and_counted_in_ahi(shared_data: Path) 
     assert summary["severity"] is not None
 
 
+def test_aasm_ahi_is_not_published_before_ten_minutes_of_sleep(shared_data: Path) -> None:
+    blocks = excerpt3_blocks(shared_data, anchor=ANCHOR)
+    resp, _ = run(blocks[:19])  # 9.5 min of N2
+    assert resp.summary()["ahi"] is None and resp.summary()["severity"] is None
+    resp, _ = run(blocks[:20])
+    assert resp.summary()["ahi"] is not None
+
+
 def test_airflow_gap_closes_the_segment_and_rebases_later_events(shared_data: Path) -> None:
     blocks = excerpt3_blocks(shared_data, "RESP", 20, anchor=ANCHOR)
     assert blocks[20].quality.channel("NAF1").n_missing == 1500

@@ -33,9 +33,16 @@ def ahi_from_minutes(minute_labels: np.ndarray) -> float:
 
 
 class RunningAhi:
-    """Counts events and sleep time as a night goes on (one per bed)."""
+    """Counts events and sleep time as a night goes on (one per bed).
 
-    def __init__(self) -> None:
+    ``min_sleep_s``: the AHI stays undefined until this much sleep has been counted, so one
+    event in the first epoch of sleep does not read as 120 events/h ("severe").
+    """
+
+    def __init__(self, min_sleep_s: float = 0.0) -> None:
+        if not 0 <= min_sleep_s < float("inf"):
+            raise ValueError(f"min_sleep_s must be >= 0 s, got {min_sleep_s}")
+        self.min_sleep_s = float(min_sleep_s)
         self.n_events = 0
         self.sleep_s = 0.0
         self.n_epochs = 0
@@ -52,8 +59,8 @@ class RunningAhi:
 
     @property
     def ahi(self) -> float | None:
-        """Events per hour of sleep; None before any sleep."""
-        if self.sleep_s <= 0:
+        """Events per hour of sleep; None before any sleep or before ``min_sleep_s``."""
+        if self.sleep_s <= 0 or self.sleep_s < self.min_sleep_s:
             return None
         return self.n_events / (self.sleep_s / 3600.0)
 

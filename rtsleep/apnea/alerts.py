@@ -26,10 +26,11 @@ from rtsleep.data.recording import EPOCH_S, Stage
 class AlertTracker:
     """One bed's alerts and AHI."""
 
-    def __init__(self, bed: str, gate_by_stage: bool = True) -> None:
+    def __init__(self, bed: str, gate_by_stage: bool = True, min_sleep_s: float = 0.0) -> None:
+        """``min_sleep_s``: seconds of sleep before the AHI is defined (:class:`RunningAhi`)."""
         self.bed = bed
         self.gate_by_stage = gate_by_stage
-        self.ahi = RunningAhi()
+        self.ahi = RunningAhi(min_sleep_s)
         self._stages: dict[int, int] = {}
         self._open: dict[int, dict[str, object]] = {}  # detector id -> provisional alert
         self._waiting: dict[int, RespEvent] = {}  # detector-confirmed, stage unknown

@@ -260,7 +260,7 @@ class Daemon:
         self.alerts[bed] = BedAlerts(bed, self.thresholds, self.model_id)
         if self.cfg.alerts.aasm:
             self.respiration[bed] = BedRespiration(bed, self.cfg.alerts.hypopnea_rule,
-                                                   self.model_id)
+                                                   self.model_id, self.thresholds.min_sleep_s)
         if self.ecg_model is not None:
             self.ecg[bed] = BedEcgApnea(bed, self.ecg_model, self.thresholds, self.model_id)
 

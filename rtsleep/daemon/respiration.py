@@ -72,14 +72,16 @@ def pick_channels(channels: tuple[EpochChannel, ...] | list[EpochChannel]) -> Re
 class BedRespiration:
     """One bed's respiratory detector segments, alert tracker and AHI (see the module docstring).
 
-    ``rule``: AASM hypopnea rule ``1A`` (3 % desaturation) or ``1B`` (4 %).
+    ``rule``: AASM hypopnea rule ``1A`` (3 % desaturation) or ``1B`` (4 %); ``min_sleep_s``:
+    seconds of sleep before the AHI is published (the model alerts' ``min_sleep_s``).
     """
 
-    def __init__(self, bed: str, rule: str = "1A", model_id: str = "") -> None:
+    def __init__(self, bed: str, rule: str = "1A", model_id: str = "",
+                 min_sleep_s: float = 600.0) -> None:
         self.bed = bed
         self.rule = rule
         self.model_id = model_id
-        self.tracker = AlertTracker(bed)
+        self.tracker = AlertTracker(bed, min_sleep_s=min_sleep_s)
         self.channels: RespChannels | None = None
         self._detector: RespiratoryDetector | None = None
         self._epoch0 = 0
