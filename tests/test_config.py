@@ -199,3 +199,30 @@ def test_new_recording_command_checks_the_bed_and_writes_the_request(tmp_path: P
     cfg = write(tmp_path, GOOD.replace("/tmp/rtsleep-state", str(tmp_path / "no" / "dir")))
     res = runner.invoke(app, ["new-recording", "--config", str(cfg), "bed1"])
     assert res.exit_code == 1 and "cannot write the request for bed bed1" in res.output
+
+
+def test_check_names_the_running_daemon_even_when_it_finds_problems(tmp_path: Path) -> None:
+    """With ``serve`` up, a stream that is not found must still come with the note that this
+    state directory's daemon is running (its endpoints were not test-bound): an operator reading
+    "not found" needs to know the daemon is there."""
+    import fcntl
+    import os
+
+    from typer.testing import CliRunner
+
+    from rtsleep.cli import app
+    from rtsleep.daemon.lifecycle import LOCK_FILE
+
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = write(tmp_path, GOOD.replace("/tmp/rtsleep-state", str(state)))
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running serve holds it
+        os.write(fd, b"4242\n")
+        res = CliRunner().invoke(app, ["check", "--config", str(cfg), "--stream-timeout", "0.1"])
+    finally:
+        os.close(fd)
+    assert res.exit_code == 1, res.output
+    assert "LSL stream" in res.output and "not found" in res.output
+    assert "rtsleep serve is running with this state directory (pid 4242)" in res.output
