@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsleep.data.errors import DataError
+from rtsleep.data.readers import DATASETS
 from rtsleep.data.recording import EPOCH_S
 
 
@@ -92,7 +93,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate(
-        dataset: Annotated[str, typer.Option(help="Dataset layout, e.g. apnea-ecg.")],
+        dataset: Annotated[str, typer.Option(help=(
+            "Dataset layout: a reader (" + ", ".join(DATASETS) + "), or sleep-edf-features "
+            "(the Sleep-EDF feature files); a store folder is read as a store."))],
         data: Annotated[Path, typer.Option(help="Folder with the labelled recordings.")],
         out: Annotated[Path, typer.Option(help="Report folder (report.json + PNG figures).")],
         task: Annotated[Task, typer.Option(help="What to evaluate.")] = Task.stage,

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -596,7 +597,9 @@ class _Run:
             total=cfg.steps,
             initial=start,
             desc=self.desc,
-            disable=not (cfg.progress and self.dist.is_main),
+            # not into a log file: without a terminal the bar's carriage returns glue the log
+            # lines onto it; the ETA log line every log_every steps gives the progress there
+            disable=not (cfg.progress and self.dist.is_main and sys.stderr.isatty()),
             dynamic_ncols=True,
         )
         batches = _Batches(self.stream, cfg, self.dist.rank)

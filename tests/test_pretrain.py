@@ -345,3 +345,19 @@ def test_merged_lora_layer_computes_the_adapted_function() -> None:
     x = torch.randn(3, 6)
     assert torch.allclose(lora(x), lora.merged()(x), atol=1e-6)
     assert not torch.allclose(lora(x), layer(x))
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_only_on_a_terminal_so_log_files_keep_whole_lines(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, terminal: bool,
+) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+    loop = dataclasses.replace(LOOP, steps=2, progress=True)
+    pretrain(PretrainConfig(method="neuronet", model=ModelSection("tiny"), loop=loop), store,
+             tmp_path / "run")
+    err = capsys.readouterr().err
+    # the bar redraws with carriage returns; in a log file they ran into the log lines
+    assert ("\r" in err and "2/2" in err) is terminal

@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Output JSON lines file.")],
         png: Annotated[bool, typer.Option(help="Also write <out>.png (hypnogram).")] = False,
         model: Annotated[str, typer.Option(help="Model file (default: bundled).")] = "",
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
         dataset: Annotated[str, typer.Option(help="Reader for EDF files.")] = "edf",
         threads: Annotated[int, typer.Option(
             help="torch CPU threads (0: torch's default); the daemon's default is 1.")] = 1,
