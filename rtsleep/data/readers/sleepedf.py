@@ -1,8 +1,9 @@
 """Sleep-EDF Expanded: ``*-PSG.edf`` + ``*-Hypnogram.edf`` (EDF+ stage annotations).
 
 **Pairing.** A PSG pairs with the hypnogram whose name shares its first 7 characters
-(``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``), searched in the PSG's folder, then under
-its parent folder (the match must be unique at the level where it is found). A PSG with another
+(``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``; names in any letter case), searched in
+the PSG's folder, then under its parent folder (the match must be unique at the level where it
+is found). A PSG with another
 name (``short_psg.edf``, the first 300 s of ``SC4001E0-PSG.edf``) pairs with a hypnogram only by
 header: the same patient field and the same start date and time to the second, and exactly one
 such hypnogram. An explicit ``hypnogram=``
@@ -50,15 +51,14 @@ from rtsleep.data.recording import EPOCH_S, Recording, Stage
 
 log = logging.getLogger(__name__)
 
-_NIGHT = re.compile(r"^(S[CT]\d{4}[A-Z])")
-HYPNOGRAM_GLOB = "*-Hypnogram.edf"
+_NIGHT = re.compile(r"^(S[CT]\d{4}[A-Z])", re.IGNORECASE)
 PSG_GLOB = "*-PSG.edf"
 OVERRUN_ALLOWANCE_S = EPOCH_S
 
 
 def _night_key(path: Path) -> str | None:
     m = _NIGHT.match(path.name)
-    return m.group(1) if m else None
+    return m.group(1).upper() if m else None
 
 
 def _is_hypnogram(path: Path) -> bool:
@@ -66,11 +66,12 @@ def _is_hypnogram(path: Path) -> bool:
 
 
 def _candidate_hypnograms(psg: Path) -> list[list[Path]]:
-    """Hypnograms beside the PSG, then (excluding those) under its parent folder."""
-    near = sorted(psg.parent.glob(HYPNOGRAM_GLOB))
+    """Hypnograms beside the PSG, then (excluding those) under its parent folder; names in any
+    case (``SC4001EC-HYPNOGRAM.EDF``)."""
+    near = sorted(p for p in psg.parent.iterdir() if _is_hypnogram(p))
     far: list[Path] = []
     if psg.parent.parent != psg.parent:
-        far = sorted(set(psg.parent.parent.rglob(HYPNOGRAM_GLOB)) - set(near))
+        far = sorted({p for p in psg.parent.parent.rglob("*") if _is_hypnogram(p)} - set(near))
     return [near, far]
 
 
