@@ -190,3 +190,19 @@ def test_edf_excerpt_without_hypnogram_channel_takes_the_text_hypnogram(
     fine, step = dreams_fine_stages(rec)
     assert step == 5.0 and len(fine) == 360
     assert rec.events == []
+
+
+def test_hypnogram_is_found_whatever_the_letter_case_of_its_name(
+    dreams: Path, recordings: dict[str, Recording], tmp_path: Path
+) -> None:
+    from rtsleep.data.readers.dreams import dreams_fine_stages
+
+    shutil.copy(dreams / "excerpt2.txt", tmp_path / "Excerpt4.TXT")
+    shutil.copy(dreams / "Hypnogram_excerpt2.txt", tmp_path / "hypnogram_EXCERPT4.txt")
+    shutil.copy(dreams / "Hypnogram_excerpt5.txt", tmp_path / "Hypnogram_excerpt14.txt")
+    (source,) = list_sources("dreams", tmp_path)
+    rec = read_recording("dreams", source)
+    assert rec.id == "excerpt4"
+    np.testing.assert_array_equal(rec.stages, recordings["excerpt2"].stages)
+    fine, step = dreams_fine_stages(rec)
+    assert step == 5.0 and len(fine) == 360

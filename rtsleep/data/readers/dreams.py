@@ -14,7 +14,7 @@
 - ``excerpt3.edf`` (full PSG): all channels via the EDF reader. The stages come from its 1-Hz
   ``hypnogram`` channel (the same codes, 1 s each) with the same vote over 30 values; an
   excerpt EDF without that channel takes its stages from ``Hypnogram_excerptN.txt`` beside it
-  (and has none, with a warning, when that is missing too).
+  (its name in any letter case), and has none, with a warning, when that is missing too.
   ``event_pneumo`` (expert respiratory events; codes 1, 3 and 10 are undocumented, 0 = none) is
   kept as a raw 1-Hz OTHER channel, and each run of one non-zero code becomes an
   ``APNEA_HYPOPNEA`` event (disordered breathing, type unknown) labelled ``event_pneumo=<code>``.
@@ -63,6 +63,7 @@ EDF_UNIT_FIXES = {"ECG": UV}
 """excerpt3.edf: ECG header unit ``MV`` is wrong by 1000x (see module docstring)."""
 
 _EXCERPT = re.compile(r"^excerpt(\d+)\.(txt|edf)$", re.IGNORECASE)
+_HYPNOGRAM = re.compile(r"^hypnogram_excerpt(\d+)\.txt$", re.IGNORECASE)
 
 
 def list_dreams_sources(path: Path) -> list[Path]:
@@ -142,7 +143,7 @@ def dreams_fine_stages(rec: Recording) -> tuple[np.ndarray, float]:
     if rec.source.suffix.lower() == ".edf" and _has_channel(rec, "hypnogram"):
         hyp = rec.channel("hypnogram")
         return _map_codes(hyp.data.astype(np.int64), rec.source), 1.0 / hyp.sfreq
-    hyp_txt = rec.source.with_name(f"Hypnogram_{_excerpt_name(rec.source)}.txt")
+    hyp_txt = _hypnogram_txt(rec.source)
     return read_dreams_hypnogram_steps(hyp_txt, rec.duration_s), HYPNOGRAM_STEP_S
 
 
@@ -180,11 +181,25 @@ def _excerpt_name(path: Path) -> str:
     return f"excerpt{int(m.group(1))}"
 
 
+def _hypnogram_txt(source: Path) -> Path:
+    """``Hypnogram_excerptN.txt`` beside the excerpt ``source``, its name in any letter case
+    (``hypnogram_Excerpt4.TXT``); the usual name when there is none."""
+    name = _excerpt_name(source)
+    usual = source.with_name(f"Hypnogram_{name}.txt")
+    if usual.is_file():
+        return usual
+    for f in sorted(source.parent.iterdir()):
+        m = _HYPNOGRAM.match(f.name)
+        if m and f"excerpt{int(m.group(1))}" == name and f.is_file():
+            return f
+    return usual
+
+
 def read_dreams(source: Path, channel_map: ChannelMap | None = None) -> Recording:
     """One DREAMS excerpt (``excerptN.txt`` or ``excerptN.edf``) with its stages and events."""
     cmap = channel_map or DEFAULT_CHANNEL_MAP
     name = _excerpt_name(source)
-    hyp_txt = source.with_name(f"Hypnogram_{name}.txt")
+    hyp_txt = _hypnogram_txt(source)
     if source.suffix.lower() == ".edf":
         rec = read_edf(
             source, cmap, dataset="dreams", recording_id=name, subject=name,
