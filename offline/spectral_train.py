@@ -70,9 +70,9 @@ SEDF_EEG_VIEWS: tuple[tuple[str, ...], ...] = (("Fpz-Cz", "Pz-Oz"),)
 derivations alike (one drawn per crop), and a recording with both scores better on their mean
 (docs/benchmarks.md, "Which Sleep-EDF channel")."""
 
-SEDF_FILE_NAME = re.compile(r"^SC4(\d\d)(\d)[A-Z]0\.npz$")
+SEDF_FILE_NAME = re.compile(r"^SC4(\d\d)(\d)[A-Z]0\.npz$", re.IGNORECASE)
 """File name of a Sleep-EDF per-epoch feature night, named after its PSG (``SC4ssnE0.npz``:
-subject ``ss``, night ``n``; a few sleep-cassette PSGs end ``F0`` or ``G0``)."""
+subject ``ss``, night ``n``; a few sleep-cassette PSGs end ``F0`` or ``G0``; any letter case)."""
 
 
 def spectral_model_config(
@@ -140,11 +140,17 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60,
                             failed: Failed | None = None) -> list[Sequence]:
     """Sleep-EDF nights from ``features/SC4ssnE0.npz`` files (sorted), trimmed to the sleep period
     plus ``wake_margin_epochs`` on each side (None: every row, the whole recording). Nights
-    without sleep are left out. Subject = the two digits ``ss``. An unreadable file raises
-    ``DataError``; with a ``failed`` list it is logged, appended as ``(file, error)`` and left
-    out instead (a folder with none readable still raises)."""
+    without sleep, and ``.npz`` files with other names, are left out with a warning. Subject =
+    the two digits ``ss``. An unreadable file raises ``DataError``; with a ``failed`` list it is
+    logged, appended as ``(file, error)`` and left out instead (a folder with none readable
+    still raises)."""
     folder = Path(folder)
     matched = sleep_edf_feature_files(folder)
+    others = sorted(set(folder.rglob("*.npz")) - {p for p, _ in matched})
+    if others:
+        log.warning("%s: %d .npz file(s) not named like a Sleep-EDF feature night (SC4ssnE0.npz), "
+                    "left out: %s", folder, len(others), ", ".join(p.name for p in others[:5])
+                    + (" ..." if len(others) > 5 else ""))
     if not matched:
         raise DataError(folder, "no Sleep-EDF feature files (SC4ssnE0.npz)")
     out: list[Sequence] = []

@@ -199,3 +199,15 @@ def test_a_feature_night_without_sleep_is_left_out_with_a_warning(
         nights = st.load_sleep_edf_features(tmp_path, wake_margin_epochs=None)
     assert [n.id for n in nights] == ["SC4002E0"]
     assert f"{tmp_path / 'SC4001E0.npz'}: no sleep epoch in its labels; left out" in caplog.text
+
+
+def test_feature_files_in_any_letter_case_are_read_and_other_npz_files_are_named(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    features = shared_data / "sleep-edf-sc-subset" / "features"
+    (tmp_path / "sc4001e0.npz").write_bytes((features / "SC4001E0.npz").read_bytes())
+    (tmp_path / "SC4002E0_features.npz").write_bytes((features / "SC4002E0.npz").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        nights = st.load_sleep_edf_features(tmp_path, wake_margin_epochs=None)
+    assert [(n.id, n.subject, len(n.stages)) for n in nights] == [("sc4001e0", "00", 2650)]
+    assert "SC4002E0_features.npz" in caplog.text
