@@ -116,3 +116,21 @@ def test_truncated_signal_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="x01.dat: truncated WFDB signal file: 300 bytes, the "
                                         "header's 18000 samples need 36000"):
         read_recording("apnea-ecg", apn)
+
+
+def test_sources_are_found_whatever_the_case_of_the_extension(
+    hr_folder: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "test").mkdir()
+    (tmp_path / "x01.npz").write_bytes((hr_folder / "a01.npz").read_bytes())
+    (tmp_path / "test" / "X02.NPZ").write_bytes((hr_folder / "b01.npz").read_bytes())
+    wfdb.wrann("X03", "APN", np.array([0, 6000]), symbol=["N", "A"], fs=100,
+               write_dir=str(tmp_path))
+    sources = list_sources("apnea-ecg", tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in sources] == [
+        "X03.APN", "test/X02.NPZ", "x01.npz"]
+    recs = [read_recording("apnea-ecg", s) for s in sources]
+    assert [r.id for r in recs] == ["X03", "X02", "x01"]
+    np.testing.assert_array_equal(recs[0].minute_labels, [False, True])  # type: ignore[arg-type]
+    b01 = read_recording("apnea-ecg", hr_folder / "b01.npz")
+    np.testing.assert_array_equal(recs[1].minute_labels, b01.minute_labels)  # type: ignore[arg-type]

@@ -35,16 +35,18 @@ APN_SYMBOLS = {"A": True, "N": False}
 
 
 def list_apnea_ecg_sources(path: Path) -> list[Path]:
-    """``*.apn`` and ``*.npz`` files under ``path``; an ``.apn`` wins over an ``.npz`` of the
-    same record name in the same folder."""
+    """``*.apn`` and ``*.npz`` files under ``path`` (the extension in any letter case); an
+    ``.apn`` wins over an ``.npz`` of the same record name in the same folder."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(path, "not found")
-    apn = sorted(p for p in path.rglob("*.apn") if p.is_file())
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".apn", ".npz"))
+    apn = [p for p in files if p.suffix.lower() == ".apn" and p.is_file()]
     taken = {p.with_suffix("") for p in apn}
     npz = [
-        p for p in sorted(path.rglob("*.npz")) if p.is_file() and p.with_suffix("") not in taken
+        p for p in files
+        if p.suffix.lower() == ".npz" and p.is_file() and p.with_suffix("") not in taken
     ]
     return sorted(apn + npz)
 
