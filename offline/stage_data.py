@@ -164,9 +164,11 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
 
     ``eeg_view_sets``: the model's ``SleepNetConfig.eeg_views``; the EEG channels they pair with
     the primary one are read too (``StageRecording.view_x``). Recordings without stages are
-    skipped with a warning. An unreadable one raises ``DataError``; with a ``failed`` list it (or
-    any other error of its reader) is logged, appended as ``(source, error)`` and skipped
-    instead. A folder without any staged recording raises ``DataError`` (after the last one).
+    skipped with a warning (with a ``failed`` list, as an evaluation passes, they are listed
+    there too: a signal whose hypnogram was not found). An unreadable one raises ``DataError``;
+    with a ``failed`` list it (or any other error of its reader) is logged, appended as
+    ``(source, error)`` and skipped instead. A folder without any staged recording raises
+    ``DataError`` (after the last one).
     """
     n_out = 0
     label_only = 0
@@ -178,6 +180,9 @@ def iter_raw(dataset: str, path: Path, spec: PreprocessSpec,
             continue
         if staged == "label-only":
             label_only += 1
+        if staged == "no-stages" and failed is not None:  # evaluation: its labels are missing
+            skip_failed(source, DataError(source, "no sleep stages (no hypnogram found for it)"),
+                        failed)
         if isinstance(staged, StageRecording):
             n_out += 1
             yield staged

@@ -360,3 +360,19 @@ def test_evaluate_with_a_missing_or_broken_stage_model_is_a_one_line_error(
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     line, = res.output.strip().splitlines()
     assert line.startswith(f"{model}: ") and ("cannot read" in line or "not an rtsleep" in line)
+
+
+def test_evaluate_lists_a_recording_whose_hypnogram_is_missing(
+    shared_data: Path, tmp_path: Path, model: SleepNet
+) -> None:
+    """A signal without its hypnogram in a folder given for evaluation is not scored, and is
+    named in the report's ``failed`` (not only a log line with exit status 0)."""
+    from offline.stage_eval import evaluate_stage
+
+    path, folder = _saved_model_and_excerpts(model, shared_data, tmp_path, (1, 2))
+    (folder / "Hypnogram_excerpt2.txt").unlink()
+    report = evaluate_stage("dreams", folder, path, tmp_path / "R")
+    assert sorted(report["recordings"]) == ["excerpt1"]
+    assert report["failed"] == [{"source": str(folder / "excerpt2.txt"),
+                                 "error": f"{folder / 'excerpt2.txt'}: no sleep stages (no "
+                                          "hypnogram found for it)"}]
