@@ -206,3 +206,16 @@ def test_hypnogram_is_found_whatever_the_letter_case_of_its_name(
     np.testing.assert_array_equal(rec.stages, recordings["excerpt2"].stages)
     fine, step = dreams_fine_stages(rec)
     assert step == 5.0 and len(fine) == 360
+
+
+def test_an_excerpt_number_in_two_folders_is_read_once_and_the_other_named(
+    dreams: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for sub, n in (("a", 2), ("b", 5)):
+        (tmp_path / sub).mkdir()
+        shutil.copy(dreams / f"excerpt{n}.txt", tmp_path / sub / "excerpt4.txt")
+        shutil.copy(dreams / f"Hypnogram_excerpt{n}.txt", tmp_path / sub / "Hypnogram_excerpt4.txt")
+    with caplog.at_level("WARNING"):
+        sources = list_sources("dreams", tmp_path)
+    assert sources == [tmp_path / "a" / "excerpt4.txt"]
+    assert str(tmp_path / "b" / "excerpt4.txt") in caplog.text

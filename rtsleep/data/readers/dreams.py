@@ -67,19 +67,28 @@ _HYPNOGRAM = re.compile(r"^hypnogram_excerpt(\d+)\.txt$", re.IGNORECASE)
 
 
 def list_dreams_sources(path: Path) -> list[Path]:
-    """``excerptN.edf`` or else ``excerptN.txt`` per excerpt under ``path`` (file or folder)."""
+    """``excerptN.edf`` or else ``excerptN.txt`` per excerpt under ``path`` (file or folder).
+
+    One recording per excerpt number (its id): an excerpt number found in several folders is
+    read from the first folder only, and the others are named in a warning."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DataError(path, "not found")
     best: dict[int, Path] = {}
+    others: list[Path] = []
     for f in sorted(path.rglob("*")):
         m = _EXCERPT.match(f.name)
         if not m or not f.is_file():
             continue
         n = int(m.group(1))
-        if n not in best or f.suffix.lower() == ".edf":
+        if n in best and best[n].parent != f.parent:
+            others.append(f)
+        elif n not in best or f.suffix.lower() == ".edf":
             best[n] = f
+    if others:
+        log.warning("%s: excerpt numbers found in more than one folder; left out: %s", path,
+                    ", ".join(str(f) for f in others))
     return [best[n] for n in sorted(best)]
 
 
