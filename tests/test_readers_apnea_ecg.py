@@ -134,3 +134,11 @@ def test_sources_are_found_whatever_the_case_of_the_extension(
     np.testing.assert_array_equal(recs[0].minute_labels, [False, True])  # type: ignore[arg-type]
     b01 = read_recording("apnea-ecg", hr_folder / "b01.npz")
     np.testing.assert_array_equal(recs[1].minute_labels, b01.minute_labels)  # type: ignore[arg-type]
+
+
+def test_physionet_r_and_er_records_do_not_count_their_night_twice(tmp_path: Path) -> None:
+    for name in ("a01", "a01r", "a01er", "c05er"):
+        wfdb.wrann(name, "apn", np.array([0, 6000]), symbol=["N", "A"], fs=100,
+                   write_dir=str(tmp_path))
+    # c05er has no c05 beside it: it is the only copy of its night and stays
+    assert [p.name for p in list_sources("apnea-ecg", tmp_path)] == ["a01.apn", "c05er.apn"]

@@ -36,7 +36,11 @@ APN_SYMBOLS = {"A": True, "N": False}
 
 def list_apnea_ecg_sources(path: Path) -> list[Path]:
     """``*.apn`` and ``*.npz`` files under ``path`` (the extension in any letter case); an
-    ``.apn`` wins over an ``.npz`` of the same record name in the same folder."""
+    ``.apn`` wins over an ``.npz`` of the same record name in the same folder.
+
+    PhysioNet's ``a01r`` and ``a01er`` records (respiration, and the ECG beside it, for a few
+    nights) are the night of ``a01``: with ``a01`` in the same folder they are left out, so a
+    whole download does not count those nights twice."""
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -48,7 +52,15 @@ def list_apnea_ecg_sources(path: Path) -> list[Path]:
         p for p in files
         if p.suffix.lower() == ".npz" and p.is_file() and p.with_suffix("") not in taken
     ]
-    return sorted(apn + npz)
+    found = apn + npz
+    names = {(p.parent, p.stem.lower()) for p in found}
+    subsets = [p for p in found if any(
+        p.stem.lower().endswith(tail) and (p.parent, p.stem.lower()[: -len(tail)]) in names
+        for tail in ("er", "r"))]
+    if subsets:
+        log.info("%s: %d record(s) of a night listed under its own name too, left out: %s", path,
+                 len(subsets), ", ".join(p.name for p in subsets))
+    return sorted(set(found) - set(subsets))
 
 
 def minute_events(labels: np.ndarray) -> list[Event]:
