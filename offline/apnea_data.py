@@ -80,9 +80,10 @@ def night_from_recording(rec: Recording) -> ApneaNight:
             rec.id, rec.beats.times_s, np.asarray(rec.beats.hr_bps, dtype=np.float64), labels, ends
         ))
     record = Path(rec.source).with_suffix("")
-    qrs = Path(f"{record}.qrs")
-    if qrs.is_file():
-        ann = read_annotation(record, "qrs")
+    qrs = next((Path(f"{record}.{ext}") for ext in ("qrs", "QRS")
+                if Path(f"{record}.{ext}").is_file()), None)
+    if qrs is not None:
+        ann = read_annotation(record, qrs.suffix[1:])
         fs = float(ann.fs) if ann.fs else 100.0
         beat_t = np.unique(np.asarray(ann.sample, dtype=np.float64) / fs)
     else:

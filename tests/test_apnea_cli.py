@@ -95,18 +95,20 @@ def test_evaluate_on_a_folder_without_nights_is_a_one_line_error(tmp_path: Path)
     assert "no Apnea-ECG nights" in res.output
 
 
-def test_wfdb_layout_reads_the_same_labels(shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "qrs", "apn"), [("c03", "qrs", "apn"), ("C03", "QRS", "APN")])
+def test_wfdb_layout_reads_the_same_labels(
+        shared_data: Path, tmp_path: Path, name: str, qrs: str, apn: str) -> None:
     import wfdb
 
     night = read_npz_night(shared_data / "apnea-ecg-hr" / "train" / "c03.npz")
     fs = 100
     beats = np.round(night.times_s * fs).astype(int)
     beats = np.unique(beats)
-    wfdb.wrann("c03", "qrs", beats, symbol=["N"] * beats.size, write_dir=str(tmp_path), fs=fs)
+    wfdb.wrann(name, qrs, beats, symbol=["N"] * beats.size, write_dir=str(tmp_path), fs=fs)
     minutes = np.arange(night.labels.size) * 60 * fs
     sym = ["A" if y else "N" for y in night.labels]
-    wfdb.wrann("c03", "apn", minutes, symbol=sym, write_dir=str(tmp_path), fs=fs)
-    (w,) = read_apnea_ecg_dir(tmp_path)
+    wfdb.wrann(name, apn, minutes, symbol=sym, write_dir=str(tmp_path), fs=fs)
+    (w,) = read_apnea_ecg_dir(tmp_path)  # upper-case extensions: the beats are found too
     np.testing.assert_array_equal(w.labels, night.labels)
     assert w.features().shape[0] == night.labels.size
 
