@@ -66,16 +66,21 @@ def test_excerpt_pairs_by_header_and_is_cropped_to_its_10_w_epochs(sleepedf: Pat
     assert len(rec.channels) == 7
 
 
+DATE = dt.date(1989, 4, 24)
+
+
 def _psg(path: Path, seconds: int) -> Path:
     rng = np.random.default_rng(0)
     sig = edfio.EdfSignal(rng.normal(0, 20, 100 * seconds), 100.0, label="EEG Fpz-Cz",
                           physical_dimension="uV", physical_range=(-500.0, 500.0))
-    edfio.Edf([sig], starttime=dt.time(16, 13), data_record_duration=30.0).write(path)
+    edfio.Edf([sig], starttime=dt.time(16, 13), recording=edfio.Recording(startdate=DATE),
+              data_record_duration=30.0).write(path)
     return path
 
 
-def _hypnogram(path: Path, annotations: list[tuple[float, float, str]]) -> Path:
-    edf = edfio.Edf([], starttime=dt.time(16, 13),
+def _hypnogram(path: Path, annotations: list[tuple[float, float, str]],
+               start: dt.time = dt.time(16, 13)) -> Path:
+    edf = edfio.Edf([], starttime=start, recording=edfio.Recording(startdate=DATE),
                     annotations=[edfio.EdfAnnotation(o, d, t) for o, d, t in annotations])
     edf.write(path)
     return path
@@ -91,6 +96,21 @@ def test_name_pairing_and_trailing_unscored_overrun_is_dropped(tmp_path: Path) -
     rec = read_sleepedf(psg)
     assert rec.id == "SC4991E0" and rec.subject == "SC499"
     np.testing.assert_array_equal(rec.stages, [0] * 4 + [2] * 6)  # type: ignore[arg-type]
+
+
+def test_a_hypnogram_that_starts_after_its_psg_is_put_on_the_psg_clock(tmp_path: Path) -> None:
+    # EDF+ onsets count from the hypnogram's own start, here 60 s after the PSG's
+    psg = _psg(tmp_path / "SC4991E0-PSG.edf", 300)
+    _hypnogram(tmp_path / "SC4991EC-Hypnogram.edf", [
+        (0.0, 60.0, "Sleep stage W"), (60.0, 180.0, "Sleep stage 2"),
+    ], start=dt.time(16, 14))
+    rec = read_sleepedf(psg)
+    np.testing.assert_array_equal(rec.stages, [-1] * 2 + [0] * 2 + [2] * 6)  # type: ignore[arg-type]
+    # one that starts 30 s before: its first 30 s fall before the recording and are dropped
+    _hypnogram(tmp_path / "SC4991EC-Hypnogram.edf", [
+        (0.0, 60.0, "Sleep stage W"), (60.0, 270.0, "Sleep stage 2"),
+    ], start=dt.time(16, 12, 30))
+    np.testing.assert_array_equal(read_sleepedf(psg).stages, [0] + [2] * 9)  # type: ignore[arg-type]
 
 
 def test_scored_stage_past_the_psg_end_is_an_error(tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ def read_sleepedf(
     if hypnogram is None:
         log.warning("%s: no hypnogram found; recording has no stages", source)
         return rec
-    annotations = read_hypnogram_annotations(hypnogram)
+    annotations, hyp_start = _read_hypnogram(hypnogram)
+    annotations = _on_psg_clock(annotations, hyp_start, rec.start_time, source, hypnogram)
     n_epochs = n_epochs_for(rec.duration_s)
     if crop is None:
         crop = how == "header"
@@ -189,6 +190,32 @@ def read_sleepedf(
         )
     rec.source_sha256 = sha256_files(source, hypnogram)
     return rec
+
+
+def _on_psg_clock(annotations: list[Annotation], hyp_start: datetime | None,
+                  psg_start: datetime | None, psg: Path, hypnogram: Path) -> list[Annotation]:
+    """The hypnogram's annotations with onsets from the PSG's start.
+
+    EDF+ onsets count from the file's own start: a hypnogram that starts later (or earlier) than
+    its PSG would otherwise shift every stage. The parts before the PSG's start are dropped."""
+    if hyp_start is None or psg_start is None:
+        return annotations
+    offset = (hyp_start - psg_start).total_seconds()
+    if abs(offset) < 0.5:
+        return annotations
+    shifted: list[Annotation] = []
+    for onset, duration, label in annotations:
+        start = onset + offset
+        if start < 0:
+            duration, start = duration + start, 0.0
+        if duration > 0:
+            shifted.append((start, duration, label))
+    grid = "" if offset % EPOCH_S == 0 else f"; not a whole number of {EPOCH_S:g}-s epochs, so " \
+        "the scoring grid is not the PSG's and each epoch takes the stage at its midpoint"
+    (log.info if not grid else log.warning)(
+        "%s: %s starts %+g s from the PSG; its onsets moved onto the PSG's clock%s", psg,
+        hypnogram.name, offset, grid)
+    return shifted
 
 
 def _fit_stages(
