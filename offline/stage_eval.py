@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from offline.failures import Failed
+from offline.failures import Failed, skip_failed
 from offline.stage_data import StageRecording
 from rtsleep.data.recording import EXG_MODALITIES, STAGE_NAMES, Modality
 from rtsleep.models.checkpoint import Predictor
@@ -421,6 +421,11 @@ def evaluate_stage(
         if meta.config.encoder != "spectral" and rec.log_power is not None:
             raise DataError(Path(data), f"band-power features need a spectral model; "
                                         f"{path.name} has encoder {meta.config.encoder!r}")
+        if any(e.rec.id == rec.id for e in evals):  # the report is keyed by recording id
+            skip_failed(Path(data) / rec.id, DataError(
+                Path(data), f"recording id {rec.id} read a second time (two copies of one night "
+                "in the folder?); only the first is scored"), failed)
+            continue
         if wake_margin_epochs is not None:
             rec = sleep_period(rec, wake_margin_epochs)
         t0 = time.perf_counter()

@@ -376,3 +376,27 @@ def test_evaluate_lists_a_recording_whose_hypnogram_is_missing(
     assert report["failed"] == [{"source": str(folder / "excerpt2.txt"),
                                  "error": f"{folder / 'excerpt2.txt'}: no sleep stages (no "
                                           "hypnogram found for it)"}]
+
+
+def test_one_night_found_twice_is_scored_once_and_the_copy_listed(
+    shared_data: Path, tmp_path: Path, model: SleepNet
+) -> None:
+    """Two copies of a night (same recording id) in one folder: the report is keyed by id, so
+    the second would have replaced the first while the pooled figures counted both."""
+    from offline.stage_eval import evaluate_stage
+    from rtsleep.data.preprocessing import PreprocessSpec
+    from rtsleep.models.checkpoint import save_model
+
+    path = tmp_path / "spectral.safetensors"
+    save_model(model, path, PreprocessSpec.default())
+    src = shared_data / "sleep-edf-sc-subset" / "features" / "SC4011E0.npz"
+    for sub in ("a", "b"):
+        (tmp_path / "features" / sub).mkdir(parents=True)
+        (tmp_path / "features" / sub / "SC4011E0.npz").symlink_to(src)
+    report = evaluate_stage("sleep-edf-features", tmp_path / "features", path, tmp_path / "R")
+    assert sorted(report["recordings"]) == ["SC4011E0"]
+    n = report["recordings"]["SC4011E0"]["offline"]["n_epochs"]
+    assert report["pooled"]["n_epochs"] == n
+    assert [f["error"] for f in report["failed"]] == [
+        f"{tmp_path / 'features'}: recording id SC4011E0 read a second time (two copies of one "
+        "night in the folder?); only the first is scored"]
