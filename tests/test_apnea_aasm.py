@@ -7,6 +7,7 @@ import pytest
 
 from rtsleep.apnea.aasm import (
     AasmConfig,
+    RespiratoryDetector,
     RespiratoryScorer,
     RespUpdate,
     detect_respiratory_events,
@@ -194,3 +195,37 @@ def test_streaming_in_any_chunks_equals_offline() -> None:
     assert len(whole) == 3
     for chunk_s in (0.1, 1.3, 30.0, 77.7):
         assert detect_respiratory_events(flow, FS, effort, spo2, chunk_s=chunk_s) == whole
+
+
+def test_a_fast_airflow_is_scored_decimated_with_the_same_events_in_any_chunks() -> None:
+    # 500 Hz: the rules run on every 10th envelope sample (50 Hz), ten times cheaper
+    fast = 500.0
+    flats = [(200.0, 215.0, 0.02), (400.0, 425.0, 0.5), (600.0, 612.0, 0.0)]
+    rng = np.random.default_rng(1)
+    flow = _breathing(900, flats, fast) + 0.01 * rng.standard_normal(int(900 * fast))
+    spo2 = np.full(flow.size, 96.0)
+    spo2[int(430 * fast) : int(440 * fast)] = 92.0
+    assert RespiratoryDetector(fast).decimation == 10 and RespiratoryDetector(FS).decimation == 1
+    whole = detect_respiratory_events(flow, fast, spo2=spo2)
+    for chunk_s in (1.233, 30.0):  # 616.5 samples: the decimation phase crosses chunk borders
+        assert detect_respiratory_events(flow, fast, spo2=spo2, chunk_s=chunk_s) == whole
+    slow = detect_respiratory_events(flow[::10], 50.0, spo2=spo2[::10])  # the same breathing
+    assert [e.type for e in whole] == [e.type for e in slow] and len(whole) == 3
+    for a, b in zip(whole, slow, strict=True):
+        assert a.onset_s == pytest.approx(b.onset_s, abs=0.05)
+        assert a.end_s == pytest.approx(b.end_s, abs=0.05)
+
+
+@pytest.mark.parametrize("w", [2, 3, 60, 3000])
+def test_running_window_max_min_equal_the_reductions_over_every_window(w: int) -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+    from scipy.ndimage import maximum_filter1d, minimum_filter1d
+
+    from rtsleep.apnea.aasm import _window_reduce
+
+    x = np.random.default_rng(w).normal(size=w + 5000)
+    x[100:130] = np.nan  # a window touching a NaN is NaN, as numpy's max over it
+    x[4000] = np.nan
+    win = sliding_window_view(x, w)  # (n - w + 1, w) reference windows
+    np.testing.assert_array_equal(_window_reduce(x, w, maximum_filter1d), win.max(axis=1))
+    np.testing.assert_array_equal(_window_reduce(x, w, minimum_filter1d), win.min(axis=1))
