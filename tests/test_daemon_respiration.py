@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from daemon_helpers import VALIDATOR, channel_blocks, excerpt3, excerpt3_blocks
 
-from rtsleep.daemon.epocher import EpochBlock
+from rtsleep.daemon.epocher import EpochBlock, EpochChannel
 from rtsleep.daemon.replay import load_channels
 from rtsleep.daemon.respiration import BedRespiration, pick_channels
 from rtsleep.daemon.scorer import EpochResult
@@ -113,3 +113,38 @@ def test_spo2_that_is_not_a_percentage_is_warned_about_once(
         run(blocks[:4])
     warned = [r for r in caplog.records if "SAO2" in r.getMessage()]
     assert len(warned) == 1 and "50-100 %" in warned[0].getMessage()
+
+
+def test_an_spo2_stream_that_attaches_late_is_used_from_then_on(shared_data: Path) -> None:
+    blocks = excerpt3_blocks(shared_data, anchor=ANCHOR)
+    early = [dataclasses.replace(b, channels=tuple(c for c in b.channels
+                                                   if c.modality != Modality.SPO2))
+             for b in blocks[:10]]
+    resp, _ = run([*early, *blocks[10:]])
+    assert resp.channels is not None and resp.channels.spo2 == "SAO2"
+    assert resp.n_segments == 2  # a new segment began with the oxygen signal
+
+
+def _channel(label: str, modality: Modality, fs: float, data: np.ndarray) -> EpochChannel:
+    return EpochChannel(label, modality, fs, "", "s", data, np.ones(data.size, dtype=bool))
+
+
+def test_spo2_faster_than_airflow_is_taken_every_kth_sample() -> None:
+    flow = _channel("Flow", Modality.RESP, 10.0, np.zeros(300))
+    spo2 = _channel("SpO2", Modality.SPO2, 50.0, np.arange(1500.0))
+    ch = pick_channels([flow, spo2])
+    assert ch is not None and ch.spo2 == "SpO2" and ch.spo2_step == 5
+    at_flow = ch.spo2_at_flow_rate(spo2.data)  # (300,): the last of each 5 samples
+    assert at_flow.shape == (300,) and at_flow[0] == 4.0 and at_flow[-1] == 1499.0
+    slow = pick_channels([flow, _channel("SpO2", Modality.SPO2, 1.0, np.arange(30.0))])
+    assert slow is not None and slow.spo2_at_flow_rate(np.arange(30.0)).shape == (300,)
+    odd = pick_channels([flow, _channel("SpO2", Modality.SPO2, 3.0, np.arange(90.0))])
+    assert odd is not None and odd.spo2 is None  # 10/3: no integer ratio, flow-only rule
+
+
+def test_epochs_without_a_clean_airflow_are_not_sleep_time_for_the_ahi(
+        shared_data: Path) -> None:
+    whole, _ = run(excerpt3_blocks(shared_data, anchor=ANCHOR))
+    gap, _ = run(excerpt3_blocks(shared_data, "RESP", 20, anchor=ANCHOR))
+    assert whole.tracker.ahi.sleep_s == 60 * 30.0
+    assert gap.tracker.ahi.sleep_s == 59 * 30.0  # epoch 20 had no airflow: not monitored

@@ -3,15 +3,19 @@
 Glue between the epoch blocks and the apnea library (:mod:`rtsleep.apnea`):
 :class:`~rtsleep.apnea.aasm.RespiratoryDetector` gets every epoch's raw samples of the bed's
 airflow channel (the preferred RESP label: nasal pressure, airflow, NAF1 ...), the other RESP
-channels at that rate as effort belts, and the SpO2 channel (held up to the airflow rate when the
-rate ratio is an integer; without SpO2 the hypopnea rule falls back to ``flow``);
+channels at that rate as effort belts, and the SpO2 channel (held up to the airflow rate, or
+taken every k-th sample when it is faster, when the rate ratio is an integer; without SpO2 the
+hypopnea rule falls back to ``flow``; an SpO2 stream that attaches later starts a new segment
+with it);
 :class:`~rtsleep.apnea.alerts.AlertTracker` turns its updates plus each epoch's scored stage into
 ``provisional`` / ``confirmed`` / ``retracted`` alerts and a running AHI.
 
 The detector is never fed garbage: an epoch whose airflow channel is missing samples or unusable
 ends the current detector segment (``flush``: open events are decided on what was seen) and a new
 segment starts at the next clean epoch; NaN samples of a usable epoch go in as NaN (not the
-epocher's held value, a flat line that would read as an apnea) and score no event. Event times
+epocher's held value, a flat line that would read as an apnea) and score no event. Only epochs
+with a clean airflow count as sleep time for the AHI (an hour without airflow is not an hour
+without events). Event times
 are re-based to the bed's epoch 0, and event ids are unique across segments. The detector state
 is not persisted: after a restart a new segment starts (the first ``min_baseline_s`` seconds
 build a new baseline).
@@ -39,13 +43,22 @@ _ID_STRIDE = 1_000_000  # detector ids of segment g start at g * stride
 
 @dataclasses.dataclass(frozen=True)
 class RespChannels:
-    """The labels the detector reads (``spo2_repeat`` = samples of SpO2 held per airflow one)."""
+    """The labels the detector reads (``spo2_repeat`` = airflow samples per SpO2 sample, each
+    SpO2 sample held that often; ``spo2_step`` = SpO2 samples per airflow sample, every
+    ``spo2_step``-th taken; at most one of them is above 1)."""
 
     flow: str
     effort: tuple[str, ...]
     spo2: str | None
     spo2_repeat: int
     sfreq: float
+    spo2_step: int = 1
+
+    def spo2_at_flow_rate(self, spo2: np.ndarray) -> np.ndarray:
+        """One epoch's SpO2 samples ``(m,)`` at the airflow rate ``(n,)``."""
+        if self.spo2_step > 1:
+            return spo2[self.spo2_step - 1 :: self.spo2_step]  # the last of each group
+        return np.repeat(spo2, self.spo2_repeat)
 
 
 def pick_channels(channels: tuple[EpochChannel, ...] | list[EpochChannel]) -> RespChannels | None:
@@ -56,17 +69,19 @@ def pick_channels(channels: tuple[EpochChannel, ...] | list[EpochChannel]) -> Re
     effort = tuple(c.label for c in channels if c.modality == Modality.RESP
                    and c.label != flow.label and c.sfreq == flow.sfreq)
     spo2 = choose_primary(list(channels), Modality.SPO2)
-    repeat = 0
+    repeat, step = 0, 1
     if spo2 is not None:
         ratio = flow.sfreq / spo2.sfreq
         if abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 1:
             repeat = int(round(ratio))
+        elif abs(1 / ratio - round(1 / ratio)) < 1e-9:  # SpO2 faster, an integer multiple
+            repeat, step = 1, int(round(1 / ratio))
         else:
             log.warning("SpO2 at %g Hz cannot be aligned to airflow at %g Hz; hypopneas use "
                         "the flow-only rule", spo2.sfreq, flow.sfreq)
             spo2 = None
     return RespChannels(flow.label, effort, spo2.label if spo2 is not None else None, repeat,
-                        flow.sfreq)
+                        flow.sfreq, step)
 
 
 class BedRespiration:
@@ -87,6 +102,8 @@ class BedRespiration:
         self._epoch0 = 0
         self._generation = -1
         self._spo2_warned = False
+        self._monitored: set[int] = set()  # epochs with a clean airflow, not yet staged
+        self._spo2_seen: set[str] = set()  # SpO2 labels already considered after the first pick
 
     @property
     def n_segments(self) -> int:
@@ -116,12 +133,23 @@ class BedRespiration:
     def on_block(self, block: EpochBlock, anchor: float | None,
                  utc_offset: float | None) -> list[dict[str, Any]]:
         """Feed one epoch's raw samples; returns alert messages (without ``seq``/``run``)."""
-        if self.channels is None:  # until an airflow channel shows up (its stream may be late)
-            self.channels = pick_channels(block.channels)
+        updates: list[RespUpdate] = []
+        spo2_labels = {c.label for c in block.channels if c.modality == Modality.SPO2}
+        if self.channels is None or (self.channels.spo2 is None
+                                     and not spo2_labels <= self._spo2_seen):
+            # until an airflow channel shows up, and an SpO2 that attaches later (streams may
+            # be late): a new segment starts with it, so hypopneas get their oxygen test
             if self.channels is not None:
-                log.info("bed %s: respiratory events from %s (effort %s, SpO2 %s)", self.bed,
-                         self.channels.flow, list(self.channels.effort) or "none",
-                         self.channels.spo2 or "none")
+                self._spo2_seen |= spo2_labels  # looked at once, not every epoch
+            picked = pick_channels(block.channels)
+            if picked != self.channels and picked is not None:
+                if self._detector is not None:
+                    updates = self._rebase(self._detector.flush())
+                    self._detector = None
+                self.channels = picked
+                log.info("bed %s: respiratory events from %s (effort %s, SpO2 %s) from epoch %d",
+                         self.bed, picked.flow, list(picked.effort) or "none",
+                         picked.spo2 or "none", block.index)
         ch = self.channels
         if ch is None:
             return []
@@ -130,8 +158,8 @@ class BedRespiration:
         flow = by_label.get(ch.flow)
         fq = qual.get(ch.flow)
         clean = fq is not None and fq.usable and fq.n_missing == 0
-        updates: list[RespUpdate] = []
         if flow is not None and clean:
+            self._monitored.add(block.index)
             if self._detector is None:
                 self._detector = self._new_detector(ch, block.index)
             effort = [_received(by_label[e]) for e in ch.effort if e in by_label]
@@ -141,7 +169,7 @@ class BedRespiration:
             sp = None
             if ch.spo2 is not None:
                 s = by_label.get(ch.spo2)
-                sp = (np.repeat(_received(s), ch.spo2_repeat) if s is not None
+                sp = (ch.spo2_at_flow_rate(_received(s)) if s is not None
                       else np.full(flow.data.shape[0], np.nan))
                 self._check_spo2(ch.spo2, sp)
             updates = self._rebase(self._detector.push(_received(flow), eff, sp))
@@ -166,10 +194,12 @@ class BedRespiration:
 
     def on_result(self, res: EpochResult, anchor: float | None,
                   utc_offset: float | None) -> list[dict[str, Any]]:
-        """The epoch's stage (unscorable counts as unscored) decides waiting events."""
+        """The epoch's stage (unscorable counts as unscored) decides waiting events; an epoch
+        without a clean airflow counts as unscored (not as sleep time for the AHI)."""
         if self.channels is None:
             return []
-        stage = res.stage_index
+        stage = res.stage_index if res.index in self._monitored else None
+        self._monitored = {i for i in self._monitored if i > res.index}
         alerts = self.tracker.on_stage(res.index, int(Stage.UNSCORED) if stage is None
                                        else stage)
         return [self._message(a, res.index, anchor, utc_offset) for a in alerts]
