@@ -43,10 +43,10 @@ MODALITIES = ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
 N_EPOCHS = 60
 
 def excerpt3(shared_data: Path) -> Path:
-    """DREAMS excerpt3.edf (30 min, 60 epochs); skips when the shared data lacks it."""
+    """DREAMS excerpt3.edf (30 min, 60 epochs); a failure when the shared data lacks it."""
     path = shared_data / "dreams-spindles" / "excerpt3.edf"
     if not path.is_file():
-        pytest.skip(f"{path} missing")
+        pytest.fail(f"{path} missing from the shared data")
     return path
 
 

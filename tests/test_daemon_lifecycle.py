@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import zmq
+from daemon_helpers import excerpt3
 
 from rtsleep.daemon.config import load_config
 from rtsleep.daemon.epocher import BedEpocher, EpochBlock
@@ -34,9 +35,7 @@ N = 12
 
 
 def excerpt3_blocks(shared_data: Path) -> list[EpochBlock]:
-    path = shared_data / "dreams-spindles" / "excerpt3.edf"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
+    path = excerpt3(shared_data)
     plans = plan_outlets(path.name, load_channels(path))
     layouts = [StreamLayout.from_info(stream_info(p), p.source_id) for p in plans]
     ep = BedEpocher("bed1", [lay.key for lay in layouts])
