@@ -131,6 +131,24 @@ def agreement(messages: list[dict[str, Any]], expert: np.ndarray | None) -> floa
     return 100.0 * hits / total if total else None
 
 
+def _final_heartbeat(sub: Any, state: Any, last_epoch: int, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) for a heartbeat that counts the last epoch, so the final
+    frame's "scored" agrees with the summary (the heartbeat before it can lag the stages)."""
+    from rtsleep.daemon.messages import STATUS_TOPIC, decode
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not sub.poll(100):
+            continue
+        topic_b, payload = sub.recv_multipart()
+        msg = decode(payload)
+        state.update(topic_b.decode(), msg, time.monotonic())
+        beds = msg.get("beds") if topic_b.decode() == STATUS_TOPIC else None
+        if isinstance(beds, dict) and any(isinstance(b, dict) and b.get("last_epoch") == last_epoch
+                                          for b in beds.values()):
+            return
+
+
 def summary_line(n_scored: int, agree: float | None, p99_ms: float | None) -> str:
     """The demo's last line."""
     a = "n/a" if agree is None else f"{agree:.1f}"
@@ -248,6 +266,7 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
                             env=env, stdout=replay_log, stderr=replay_log)
                 elif topic.startswith("stage/"):
                     stages[int(msg["epoch"])] = msg
+            _final_heartbeat(sub, state, n_epochs - 1, limit_s=3.0)
         finally:
             if replay is not None:
                 replay.kill()

@@ -114,3 +114,35 @@ def test_sigterm_stops_the_daemon_and_the_replay_and_removes_the_temporary_folde
 def _state(pid: str) -> str:
     status = Path(f"/proc/{pid}/status").read_text()
     return next(line for line in status.splitlines() if line.startswith("State:")).lower()
+
+
+class _Queue:
+    """A SUB socket stand-in that hands out prepared ``(topic, payload)`` frames."""
+
+    def __init__(self, frames: list[tuple[bytes, bytes]]) -> None:
+        self.frames = frames
+
+    def poll(self, timeout_ms: int) -> bool:
+        return bool(self.frames)
+
+    def recv_multipart(self) -> list[bytes]:
+        return list(self.frames.pop(0))
+
+
+def test_the_final_frame_waits_for_the_heartbeat_that_counts_the_last_epoch() -> None:
+    from rtsleep.daemon.messages import STATUS_TOPIC, decode, encode, status_message
+    from rtsleep.daemon.watch import WatchState, render
+    from rtsleep.demo import _final_heartbeat
+
+    def status(last: int) -> tuple[bytes, bytes]:
+        info = {"last_epoch": last, "streams_connected": 6, "streams_open": 6,
+                "streams_total": 6, "epochs_scored": last + 1, "epochs_unscorable": 0,
+                "ahi": None, "severity": None}
+        return STATUS_TOPIC.encode(), encode(status_message(
+            state="running", uptime_s=1.0, model_id="m", beds={"demo": info}, now_utc=0.0))
+
+    state = WatchState(["demo"])
+    state.update(STATUS_TOPIC, decode(status(57)[1]), 0.0)  # lagging two epochs behind
+    queue = _Queue([status(58), status(59), status(59)])
+    _final_heartbeat(queue, state, last_epoch=59, limit_s=5.0)
+    assert "scored 60" in render(state, 0.0) and len(queue.frames) == 1  # stopped at the 59
