@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         pretrained: Annotated[
             Path,
             typer.Option(help="Pre-trained spectral model (never trained on DATA), e.g. "
-                         "OUT/pretrained_seed<S>.safetensors of train-default."),
+                         "OUT/pretrained_seedN.safetensors of train-default."),
         ],
         dataset: Annotated[str, typer.Option(help="Dataset layout of DATA.")] = "dreams",
         folds: Annotated[str, typer.Option(help="Fold scheme; only 'loso'.")] = "loso",

@@ -145,7 +145,8 @@ def ingest_command(
     ] = "EEG",
     channel_map_file: Annotated[
         Path | None,
-        typer.Option("--channel-map", help="TOML of '\"<label>\" = \"<modality>\"' overrides."),
+        typer.Option("--channel-map",
+                     help="TOML of 'LABEL = MODALITY' overrides (\"EEG Fpz-Cz\" = \"EEG\")."),
     ] = None,
     min_overlap_s: Annotated[
         float, typer.Option("--min-overlap", help="Seconds an event must overlap an epoch.")

@@ -19,7 +19,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def command_app(name: str, help: str, modules: Sequence[str]) -> typer.Typer:
     """A typer app called ``name`` with a ``--verbose/-v`` root option (debug logging) and the
     commands that each of ``modules`` (dotted module names) registers."""
-    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False)
+    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False,
+                      rich_markup_mode="markdown")  # docstring paragraphs reflow
 
     verbose_option = typer.Option(False, "--verbose", "-v", help="Debug logging.")
 

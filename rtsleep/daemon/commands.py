@@ -151,9 +151,11 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption,
         beds: Annotated[list[str], typer.Argument(help="Bed ids from the config.")],
     ) -> None:
-        """A new sleeper on these beds: the daemon publishes what waits in the output delay,
-        then starts their model context and alert trackers afresh (within a second; a stopped
-        daemon at its next start). Run it as the service user (it writes to the state dir)."""
+        """A new sleeper on these beds: fresh model context and alert trackers.
+
+        The daemon publishes what waits in the output delay, then starts the beds afresh (within
+        a second; a stopped daemon at its next start). Run it as the service user (it writes to
+        the state dir)."""
         from rtsleep.daemon.state import request_new_recording
 
         cfg = _load("new-recording", config)
@@ -174,7 +176,8 @@ def register(app: typer.Typer) -> None:
     def score(
         file: Annotated[Path, typer.Argument(help="Recording (EDF or store .parquet).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output JSON lines file.")],
-        png: Annotated[bool, typer.Option(help="Also write <out>.png (hypnogram).")] = False,
+        png: Annotated[bool, typer.Option(
+            help="Also write the hypnogram as a PNG beside --out (its name, .png).")] = False,
         model: Annotated[str, typer.Option(help="Model file (default: bundled).")] = "",
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
         dataset: Annotated[str, typer.Option(help="Reader for EDF files.")] = "edf",
