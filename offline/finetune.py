@@ -71,6 +71,7 @@ from offline.train_loop import (
     StepHook,
     export_model,
     init_distributed,
+    refuse_earlier_run,
     seeded,
     train_loop,
 )
@@ -322,6 +323,7 @@ def finetune(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    refuse_earlier_run(Path(out), resume)  # before reading the store, which can take long
     dist = dist or init_distributed(cfg.loop.device)
     with seeded(cfg.loop.seed, cfg.loop.threads):
         return _finetune(cfg, Path(store), Path(out), mode, resume, hooks, dist)

@@ -315,6 +315,16 @@ def earlier_run(out_dir: Path) -> str:
     return ", ".join(found)
 
 
+def refuse_earlier_run(out_dir: Path, resume: bool) -> None:
+    """``ValueError`` when a new run (not ``resume``) would overwrite an earlier one in
+    ``out_dir`` (:func:`earlier_run`). The training commands call it before reading any data,
+    :func:`train_loop` again before the first step."""
+    earlier = "" if resume else earlier_run(Path(out_dir))
+    if earlier:
+        raise ValueError(f"{out_dir}: holds an earlier run ({earlier}); continue it with "
+                         "--resume or give a new --out")
+
+
 def _recover_interrupted_save(out_dir: Path, dist: DistInfo) -> None:
     """A process that died between the two renames of :func:`save_training_checkpoint` left
     its last complete checkpoint as ``.train.old`` and no ``train``: put it back."""
@@ -508,10 +518,7 @@ def train_loop(
         log.warning("%s: no training checkpoint to resume from; starting at step 0",
                     out_dir / TRAIN_DIR)
     else:
-        earlier = earlier_run(out_dir)
-        if earlier:
-            raise ValueError(f"{out_dir}: holds an earlier run ({earlier}); continue it with "
-                             "--resume or give a new --out")
+        refuse_earlier_run(out_dir, resume)
     history_path = out_dir / HISTORY_FILE
     history = _read_history(history_path, start)
     if dist.is_main:

@@ -380,6 +380,9 @@ def test_a_new_run_into_a_finished_run_folder_is_refused_and_keeps_its_history(
     with pytest.raises(ValueError, match="holds an earlier run .*train/.*--resume"):
         finetune(_cfg(), store, folder)
     assert (folder / "history.jsonl").read_text() == history
+    # said before the store is read (which takes long on a real archive): no store needed
+    with pytest.raises(ValueError, match="holds an earlier run"):
+        finetune(_cfg(), tmp_path / "no-store", folder)
 
 
 def test_resume_restores_a_checkpoint_left_as_train_old_by_a_crash_while_saving(

@@ -361,3 +361,11 @@ def test_progress_bar_only_on_a_terminal_so_log_files_keep_whole_lines(
     err = capsys.readouterr().err
     # the bar redraws with carriage returns; in a log file they ran into the log lines
     assert ("\r" in err and "2/2" in err) is terminal
+
+
+def test_a_new_run_into_an_earlier_run_is_refused_before_the_store_is_read(
+    neuronet_run: Path, tmp_path: Path
+) -> None:
+    cfg = PretrainConfig(method="neuronet", model=ModelSection("tiny"), loop=LOOP)
+    with pytest.raises(ValueError, match="holds an earlier run .*--resume"):
+        pretrain(cfg, tmp_path / "no-store", neuronet_run)

@@ -33,6 +33,7 @@ from offline.train_loop import (
     StepHook,
     export_model,
     init_distributed,
+    refuse_earlier_run,
     seeded,
     train_loop,
 )
@@ -157,6 +158,7 @@ def pretrain(
 
     Works in one process or under ``torchrun`` (DDP). ``resume`` continues ``out/train``.
     """
+    refuse_earlier_run(Path(out), resume)  # before reading the store, which can take long
     dist = dist or init_distributed(cfg.loop.device)
     with seeded(cfg.loop.seed, cfg.loop.threads):
         return _pretrain(cfg, Path(store), Path(out), resume, hooks, dist)
