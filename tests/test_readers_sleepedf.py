@@ -86,13 +86,18 @@ def _hypnogram(path: Path, annotations: list[tuple[float, float, str]],
     return path
 
 
-def test_name_pairing_and_trailing_unscored_overrun_is_dropped(tmp_path: Path) -> None:
-    psg = _psg(tmp_path / "SC4991E0-PSG.edf", 300)
-    _hypnogram(tmp_path / "SC4991EC-Hypnogram.edf", [
+@pytest.mark.parametrize(("psg_name", "hyp_name"), [
+    ("SC4991E0-PSG.edf", "SC4991EC-Hypnogram.edf"),
+    ("sc4991e0-psg.edf", "SC4991EC-hypnogram.edf"),  # pairs by name whatever the letter case
+])
+def test_name_pairing_and_trailing_unscored_overrun_is_dropped(
+        tmp_path: Path, psg_name: str, hyp_name: str) -> None:
+    psg = _psg(tmp_path / psg_name, 300)
+    _hypnogram(tmp_path / hyp_name, [
         (0.0, 120.0, "Sleep stage W"), (120.0, 180.0, "Sleep stage 2"),
         (300.0, 3000.0, "Sleep stage ?"),
     ])
-    assert [p.name for p in list_sources("sleep-edf", tmp_path)] == ["SC4991E0-PSG.edf"]
+    assert [p.name for p in list_sources("sleep-edf", tmp_path)] == [psg_name]
     rec = read_sleepedf(psg)
     assert rec.id == "SC4991E0" and rec.subject == "SC499"
     np.testing.assert_array_equal(rec.stages, [0] * 4 + [2] * 6)  # type: ignore[arg-type]
@@ -139,7 +144,7 @@ def test_explicit_pairing_follows_the_overrun_rule_unless_cropping(sleepedf: Pat
 
 
 def test_pairing_ignores_the_case_of_file_names(sleepedf: Path, tmp_path: Path) -> None:
-    # a hypnogram named in another case pairs by header (the real excerpt) ...
+    # a hypnogram named in another case pairs by header (the real excerpt)
     (tmp_path / "psg").mkdir()
     psg = tmp_path / "psg" / "short_psg.edf"
     psg.write_bytes((sleepedf / "psg-excerpt" / "short_psg.edf").read_bytes())
@@ -147,15 +152,4 @@ def test_pairing_ignores_the_case_of_file_names(sleepedf: Path, tmp_path: Path) 
         (sleepedf / "hypnograms" / "SC4001EC-Hypnogram.edf").read_bytes())
     rec = read_recording("sleep-edf", psg)
     assert rec.stages is not None and stage_counts(rec.stages)["W"] == 10
-    # ... and by name, whatever the case of the PSG's and the hypnogram's names
-    night = tmp_path / "night"
-    night.mkdir()
-    psg = _psg(night / "sc4991e0-psg.edf", 300)
-    _hypnogram(night / "SC4991EC-hypnogram.edf", [
-        (0.0, 120.0, "Sleep stage W"), (120.0, 180.0, "Sleep stage 2"),
-        (300.0, 3000.0, "Sleep stage ?"),
-    ])
-    assert [p.name for p in list_sources("sleep-edf", night)] == ["sc4991e0-psg.edf"]
-    rec = read_sleepedf(psg)
-    assert rec.id == "SC4991E0" and rec.subject == "SC499"
-    np.testing.assert_array_equal(rec.stages, [0] * 4 + [2] * 6)  # type: ignore[arg-type]
+    # (by name in any case: test_name_pairing_and_trailing_unscored_overrun_is_dropped)
