@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -260,3 +261,108 @@ def test_plain_safetensors_without_metadata_is_not_a_checkpoint(tmp_path: Path) 
     save_file({"w": torch.zeros(3)}, str(bad))
     with pytest.raises(ValueError, match="not an rtsleep checkpoint"):
         load_model(bad)
+
+
+def _edit_header(src: Path, dst: Path, edit: Callable[[dict[str, object]], None]) -> None:
+    """Copy ``src`` to ``dst`` with its safetensors header JSON changed by ``edit``."""
+    raw = src.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("data_offsets", [0], "malformed shape or data offsets"),
+        ("data_offsets", ["a", "b"], "malformed shape or data offsets"),
+        ("data_offsets", None, "malformed shape or data offsets"),
+        ("shape", None, "malformed shape or data offsets"),
+        ("shape", ["a"], "malformed shape or data offsets"),
+        ("shape", [-1], "malformed shape or data offsets"),
+        ("shape", [2], "does not fill its"),
+        ("dtype", "Q99", "unsupported dtype"),
+        ("dtype", 5, "unsupported dtype"),
+    ],
+)
+def test_malformed_tensor_entries_are_one_line_errors_naming_the_file(
+    saved: tuple[SleepNet, Path, str], tmp_path: Path, field: str, value: object, problem: str
+) -> None:
+    # they escaped as TypeError, a ValueError without the file, or safetensors' own error
+    _, path, _ = saved
+    bad = tmp_path / "entry.safetensors"
+    _edit_header(path, bad, lambda h: h["heads.apnea.bias"].__setitem__(field, value))  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=rf"entry\.safetensors: .*{problem}"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize(
+    ("cast", "problem"),
+    [
+        (lambda t: {k: v.half() if v.is_floating_point() else v for k, v in t.items()},
+         "wrong dtypes .*float16"),
+        (lambda t: {k: v.bfloat16() if v.is_floating_point() else v for k, v in t.items()},
+         "wrong dtypes .*bfloat16"),
+        (lambda t: {**t, "heads.stage.weight": t["heads.stage.weight"].to(torch.int32)},
+         r"wrong dtypes .*heads\.stage\.weight int32"),
+        (lambda t: {**t, "heads.stage.bias": t["heads.stage.bias"] * float("nan")},
+         r"non-finite weights in \['heads\.stage\.bias'\]"),
+    ],
+)
+def test_weights_the_model_cannot_run_are_rejected_on_load(
+    saved: tuple[SleepNet, Path, str], tmp_path: Path,
+    cast: Callable[[Tensors], Tensors], problem: str,
+) -> None:
+    # float16 weights loaded and then failed at every step (float32 input); int weights were
+    # cast silently; NaN weights gave NaN probabilities
+    _, path, _ = saved
+    bad = tmp_path / "dtype.safetensors"
+    _with_consistent_id(path, bad, cast)
+    with pytest.raises(ValueError, match=rf"dtype\.safetensors: .*{problem}"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda s: s["modalities"][0].__setitem__("sfreq", "100"), "bad preprocess spec"),
+        (lambda s: s["modalities"][0].pop("sfreq"), "bad preprocess spec"),
+        (lambda s: s["modalities"].__setitem__(0, 1), "bad preprocess spec"),
+        (lambda s: s.__setitem__("epoch_s", None), "bad preprocess spec"),
+        (lambda s: s["modalities"][0].__setitem__("sfreq", 200.0),
+         "gives 6000 samples per epoch for EEG, the model reads 3000"),
+        (lambda s: s.__setitem__("epoch_s", 15.0), "gives 1500 samples per epoch"),
+        (lambda s: s["modalities"].pop(0), "preprocess spec has no EEG"),
+    ],
+)
+def test_a_tampered_preprocess_spec_is_rejected_on_load(
+    saved: tuple[SleepNet, Path, str], tmp_path: Path,
+    edit: Callable[[dict[str, Any]], None], problem: str,
+) -> None:
+    # ill-typed fields escaped as TypeError; a spec that does not feed the model loaded and
+    # failed at every epoch
+    _, path, _ = saved
+    spec = json.loads(read_header(path)["__metadata__"]["preprocess"])
+    edit(spec)
+    bad = tmp_path / "spec.safetensors"
+    _rewrite(path, bad, {"preprocess": json.dumps(spec)})
+    with pytest.raises(ValueError, match=rf"spec\.safetensors: .*{problem}"):
+        load_model(bad)
+
+
+def test_config_fields_of_the_wrong_type_and_a_wrong_member_count_are_rejected(
+    saved: tuple[SleepNet, Path, str], tmp_path: Path
+) -> None:
+    _, path, _ = saved
+    cfg = json.loads(read_header(path)["__metadata__"]["config"])
+    cfg["lookahead_epochs"] = 1.5
+    bad = tmp_path / "cfg.safetensors"
+    _rewrite(path, bad, {"config": json.dumps(cfg)})
+    with pytest.raises(ValueError, match=r"cfg\.safetensors: bad config .*lookahead_epochs"):
+        load_model(bad)
+    many = tmp_path / "members.safetensors"
+    _rewrite(path, many, {"members": "100000"})  # was 100000 models built before any check
+    with pytest.raises(ValueError, match=r"members\.safetensors: metadata 'members' is 100000"):
+        load_model(many)

@@ -113,6 +113,8 @@ def test_score_cli_png_and_errors(shared_data: Path, model_path: Path, tmp_path:
     res = runner.invoke(app, ["score", str(edf), "--out", str(out), "--model",
                               str(tmp_path / "none.safetensors")])
     assert res.exit_code == 1 and "model file not found" in res.output
+    res = runner.invoke(app, ["score", str(edf), "--out", str(out), "--model", str(tmp_path)])
+    assert res.exit_code == 1 and f"{tmp_path}: not a regular file" in res.output
 
 
 def test_score_of_a_recording_whose_eeg_is_too_slow_scores_nothing_and_exits_1(

@@ -700,6 +700,8 @@ def load_scoring_model(
 
     p = Path(path) if path else default_model_path()
     if not p.is_file():
+        if p.exists():
+            raise ValueError(f"{p}: not a regular file (a model is one .safetensors file)")
         hint = " (no bundled model is installed; set model.path)" if not path else ""
         raise ValueError(f"{p}: model file not found{hint}")
     dev = resolve_device(device)

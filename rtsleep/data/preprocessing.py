@@ -250,12 +250,15 @@ class PreprocessSpec:
         unknown = sorted(set(data) - {"epoch_s", "version", "modalities"})
         if unknown:
             raise ValueError(f"preprocess spec: unknown keys {unknown}")
-        mods = tuple(ModalitySpec.from_dict(m) for m in data["modalities"])
-        return cls(
-            modalities=mods,
-            epoch_s=float(data.get("epoch_s", EPOCH_S)),
-            version=int(data.get("version", PREPROCESS_VERSION)),
-        )
+        try:
+            mods = tuple(ModalitySpec.from_dict(m) for m in data["modalities"])
+            return cls(
+                modalities=mods,
+                epoch_s=float(data.get("epoch_s", EPOCH_S)),
+                version=int(data.get("version", PREPROCESS_VERSION)),
+            )
+        except TypeError as err:  # a field of the wrong JSON type, a missing field
+            raise ValueError(f"preprocess spec: {err}") from None
 
     def mismatches(self, other: PreprocessSpec) -> list[str]:
         """Human-readable differences from ``other`` (empty when they preprocess identically).

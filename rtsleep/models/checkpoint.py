@@ -16,8 +16,10 @@ Tensors are the model's ``state_dict`` (parameters and persistent buffers). The 
   and this JSON).
 
 ``load_model(path)`` rebuilds a single model from the file alone and checks, with a one-line
-``ValueError`` naming the file: the safetensors framing, the format version, the config, the
-tensor names and shapes, the model id, and (when given) the expected preprocessing spec.
+``ValueError`` naming the file: the safetensors framing (every tensor's dtype, shape and bytes),
+the format version, the config, the preprocessing spec (well-formed, feeding the model the
+samples per epoch it reads, and when given equal to the expected one), the member count, the
+tensor names, shapes and dtypes (weights float32 or float64, finite) and the model id.
 ``load_predictor(path)`` does the same for a single model or an ensemble (what scoring reads).
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -55,6 +58,17 @@ DEFAULT_LABEL_MAPS: dict[str, list[str]] = {
 
 _REQUIRED_META = ("format_version", "config", "preprocess", "label_maps", "model_id")
 _MAX_HEADER = 100 * 1024 * 1024
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4,
+             "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+"""Bytes per element of the safetensors dtypes this reader accepts."""
+_WEIGHT_DTYPES = (torch.float32, torch.float64)
+"""Floating-point dtypes a checkpoint's weights may have (the model runs in one of them)."""
+
+
+def _int_list(value: Any) -> bool:
+    """Whether ``value`` is a JSON list of non-negative integers."""
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
 @dataclass
@@ -116,14 +130,7 @@ def save_model(
                         f"{type(model).__name__}")
     if not isinstance(preprocess, PreprocessSpec):
         raise TypeError(f"preprocess must be a PreprocessSpec, got {type(preprocess).__name__}")
-    for modality in model.modalities:
-        if modality not in preprocess:
-            raise ValueError(f"{path}: preprocess spec has no {modality}, which the model reads")
-        if preprocess.n_times(modality) != model.n_times:
-            raise ValueError(
-                f"{path}: preprocess spec gives {preprocess.n_times(modality)} samples per epoch "
-                f"for {modality}, the model reads {model.n_times}"
-            )
+    _check_spec(path, model, preprocess)
     tensors = _state_tensors(model)
     config_json = model.cfg.to_json()
     groups_json = (json.dumps(list(model.groups))
@@ -155,6 +162,19 @@ def save_model(
         if tmp.exists():
             tmp.unlink()
     return model_id
+
+
+def _check_spec(path: Path, model: Predictor, preprocess: PreprocessSpec) -> None:
+    """``ValueError`` naming ``path`` unless ``preprocess`` feeds every modality the model reads
+    with the samples per epoch it reads."""
+    for modality in model.modalities:
+        if modality not in preprocess:
+            raise ValueError(f"{path}: preprocess spec has no {modality}, which the model reads")
+        if preprocess.n_times(modality) != model.n_times:
+            raise ValueError(
+                f"{path}: preprocess spec gives {preprocess.n_times(modality)} samples per epoch "
+                f"for {modality}, the model reads {model.n_times}"
+            )
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -190,7 +210,16 @@ def read_header(path: str | Path) -> dict[str, Any]:
             continue
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ValueError(f"{path}: malformed header entry for tensor {name!r}")
-        start, end = info["data_offsets"]
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (_int_list(shape) and _int_list(offsets) and len(offsets) == 2):
+            raise ValueError(f"{path}: malformed shape or data offsets of tensor {name!r}")
+        itemsize = _ITEMSIZE.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if itemsize is None:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']!r}")
+        start, end = offsets
+        if end - start != itemsize * math.prod(shape):
+            raise ValueError(f"{path}: tensor {name!r} of shape {shape} and dtype "
+                             f"{info['dtype']} does not fill its {end - start} bytes")
         spans.append((start, end))
     pos = 0
     for start, end in sorted(spans):
@@ -200,6 +229,11 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if 8 + n + pos != size:
         raise ValueError(f"{path}: file size {size} does not match its header ({8 + n + pos})")
     return header
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _json_field(path: Path, meta: dict[str, str], key: str) -> Any:
@@ -284,8 +318,22 @@ def _check_tensors(path: Path, model: Predictor, tensors: dict[str, Tensor]) -> 
         )
     if wrong:
         problems.append("wrong shapes " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
+    bad_dtype = [
+        f"{k} {str(tensors[k].dtype).removeprefix('torch.')}"
+        for k in sorted(set(expected) & set(tensors))
+        if (tensors[k].dtype not in _WEIGHT_DTYPES if expected[k].is_floating_point()
+            else tensors[k].dtype != expected[k].dtype)
+    ]
+    if bad_dtype:
+        problems.append("wrong dtypes (weights must be float32 or float64) "
+                        + "; ".join(bad_dtype[:5]) + (" ..." if len(bad_dtype) > 5 else ""))
     if problems:
         raise ValueError(f"{path}: weights do not match the config: " + ", ".join(problems))
+    non_finite = [k for k in sorted(tensors)
+                  if tensors[k].is_floating_point() and not bool(tensors[k].isfinite().all())]
+    if non_finite:
+        raise ValueError(f"{path}: non-finite weights in {non_finite[:5]}"
+                         + (" ..." if len(non_finite) > 5 else ""))
 
 
 def load_predictor(
@@ -309,17 +357,29 @@ def load_predictor(
                 f"{path}: preprocessing spec does not match (expected != checkpoint): "
                 + "; ".join(diffs)
             )
-    tensors = load_file(str(path), device="cpu")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types; one line naming the file
+        raise ValueError(f"{path}: cannot read the tensors ({_first_line(err)})") from None
     model_id = compute_model_id(_id_text(meta.config_json, meta.member_groups_json), tensors)
     if model_id != meta.model_id:
         raise ValueError(
             f"{path}: model_id mismatch (header {meta.model_id[:12]}..., contents "
             f"{model_id[:12]}...): the file was edited or is corrupt"
         )
-    model: Predictor = (
-        SleepNet(meta.config) if meta.members == 1
-        else SleepNetEnsemble(meta.config, meta.members, meta.member_groups)
-    )
+    member_ids = {name.split(".")[1] for name in tensors if name.startswith("members.")}
+    if member_ids != ({str(i) for i in range(meta.members)} if meta.members > 1 else set()):
+        raise ValueError(f"{path}: metadata 'members' is {meta.members}, the tensors hold "
+                         f"{len(member_ids) or 1} model(s)")
+    try:
+        model: Predictor = (
+            SleepNet(meta.config) if meta.members == 1
+            else SleepNetEnsemble(meta.config, meta.members, meta.member_groups)
+        )
+    except (RuntimeError, MemoryError) as err:  # e.g. sizes too large to allocate
+        raise ValueError(f"{path}: cannot build the model its config describes "
+                         f"({_first_line(err)})") from None
+    _check_spec(path, model, meta.preprocess)
     _check_tensors(path, model, tensors)
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:

@@ -77,6 +77,10 @@ class SleepNetConfig:
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        for name in ("lookahead_epochs", "encode_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.lookahead_epochs < 0:
             raise ValueError(f"lookahead_epochs must be >= 0, got {self.lookahead_epochs}")
         if self.encode_batch < 1:
