@@ -131,6 +131,26 @@ def test_primary_channel_follows_preference_then_file_order() -> None:
     assert primary_channel(rec, M.ECG) is None
 
 
+def test_primary_eeg_is_ranked_by_the_derivation_a_prefixed_label_names() -> None:
+    # HMC/MASS-style "EEG C4-M1" was not in the table ("EEG"-prefixed): file order picked F4-M1
+    hmc = _rec(_ch("EEG F4-M1", M.EEG), _ch("EEG C3-M2", M.EEG), _ch("EEG C4-M1", M.EEG),
+               _ch("EEG O2-M1", M.EEG))
+    assert [c.label for c in rank_channels(hmc.channels, M.EEG)] == [
+        "EEG C4-M1", "EEG C3-M2", "EEG F4-M1", "EEG O2-M1"]
+    tuh = _rec(_ch("EEG FP1-REF", M.EEG), _ch("EEG F3-REF", M.EEG), _ch("EEG C3-REF", M.EEG),
+               _ch("EEG C4-REF", M.EEG))
+    assert [c.label for c in rank_channels(tuh.channels, M.EEG)][:2] == [
+        "EEG C4-REF", "EEG C3-REF"]  # ranked as the bare electrodes C4, C3
+    ucddb = _rec(_ch("C3A2", M.EEG), _ch("C4A1", M.EEG))
+    assert [c.label for c in rank_channels(ucddb.channels, M.EEG)] == ["C4A1", "C3A2"]
+    # the shared data's choices do not move: DREAMS excerpt3 and Sleep-EDF
+    dreams = _rec(_ch("O1-A1", M.EEG), _ch("C3-A1", M.EEG), _ch("FP1-A1", M.EEG))
+    assert [c.label for c in rank_channels(dreams.channels, M.EEG)][0] == "C3-A1"
+    sedf = _rec(_ch("EEG Fpz-Cz", M.EEG), _ch("EEG Pz-Oz", M.EEG), _ch("Fpz-Cz", M.EEG))
+    assert [c.label for c in rank_channels(sedf.channels, M.EEG)] == [
+        "EEG Pz-Oz", "EEG Fpz-Cz", "Fpz-Cz"]
+
+
 def test_primary_channel_skips_flat_and_slow_exg_channels() -> None:
     rec = _rec(_ch("EMG submental", M.EMG, sfreq=1.0), _ch("C4-A1", M.EEG, np.ones(300)),
                _ch("C3-A2", M.EEG))

@@ -343,12 +343,34 @@ def too_slow_for_model(modality: Modality, sfreq: float) -> bool:
     return modality in EXG_MODALITIES and sfreq < MIN_EXG_SFREQ
 
 
+def _preference_keys(label: str, modality: Modality) -> list[str]:
+    """The keys :func:`preference_rank` looks up, best first: the label as written and, for EEG,
+    the derivation it names (``EEG C4-M1`` -> ``C4-M1``, ucddb's ``C3A2`` -> ``C3-A2``) and,
+    with a reference that is no scalp electrode, the active electrode (``EEG C4-REF`` ->
+    ``C4``)."""
+    keys = [normalize_label(label)]
+    if modality != Modality.EEG:
+        return keys
+    deriv = derivation_key(label)
+    if _GLUED_REFERENTIAL.match(deriv):
+        deriv = f"{deriv[:-2]}-{deriv[-2:]}"
+    active, sep, reference = deriv.partition("-")
+    keys.append(deriv)
+    if sep and _SCALP_ELECTRODE.match(active) and not _SCALP_ELECTRODE.match(reference):
+        keys.append(active)
+    return keys
+
+
 def preference_rank(label: str, modality: Modality) -> int:
     """Position of ``label`` in :data:`PRIMARY_PREFERENCE` of ``modality`` (0 = most preferred;
-    a label the table does not name ranks after all that it does)."""
+    a label the table does not name ranks after all that it does). An EEG label is also looked
+    up by the derivation it names, then by its active electrode (:func:`_preference_keys`), so
+    ``EEG C4-M1`` ranks as ``C4-M1``."""
     order = PRIMARY_PREFERENCE.get(modality, ())
-    key = normalize_label(label)
-    return order.index(key) if key in order else len(order)
+    for key in _preference_keys(label, modality):
+        if key in order:
+            return order.index(key)
+    return len(order)
 
 
 def rank_channels(channels: Sequence[Channel], modality: Modality) -> list[Channel]:
