@@ -163,9 +163,14 @@ def test_primary_channel_skips_flat_and_slow_exg_channels() -> None:
     ("EEG Fpz-Cz", BIPOLAR), ("EEG Pz-Oz", BIPOLAR), ("Fp1-F7", BIPOLAR),
     ("C3-A1", REFERENTIAL), ("CZ-A1", REFERENTIAL), ("EEG C3-A2", REFERENTIAL),
     ("C4-M1", REFERENTIAL), ("O1-A2", REFERENTIAL), ("C3A2", REFERENTIAL),
+    # linked ears or mastoids, and ':' or '/' between the electrodes
+    ("C3-A1A2", REFERENTIAL), ("C4-M1+M2", REFERENTIAL), ("C3-(A1+A2)/2", REFERENTIAL),
+    ("C3:A2", REFERENTIAL), ("EEG F4/M1", REFERENTIAL), ("Fp1/F3", BIPOLAR),
     ("EEG", None), ("EEG(sec)", None), ("C3", None), ("C3-AVG", None), ("EOG1-A1", None),
 ])
 def test_eeg_labels_name_their_derivation_kind(label: str, kind: str | None) -> None:
     """Referential (ear or mastoid reference) against bipolar (two scalp electrodes); a label
-    that does not say gives None."""
+    that does not say gives None. Every one of these is an EEG channel."""
     assert eeg_derivation(label) == kind
+    if label != "EOG1-A1":
+        assert default_modality(label) == Modality.EEG

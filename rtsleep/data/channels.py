@@ -85,8 +85,11 @@ _PREFIXES: tuple[tuple[str, Modality], ...] = (
 )
 
 _ELECTRODE = r"(?:FP|AF|FC|FT|CP|TP|PO|F|C|T|P|O)(?:Z|\d{1,2})"
-_REFERENCE = rf"(?:[AM][12]|{_ELECTRODE}|AVG|REF|LE|CAR)"
-_EEG_PATTERN = re.compile(rf"^{_ELECTRODE}(?:-?{_REFERENCE})?$")  # C3-A2, C3A2 (ucddb)
+_LINKED_EARS = r"\(?[AM]1\+?[AM]2\)?(?:/2)?"  # A1A2, M1+M2, (A1+A2)/2: linked ears or mastoids
+_REFERENCE = rf"(?:{_LINKED_EARS}|[AM][12]|{_ELECTRODE}|AVG|REF|LE|CAR)"
+_EEG_PATTERN = re.compile(  # C3-A2, C3A2 (ucddb), C3:A2, F4/M1, C3-(A1+A2)/2
+    rf"^{_ELECTRODE}(?:[-:/]?{_REFERENCE})?$")
+_SEPARATOR = re.compile(rf"^((?:EEG)?{_ELECTRODE})[:/](?=[A-Z(])")
 _EOG_PATTERN = re.compile(r"^(?:E[12]|LOC|ROC|EOG\w*)(?:-\w+)?$")
 
 REFERENTIAL = "referential"
@@ -95,15 +98,16 @@ BIPOLAR = "bipolar"
 """An EEG derivation between two scalp electrodes (Fpz-Cz, Pz-Oz: Sleep-EDF)."""
 DERIVATION_KINDS: tuple[str, ...] = (REFERENTIAL, BIPOLAR)
 
-_EAR_REFERENCE = re.compile(r"^[AM][12]$")
+_EAR_REFERENCE = re.compile(rf"^(?:[AM][12]|{_LINKED_EARS})$")
 _SCALP_ELECTRODE = re.compile(rf"^{_ELECTRODE}$")
 _GLUED_REFERENTIAL = re.compile(rf"^{_ELECTRODE}[AM][12]$")
 
 
 def derivation_key(label: str) -> str:
     """The derivation a channel label names, as :func:`normalize_label` writes it without an
-    ``EEG`` prefix (``"EEG Fpz-Cz"`` and ``"Fpz-Cz"`` -> ``"FPZ-CZ"``)."""
-    key = normalize_label(label)
+    ``EEG`` prefix and with ``-`` between the electrodes (``"EEG Fpz-Cz"`` and ``"Fpz-Cz"`` ->
+    ``"FPZ-CZ"``, ``"C3:A2"`` -> ``"C3-A2"``)."""
+    key = _SEPARATOR.sub(r"\1-", normalize_label(label))
     return key[3:] if key.startswith("EEG") and "-" in key else key
 
 
