@@ -31,6 +31,7 @@ RATIOS = [
     (1.0, Modality.RESP),  # 1 -> 10 (Sleep-EDF resp)
     (50.0, Modality.RESP),  # 50 -> 10
     (50.0, Modality.SPO2),  # 50 -> 10
+    (500.0 / 3, Modality.EEG),  # 500/3 -> 100 is 3/5 (a 3-s EDF record of 500 samples)
 ]
 
 
@@ -74,7 +75,7 @@ def test_output_count_is_ceil_n_up_over_down_and_whole_epochs_give_whole_epochs(
     pipe = ChannelPipeline(spec, fs_in)
     up, down = pipe.up, pipe.down
     assert spec.sfreq / fs_in == pytest.approx(up / down)
-    per_epoch_in = int(30 * fs_in)
+    per_epoch_in = round(30 * fs_in)
     x = _signal(fs_in, 300.0)
     # Epoch by epoch: exactly 30 s of output per 30 s of input from the first epoch on.
     for k in range(3):
@@ -227,8 +228,13 @@ def test_rational_ratio_reduces_and_rejects_unreasonable_rates() -> None:
     assert rational_ratio(256.0, 100.0) == (25, 64)
     assert rational_ratio(125.0, 100.0) == (4, 5)
     assert rational_ratio(1.0, 10.0) == (10, 1)
-    with pytest.raises(ValueError, match="ratio"):
-        rational_ratio(99.973, 100.0)
+    # rates that are no exact decimal, as a float or as LSL's 16-digit text
+    assert rational_ratio(500.0 / 3, 100.0) == (3, 5)
+    assert rational_ratio(166.6666666666667, 10.0) == (3, 50)
+    assert rational_ratio(200.0 / 3, 100.0) == (3, 2)
+    for rate in (99.973, 166.6667):
+        with pytest.raises(ValueError, match="ratio"):
+            rational_ratio(rate, 100.0)
 
 
 # ---------------------------------------------------------------- spec

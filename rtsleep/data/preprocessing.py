@@ -54,6 +54,9 @@ NORM_KINDS = (NORM_FIXED, NORM_RUNNING_RMS)
 _EDGE_MARGIN = 0.95
 #: Largest up or down factor accepted for a rate pair (bounds the polyphase filter size).
 _MAX_RATIO_TERM = 4096
+#: Relative tolerance within which a rate that is no exact decimal (500/3 Hz) is read as a
+#: ratio with small terms (float precision; an uncalibrated 99.973 Hz is far outside it).
+_RATIO_RTOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -297,13 +300,23 @@ class PreprocessSpec:
 def rational_ratio(sfreq_in: float, sfreq_out: float) -> tuple[int, int]:
     """``(up, down)`` in lowest terms with ``sfreq_out / sfreq_in == up / down``.
 
-    Rates are read as exact decimals (to 1e-6 Hz); a ratio whose terms exceed 4096 (e.g. an
+    Rates are read as exact decimals (to 1e-6 Hz). A rate that is no exact decimal, such as
+    500/3 Hz (an EDF record of 500 samples in 3 s), is read as the ratio with terms up to 4096
+    that its float value matches to 1e-12. Any other ratio whose terms exceed 4096 (e.g. an
     uncalibrated 99.973 Hz) raises ``ValueError``.
     """
     for name, f in (("input", sfreq_in), ("model", sfreq_out)):
         if not (f > 0 and math.isfinite(f)):
             raise ValueError(f"{name} sampling rate must be a positive number of Hz, got {f}")
     ratio = Fraction(round(sfreq_out * 1_000_000), round(sfreq_in * 1_000_000))
+    if ratio.numerator > _MAX_RATIO_TERM or ratio.denominator > _MAX_RATIO_TERM:
+        exact = sfreq_out / sfreq_in
+        if exact >= 1.0:  # bound the larger term: limit_denominator bounds the denominator only
+            near = 1 / Fraction(1.0 / exact).limit_denominator(_MAX_RATIO_TERM)
+        else:
+            near = Fraction(exact).limit_denominator(_MAX_RATIO_TERM)
+        if abs(float(near) - exact) <= _RATIO_RTOL * exact:
+            ratio = near
     if ratio.numerator > _MAX_RATIO_TERM or ratio.denominator > _MAX_RATIO_TERM:
         raise ValueError(
             f"cannot resample {sfreq_in} Hz to {sfreq_out} Hz: ratio {ratio} has terms above "
