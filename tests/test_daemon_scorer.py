@@ -13,9 +13,11 @@ import pytest
 import torch
 from daemon_helpers import channel_blocks
 
+from rtsleep.daemon.epocher import BedEpocher
+from rtsleep.daemon.inlet import ChannelSpec, StreamLayout
 from rtsleep.daemon.scorer import Scorer, choose_primary, fill_nonfinite
 from rtsleep.daemon.state import decode_state, encode_state
-from rtsleep.data.preprocessing import PreprocessSpec
+from rtsleep.data.preprocessing import ChannelPipeline, PreprocessSpec
 from rtsleep.data.recording import Channel, Modality
 from rtsleep.models.sleepnet import SleepNet, SleepNetConfig
 
@@ -141,6 +143,28 @@ def test_late_stream_gets_its_primary_channel_when_it_appears(model: SleepNet) -
     assert all(r.scored and Modality.EEG in r.used for r in more)
     assert sc.beds["b"].primary == {Modality.EEG: "C3-A2", Modality.EOG: "E1-M2",
                                     Modality.EMG: "Chin1-Chin2"}
+
+
+def test_a_stream_starting_late_is_filtered_as_if_it_started_there(model: SleepNet) -> None:
+    """An EOG stream with a DC offset that starts 31.5 s after the bed's anchor: its filters
+    start at its first sample (not at the epocher's fill of the epoch before), so its model
+    input equals the pipeline run from that sample, to float32 rounding."""
+    rng = np.random.default_rng(9)
+    n, start = int(3 * 30 * FS), 3150
+    eeg = 30 * rng.standard_normal(n)
+    eog = 5000.0 + 20 * rng.standard_normal(n)  # a DC-coupled amplifier's offset
+    ep = BedEpocher("b", ["eeg", "eog"])
+    for key, label, ctype in (("eeg", "C3-A2", "EEG"), ("eog", "E1-M2", "EOG")):
+        ep.attach(key, StreamLayout(key, key, ctype, key, FS, (ChannelSpec(label, "uV", ctype),)))
+    ep.push("eeg", eeg[:, None], 1000.0 + np.arange(n) / FS)
+    ep.push("eog", eog[start:, None], 1000.0 + np.arange(start, n) / FS)
+    eps = ep.pop_ready(now=0.0)
+    assert [e.index for e in eps] == [0, 1, 2]
+    sc = make_scorer(model, "b")
+    x = np.concatenate([sc._preprocess(sc.beds["b"], e)[0][0, 1] for e in eps])  # EOG row
+    expected = ChannelPipeline(PreprocessSpec.default().for_modality(Modality.EOG), FS).process(
+        eog[start:])
+    np.testing.assert_allclose(x[start:], expected, rtol=0, atol=1e-5)
 
 
 def test_a_long_unscorable_stretch_starts_a_new_recording(model: SleepNet) -> None:

@@ -184,6 +184,24 @@ def test_streams_at_different_rates_and_phases_cut_on_the_same_epoch_grid() -> N
     assert all(b.channel("Flow").received.all() for b in blocks)
 
 
+def test_a_stream_starting_after_the_anchor_is_filled_with_its_first_value_before_it() -> None:
+    """Not with 0.0: a DC offset would be a step that rings through the filters."""
+    ep = BedEpocher("bed1", ["eeg", "eog"])
+    ep.attach("eeg", _layout("eeg", 100.0, ("C3",)))
+    ep.attach("eog", _layout("eog", 100.0, ("E1",), ctype="EOG"))
+    ep.push("eeg", _ramp(9000), T0 + np.arange(9000) / 100.0)
+    idx = np.arange(4250, 9000)  # from 42.5 s: epoch 0 never arrives, epoch 1 from 12.5 s
+    ep.push("eog", 5000.0 + idx[:, None], T0 + idx / 100.0)
+    b0, b1, b2 = ep.pop_ready(now=0.0)
+    e0, e1 = b0.channel("E1"), b1.channel("E1")
+    assert not e0.received.any()
+    np.testing.assert_array_equal(e0.data, 0.0)  # nothing received yet: no value to hold
+    assert not e1.received[:1250].any() and e1.received[1250:].all()
+    np.testing.assert_array_equal(e1.data[:1250], 5000.0 + 4250)
+    np.testing.assert_array_equal(e1.data[1250:], 5000.0 + np.arange(4250, 6000))
+    assert b2.channel("E1").received.all()
+
+
 def test_restored_anchor_continues_the_index_after_a_restart() -> None:
     fs = 10.0
     anchor = T0 - 300.0  # the previous run started 300 s (10 epochs) earlier

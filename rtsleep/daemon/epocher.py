@@ -27,7 +27,10 @@ Rules:
   stream is not waited for again until it catches up. Samples arriving for an epoch already
   emitted are dropped (counted in ``n_late``).
 - Missing and non-finite samples are filled deterministically by holding the channel's last good
-  value (0.0 before any) and are False in ``received``; quality counts them before filling.
+  value and are False in ``received``; quality counts them before filling. Before the channel's
+  first good sample (a stream that starts after the bed's anchor) they take that first value, as
+  the filters start (constant at the first sample), so no step from 0 rings through them; 0.0 in an
+  epoch without any.
 - Indices never repeat or skip: an epoch with no data at all (a gap over a whole epoch, downtime
   before a restart) is emitted with every channel missing, hence ``unscorable``.
 - Clock rule (every stream stopped): with ``lsl_now`` given, an epoch that no stream has passed
@@ -164,6 +167,7 @@ class _Track:
     frontier: int = 0
     #: epoch index -> (data (per_epoch, n_chans) NaN where missing, received (per_epoch, n_chans))
     pending: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: (n_chans,) last good value per channel; NaN before the channel's first good sample.
     hold: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
@@ -225,7 +229,7 @@ class BedEpocher:
         track.modalities = tuple(self._modality_of(c, layout) for c in layout.channels)
         pairs = zip(layout.channels, track.modalities, strict=True)
         track.factors = np.array([to_uv_factor(c.unit, m, key) for c, m in pairs])
-        track.hold = np.zeros(layout.n_chans)
+        track.hold = np.full(layout.n_chans, np.nan)
         self._warn_unusable(key, layout, track.modalities)
         if self.anchor is not None:
             # after a restart the stream resumes at the next epoch, not at sample 0
@@ -452,12 +456,17 @@ class BedEpocher:
 
 
 def _hold_fill(x: np.ndarray, good: np.ndarray, carry: float) -> tuple[np.ndarray, float]:
-    """``x`` with every not-``good`` sample replaced by the last good one (``carry`` before any)."""
+    """``x`` with every not-``good`` sample replaced by the last good one (``carry`` before the
+    epoch's first; a NaN ``carry``, no good sample yet on the channel: the epoch's first good
+    sample, 0.0 without one). Returns the filled ``x`` and the new carry."""
     n = x.shape[0]
     if n and good.all():
         return x.astype(np.float64, copy=True), float(x[-1])
     pos = np.where(good, np.arange(n), -1)  # (n,)
     last = np.maximum.accumulate(pos)  # (n,) index of the last good sample so far, -1 if none
-    out = np.where(last >= 0, x[np.maximum(last, 0)], carry)
-    new_carry = float(out[-1]) if n else carry
+    lead = carry
+    if np.isnan(lead):
+        lead = float(x[np.argmax(good)]) if good.any() else 0.0
+    out = np.where(last >= 0, x[np.maximum(last, 0)], lead)
+    new_carry = float(out[-1]) if n and last[-1] >= 0 else carry
     return out.astype(np.float64), new_carry

@@ -5,7 +5,8 @@ Per bed it keeps what carries context from epoch to epoch:
 - one :class:`~rtsleep.data.preprocessing.ChannelPipeline` per primary channel (EEG, EOG, EMG,
   ECG; chosen once per bed and modality, when the modality's channels first appear, from the
   labels by the alias table's preference order), fed the raw samples of every epoch in order,
-  scorable or not, so that filters never see a time jump;
+  scorable or not, so that filters never see a time jump, from the first epoch in which the
+  channel received a sample (the epocher's fill before it would be a step for the filters);
 - the EEG views: when the model declares sets of EEG derivations it averages
   (``cfg.eeg_views``) and the primary EEG is in one, the set's other derivations the bed has
   (chosen with the primary EEG, by label), each with its own pipeline and state row;
@@ -356,6 +357,13 @@ class Scorer:
             b.pipelines[ch.label] = p
         return p
 
+    @staticmethod
+    def _started(b: _Bed, ch: EpochChannel) -> bool:
+        """Whether ``ch`` is fed to its pipeline: once it has received a sample (or has a pipeline
+        or a saved pipeline state), so its filters start at its first sample, not at a fill."""
+        return (ch.label in b.pipelines or ch.label in b.pending_pipeline_states
+                or bool(ch.received.any()))
+
     def _choose_views(self, b: _Bed, channels: Sequence[EpochChannel]) -> None:
         """With the primary EEG channel: the EEG channels the model scores beside it
         (``cfg.eeg_views``; label-only, like the primary), each given a copy of the bed's state
@@ -396,7 +404,7 @@ class Scorer:
         for i, m in enumerate(EXG_MODALITIES):
             label = b.primary.get(m)
             ch = by_label.get(label) if label is not None else None
-            if ch is None:
+            if ch is None or not self._started(b, ch):
                 continue
             out = self._pipeline(b, ch).process(fill_nonfinite(ch.data))  # (S,)
             if out.shape[0] != self.n_times:
@@ -411,7 +419,7 @@ class Scorer:
             xv, mv = x.copy(), mask.copy()
             xv[eeg], mv[eeg] = 0.0, False
             ch = by_label.get(label)
-            if ch is not None:
+            if ch is not None and self._started(b, ch):
                 out = self._pipeline(b, ch).process(fill_nonfinite(ch.data))  # (S,)
                 if out.shape[0] == self.n_times:
                     xv[eeg], mv[eeg] = out, label in usable
