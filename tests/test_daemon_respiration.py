@@ -15,7 +15,7 @@ from rtsleep.daemon.epocher import EpochBlock, EpochChannel
 from rtsleep.daemon.replay import load_channels
 from rtsleep.daemon.respiration import BedRespiration, pick_channels
 from rtsleep.daemon.scorer import EpochResult
-from rtsleep.data.recording import Modality
+from rtsleep.data.recording import Channel, Modality
 
 ANCHOR = 100.0
 
@@ -148,3 +148,32 @@ def test_epochs_without_a_clean_airflow_are_not_sleep_time_for_the_ahi(
     gap, _ = run(excerpt3_blocks(shared_data, "RESP", 20, anchor=ANCHOR))
     assert whole.tracker.ahi.sleep_s == 60 * 30.0
     assert gap.tracker.ahi.sleep_s == 59 * 30.0  # epoch 20 had no airflow: not monitored
+
+
+def test_events_open_when_a_late_spo2_starts_a_new_segment_are_still_decided(
+        shared_data: Path) -> None:
+    """The segment closed for the new SpO2 decides its open candidate in that same epoch: its
+    provisional alert is confirmed or retracted, not left open for the rest of the night."""
+    blocks = excerpt3_blocks(shared_data, anchor=ANCHOR)
+    switch = 12  # a candidate is open at the end of epoch 11
+    early = [dataclasses.replace(b, channels=tuple(c for c in b.channels
+                                                   if c.modality != Modality.SPO2))
+             for b in blocks[:switch]]
+    resp, alerts = run([*early, *blocks[switch:]])
+    assert resp.n_segments == 2
+    decided = {a["onset_lsl"] for a in alerts if a["state"] != "provisional"}
+    before = [a for a in alerts if a["state"] == "provisional"
+              and a["onset_lsl"] < ANCHOR + switch * 30.0]
+    assert before and all(a["onset_lsl"] in decided for a in before)
+
+
+def test_an_spo2_that_cannot_be_aligned_is_warned_about_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    flow = Channel("Flow", Modality.RESP, 10.0, "", rng.standard_normal(3000))
+    spo2 = Channel("SpO2", Modality.SPO2, 3.0, "%", np.full(900, 97.0))  # 10/3: no integer ratio
+    blocks = channel_blocks("b", [flow, spo2], anchor=ANCHOR)
+    with caplog.at_level(logging.WARNING, logger="rtsleep.daemon.respiration"):
+        resp, _ = run(blocks)
+    assert len(blocks) == 10 and resp.channels is not None and resp.channels.spo2 is None
+    assert len([r for r in caplog.records if "cannot be aligned" in r.getMessage()]) == 1

@@ -103,7 +103,7 @@ class BedRespiration:
         self._generation = -1
         self._spo2_warned = False
         self._monitored: set[int] = set()  # epochs with a clean airflow, not yet staged
-        self._spo2_seen: set[str] = set()  # SpO2 labels already considered after the first pick
+        self._spo2_seen: set[str] = set()  # SpO2 labels already considered by a pick
 
     @property
     def n_segments(self) -> int:
@@ -139,8 +139,7 @@ class BedRespiration:
                                      and not spo2_labels <= self._spo2_seen):
             # until an airflow channel shows up, and an SpO2 that attaches later (streams may
             # be late): a new segment starts with it, so hypopneas get their oxygen test
-            if self.channels is not None:
-                self._spo2_seen |= spo2_labels  # looked at once, not every epoch
+            self._spo2_seen |= spo2_labels  # looked at once, not every epoch
             picked = pick_channels(block.channels)
             if picked != self.channels and picked is not None:
                 if self._detector is not None:
@@ -172,7 +171,8 @@ class BedRespiration:
                 sp = (ch.spo2_at_flow_rate(_received(s)) if s is not None
                       else np.full(flow.data.shape[0], np.nan))
                 self._check_spo2(ch.spo2, sp)
-            updates = self._rebase(self._detector.push(_received(flow), eff, sp))
+            # += : a segment flushed above (a late SpO2) keeps its decided events
+            updates += self._rebase(self._detector.push(_received(flow), eff, sp))
         elif self._detector is not None:
             updates = self._rebase(self._detector.flush())
             self._detector = None
