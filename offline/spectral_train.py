@@ -119,8 +119,13 @@ class Sequence:
 def sleep_edf_feature_files(folder: Path) -> list[tuple[Path, re.Match[str]]]:
     """The Sleep-EDF feature nights under ``folder`` (sorted), each with its
     :data:`SEDF_FILE_NAME` match (groups: subject, night)."""
-    files = [(p, SEDF_FILE_NAME.match(p.name)) for p in sorted(Path(folder).rglob("*.npz"))]
+    files = [(p, SEDF_FILE_NAME.match(p.name)) for p in _npz_files(Path(folder))]
     return [(p, m) for p, m in files if m is not None]
+
+
+def _npz_files(folder: Path) -> list[Path]:
+    """The ``.npz`` files under ``folder`` (sorted), the extension in any letter case."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".npz" and p.is_file())
 
 
 def _read_feature_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +151,7 @@ def load_sleep_edf_features(folder: Path, wake_margin_epochs: int | None = 60,
     still raises)."""
     folder = Path(folder)
     matched = sleep_edf_feature_files(folder)
-    others = sorted(set(folder.rglob("*.npz")) - {p for p, _ in matched})
+    others = sorted(set(_npz_files(folder)) - {p for p, _ in matched})
     if others:
         log.warning("%s: %d .npz file(s) not named like a Sleep-EDF feature night (SC4ssnE0.npz), "
                     "left out: %s", folder, len(others), ", ".join(p.name for p in others[:5])

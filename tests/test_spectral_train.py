@@ -205,7 +205,7 @@ def test_feature_files_in_any_letter_case_are_read_and_other_npz_files_are_named
     shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     features = shared_data / "sleep-edf-sc-subset" / "features"
-    (tmp_path / "sc4001e0.npz").write_bytes((features / "SC4001E0.npz").read_bytes())
+    (tmp_path / "sc4001e0.NPZ").write_bytes((features / "SC4001E0.npz").read_bytes())
     (tmp_path / "SC4002E0_features.npz").write_bytes((features / "SC4002E0.npz").read_bytes())
     with caplog.at_level(logging.WARNING):
         nights = st.load_sleep_edf_features(tmp_path, wake_margin_epochs=None)
