@@ -144,8 +144,9 @@ def _final_heartbeat(sub: Any, state: Any, last_epoch: int, limit_s: float) -> N
         msg = decode(payload)
         state.update(topic_b.decode(), msg, time.monotonic())
         beds = msg.get("beds") if topic_b.decode() == STATUS_TOPIC else None
-        if isinstance(beds, dict) and any(isinstance(b, dict) and b.get("last_epoch") == last_epoch
-                                          for b in beds.values()):
+        if isinstance(beds, dict) and any(
+                isinstance(b, dict) and isinstance(b.get("last_epoch"), int)
+                and b["last_epoch"] >= last_epoch for b in beds.values()):
             return
 
 
