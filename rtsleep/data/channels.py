@@ -106,9 +106,10 @@ _GLUED_REFERENTIAL = re.compile(rf"^{_ELECTRODE}[AM][12]$")
 def derivation_key(label: str) -> str:
     """The derivation a channel label names, as :func:`normalize_label` writes it without an
     ``EEG`` prefix and with ``-`` between the electrodes (``"EEG Fpz-Cz"`` and ``"Fpz-Cz"`` ->
-    ``"FPZ-CZ"``, ``"C3:A2"`` -> ``"C3-A2"``)."""
+    ``"FPZ-CZ"``, ``"C3:A2"`` and ucddb's ``"C3A2"`` -> ``"C3-A2"``)."""
     key = _SEPARATOR.sub(r"\1-", normalize_label(label))
-    return key[3:] if key.startswith("EEG") and "-" in key else key
+    key = key[3:] if key.startswith("EEG") and "-" in key else key
+    return f"{key[:-2]}-{key[-2:]}" if _GLUED_REFERENTIAL.match(key) else key
 
 
 def eeg_views(primary: str, labels: Sequence[str],
@@ -134,12 +135,8 @@ def eeg_derivation(label: str) -> str | None:
     """The kind of EEG derivation a channel label names: :data:`REFERENTIAL` (``C3-A2``,
     ``EEG Cz-A1``, ``C4-M1``), :data:`BIPOLAR` (``EEG Fpz-Cz``, ``Pz-Oz``), or ``None`` when the
     label does not say (``EEG``, ``EEG(sec)``, ``C3``, an average reference)."""
-    key = derivation_key(label)
-    active, sep, reference = key.partition("-")
-    if not sep:  # ucddb writes C3A2
-        m = _GLUED_REFERENTIAL.match(key)
-        return REFERENTIAL if m else None
-    if not _SCALP_ELECTRODE.match(active):
+    active, sep, reference = derivation_key(label).partition("-")
+    if not sep or not _SCALP_ELECTRODE.match(active):
         return None
     if _EAR_REFERENCE.match(reference):
         return REFERENTIAL
@@ -356,8 +353,6 @@ def _preference_keys(label: str, modality: Modality) -> list[str]:
     if modality != Modality.EEG:
         return keys
     deriv = derivation_key(label)
-    if _GLUED_REFERENTIAL.match(deriv):
-        deriv = f"{deriv[:-2]}-{deriv[-2:]}"
     active, sep, reference = deriv.partition("-")
     keys.append(deriv)
     if sep and _SCALP_ELECTRODE.match(active) and not _SCALP_ELECTRODE.match(reference):
