@@ -123,6 +123,15 @@ class BedRespiration:
         return RespiratoryDetector(ch.sfreq, cfg, sensor=ch.flow, has_effort=bool(ch.effort),
                                    has_spo2=ch.spo2 is not None)
 
+    def _close_segment(self) -> list[RespUpdate]:
+        """End the current detector segment (open events are decided on what was seen); its
+        last updates, re-based. Nothing when no segment is open."""
+        if self._detector is None:
+            return []
+        updates = self._rebase(self._detector.flush())
+        self._detector = None
+        return updates
+
     def _rebase(self, updates: list[RespUpdate]) -> list[RespUpdate]:
         shift_s = self._epoch0 * EPOCH_S
         base_id = self._generation * _ID_STRIDE
@@ -142,9 +151,7 @@ class BedRespiration:
             self._spo2_seen |= spo2_labels  # looked at once, not every epoch
             picked = pick_channels(block.channels)
             if picked != self.channels and picked is not None:
-                if self._detector is not None:
-                    updates = self._rebase(self._detector.flush())
-                    self._detector = None
+                updates = self._close_segment()
                 self.channels = picked
                 log.info("bed %s: respiratory events from %s (effort %s, SpO2 %s) from epoch %d",
                          self.bed, picked.flow, list(picked.effort) or "none",
@@ -174,8 +181,7 @@ class BedRespiration:
             # += : a segment flushed above (a late SpO2) keeps its decided events
             updates += self._rebase(self._detector.push(_received(flow), eff, sp))
         elif self._detector is not None:
-            updates = self._rebase(self._detector.flush())
-            self._detector = None
+            updates = self._close_segment()
             log.info("bed %s: airflow interrupted at epoch %d; respiratory segment closed",
                      self.bed, block.index)
         alerts = self.tracker.on_updates(updates)
