@@ -131,19 +131,28 @@ def agreement(messages: list[dict[str, Any]], expert: np.ndarray | None) -> floa
     return 100.0 * hits / total if total else None
 
 
+def _receive(sub: Any, state: Any) -> tuple[str, dict[str, Any]]:
+    """One message from the SUB socket ``sub``, shown in the watch ``state``: (topic, message)."""
+    from rtsleep.daemon.messages import decode
+
+    topic_b, payload = sub.recv_multipart()
+    msg = decode(payload)
+    topic = topic_b.decode()
+    state.update(topic, msg, time.monotonic())
+    return topic, msg
+
+
 def _final_heartbeat(sub: Any, state: Any, last_epoch: int, limit_s: float) -> None:
     """Wait (at most ``limit_s``) for a heartbeat that counts the last epoch, so the final
     frame's "scored" agrees with the summary (the heartbeat before it can lag the stages)."""
-    from rtsleep.daemon.messages import STATUS_TOPIC, decode
+    from rtsleep.daemon.messages import STATUS_TOPIC
 
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if not sub.poll(100):
             continue
-        topic_b, payload = sub.recv_multipart()
-        msg = decode(payload)
-        state.update(topic_b.decode(), msg, time.monotonic())
-        beds = msg.get("beds") if topic_b.decode() == STATUS_TOPIC else None
+        topic, msg = _receive(sub, state)
+        beds = msg.get("beds") if topic == STATUS_TOPIC else None
         if isinstance(beds, dict) and any(
                 isinstance(b, dict) and isinstance(b.get("last_epoch"), int)
                 and b["last_epoch"] >= last_epoch for b in beds.values()):
@@ -184,7 +193,6 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
     """Run the demo (see the module docstring); returns the exit code."""
     import zmq
 
-    from rtsleep.daemon.messages import decode
     from rtsleep.daemon.replay import load_channels, plan_outlets
     from rtsleep.daemon.scorer import default_model_path
     from rtsleep.daemon.watch import WatchState, render
@@ -254,11 +262,8 @@ def run_demo(file: Path | None, model: Path | None, speed: str, timeout_s: float
                     next_draw = now + 0.25
                 if not sub.poll(100):
                     continue
-                topic_b, payload = sub.recv_multipart()
-                msg = decode(payload)
-                topic = topic_b.decode()
+                topic, msg = _receive(sub, state)
                 state.connected = True
-                state.update(topic, msg, time.monotonic())
                 if topic == "status/" and replay is None:
                     with (tmp / "replay.log").open("wb") as replay_log:
                         replay = subprocess.Popen(
